@@ -1,0 +1,79 @@
+"""Several optimizers over disjoint parameters, presented as one ``torch.optim.Optimizer``.
+
+Muon-style methods train hidden matrices while a companion (AdamW) trains embeddings,
+the head and 1-D parameters. The trainer, LR schedulers, gradient scalers and
+checkpoints see a single optimizer: ``param_groups`` is the concatenation of the
+children's group dicts (the same objects, so a scheduler that sets ``group["lr"]``
+drives every child), and ``state_dict`` holds each child's state under its key.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from typing import Any, Callable
+
+import torch
+
+
+class CompositeOptimizer(torch.optim.Optimizer):
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        if not optimizers:
+            raise ValueError("CompositeOptimizer needs at least one optimizer")
+        # Deliberately not calling Optimizer.__init__: the children own the parameters.
+        self.optimizers = dict(optimizers)
+        self.defaults = {}
+        self._optimizer_step_pre_hooks = {}
+        self._optimizer_step_post_hooks = {}
+        self._optimizer_state_dict_pre_hooks = {}
+        self._optimizer_state_dict_post_hooks = {}
+        self._optimizer_load_state_dict_pre_hooks = {}
+        self._optimizer_load_state_dict_post_hooks = {}
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return [group for optimizer in self.optimizers.values() for group in optimizer.param_groups]
+
+    @property
+    def state(self) -> ChainMap:
+        return ChainMap(*(optimizer.state for optimizer in self.optimizers.values()))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for optimizer in self.optimizers.values():
+            optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for optimizer in self.optimizers.values():
+            optimizer.zero_grad(set_to_none=set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": {key: optimizer.state_dict() for key, optimizer in self.optimizers.items()}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict["optimizers"]
+        if set(saved) != set(self.optimizers):
+            raise ValueError(f"optimizer checkpoint holds {sorted(saved)}, this run has {sorted(self.optimizers)}")
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(saved[key])
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # New groups go to the main (first) optimizer.
+        next(iter(self.optimizers.values())).add_param_group(param_group)
+
+    def diagnostics(self) -> dict[str, float]:
+        merged: dict[str, float] = {}
+        for optimizer in self.optimizers.values():
+            report = getattr(optimizer, "diagnostics", None)
+            if callable(report):
+                for key, value in report().items():
+                    merged[key] = merged.get(key, 0) + value
+        return merged
+
+    def __repr__(self) -> str:
+        inner = ", ".join(f"{key}={type(opt).__name__}" for key, opt in self.optimizers.items())
+        return f"CompositeOptimizer({inner})"

@@ -1,0 +1,161 @@
+"""Optimizer registry: one module + one yaml adds an optimizer to the harness.
+
+An optimizer module registers its class (or a factory function) with
+``@register_optimizer("name", main_roles=...)``. The trainer calls
+``build_optimizer(name, model_or_params, **hparams)``:
+
+* given an iterable of parameters or param-group dicts, the registered class is
+  constructed on them unchanged (this is how golden tests drive optimizers);
+* given an ``nn.Module``, the parameters are split by role (see
+  :mod:`optimizers.param_groups`). Roles listed in the optimizer's ``main_roles``
+  go to it; the others go to a *companion* optimizer (AdamW unless configured),
+  which is how Muon and SOAP-Muon train embeddings, the head and 1-D parameters,
+  as their papers do. Weight decay is applied to the roles in
+  ``weight_decay_roles`` only (matrices by default).
+
+Hyperparameter names are the reference implementations' keyword names, so an
+unknown name is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES, parameter_roles
+
+
+class OptimizerConfigError(ValueError):
+    """A bad optimizer name or hyperparameter; the message names the field and the fix."""
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    name: str
+    factory: Callable[..., torch.optim.Optimizer]
+    # Parameter roles this optimizer trains when built from a model; the rest go to the companion.
+    main_roles: tuple[str, ...]
+    # Registered name of the default companion optimizer (used only if some role is left over).
+    companion: str = "adamw"
+
+    def hyperparameter_names(self) -> list[str]:
+        signature = inspect.signature(self.factory)
+        return [
+            name
+            for name, p in signature.parameters.items()
+            if name not in ("self", "params") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
+        ]
+
+
+_REGISTRY: dict[str, OptimizerSpec] = {}
+
+
+def register_optimizer(
+    name: str, *, main_roles: Iterable[str] = ALL_ROLES, companion: str = "adamw"
+) -> Callable[[Callable[..., torch.optim.Optimizer]], Callable[..., torch.optim.Optimizer]]:
+    """Class/function decorator that makes ``name`` available to configs and ``build_optimizer``."""
+    roles = tuple(main_roles)
+    unknown = set(roles) - set(ALL_ROLES)
+    if unknown:
+        raise ValueError(f"register_optimizer({name!r}): unknown roles {sorted(unknown)}; valid: {list(ALL_ROLES)}")
+
+    def decorate(factory):
+        if name in _REGISTRY and _REGISTRY[name].factory is not factory:
+            raise ValueError(f"optimizer name {name!r} is registered twice")
+        _REGISTRY[name] = OptimizerSpec(name=name, factory=factory, main_roles=roles, companion=companion)
+        return factory
+
+    return decorate
+
+
+def available_optimizers() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> OptimizerSpec:
+    if name not in _REGISTRY:
+        raise OptimizerConfigError(
+            f"optimizer.name: unknown optimizer {name!r}; valid: {', '.join(available_optimizers())}"
+        )
+    return _REGISTRY[name]
+
+
+def _construct(spec: OptimizerSpec, params: Any, hparams: Mapping[str, Any], field_prefix: str):
+    valid = spec.hyperparameter_names()
+    unknown = sorted(set(hparams) - set(valid))
+    if unknown:
+        raise OptimizerConfigError(
+            f"{field_prefix}{unknown[0]}: not a hyperparameter of {spec.name}; valid: {', '.join(valid)}"
+        )
+    try:
+        return spec.factory(params, **hparams)
+    except (ValueError, TypeError) as error:
+        raise OptimizerConfigError(f"{field_prefix.rstrip('.')} ({spec.name}): {error}") from error
+
+
+def _groups(
+    named: list[tuple[str, nn.Parameter, str]], weight_decay_roles: Iterable[str], weight_decay: float | None
+) -> list[dict]:
+    decay_roles = set(weight_decay_roles)
+    decayed = [p for _, p, role in named if role in decay_roles]
+    undecayed = [p for _, p, role in named if role not in decay_roles]
+    groups = []
+    if decayed:
+        groups.append({"params": decayed} if weight_decay is None else {"params": decayed, "weight_decay": weight_decay})
+    if undecayed:
+        groups.append({"params": undecayed, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(
+    name: str,
+    model_or_params: nn.Module | Iterable,
+    *,
+    companion: Mapping[str, Any] | None = None,
+    main_roles: Iterable[str] | None = None,
+    weight_decay_roles: Iterable[str] = DEFAULT_WEIGHT_DECAY_ROLES,
+    **hparams: Any,
+) -> torch.optim.Optimizer:
+    """Build a registered optimizer.
+
+    ``companion`` (models only): ``{"name": ..., **hparams}`` for the parameters outside
+    ``main_roles``; defaults to the spec's companion with its defaults, taking this
+    optimizer's ``lr`` and ``weight_decay`` when not given.
+    """
+    spec = get_spec(name)
+    if not isinstance(model_or_params, nn.Module):
+        return _construct(spec, model_or_params, hparams, "optimizer.")
+
+    roles = parameter_roles(model_or_params)
+    trainable = [(n, p, roles[n]) for n, p in model_or_params.named_parameters() if p.requires_grad]
+    main_role_set = set(spec.main_roles if main_roles is None else main_roles)
+    unknown = main_role_set - set(ALL_ROLES)
+    if unknown:
+        raise OptimizerConfigError(f"optimizer.main_roles: unknown roles {sorted(unknown)}; valid: {list(ALL_ROLES)}")
+    main = [item for item in trainable if item[2] in main_role_set]
+    rest = [item for item in trainable if item[2] not in main_role_set]
+
+    weight_decay = hparams.get("weight_decay")
+    main_optimizer = _construct(spec, _groups(main, weight_decay_roles, weight_decay), hparams, "optimizer.")
+    if not rest:
+        return main_optimizer
+
+    companion_hparams = dict(companion or {})
+    companion_spec = get_spec(companion_hparams.pop("name", spec.companion))
+    companion_names = companion_spec.hyperparameter_names()
+    for shared in ("lr", "weight_decay"):
+        if shared not in companion_hparams and shared in hparams and shared in companion_names:
+            companion_hparams[shared] = hparams[shared]
+    companion_optimizer = _construct(
+        companion_spec,
+        _groups(rest, weight_decay_roles, companion_hparams.get("weight_decay")),
+        companion_hparams,
+        "optimizer.companion.",
+    )
+    from optimizers.composite import CompositeOptimizer
+
+    return CompositeOptimizer({name: main_optimizer, f"companion_{companion_spec.name}": companion_optimizer})
