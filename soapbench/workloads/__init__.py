@@ -1,0 +1,75 @@
+"""Workloads: a model and its data, built from the composed config (see ``base.Workload``)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from data.paths import default_cache_dir, resolve_data_root
+from soapbench.config import TrainerConfig
+from soapbench.errors import ConfigError
+from soapbench.workloads.base import Workload
+
+DATA_KINDS = ("char", "tokenized", "images")
+
+
+def build_workload(cfg: Mapping[str, Any], trainer: TrainerConfig, device: torch.device) -> Workload:
+    """Build data first (it may fix the vocabulary size), then the model, seeded so that the
+    initial weights depend only on the seed — never on the optimizer being compared."""
+    from models import build_model
+
+    data_cfg = dict(cfg["data"])
+    model_cfg = dict(cfg["model"])
+    paths = cfg.get("paths", {})
+    data_root = resolve_data_root(paths.get("data_root"))
+    cache_dir = default_cache_dir(paths.get("cache_dir"))
+    kind = data_cfg.get("kind")
+    seed = int(cfg["seed"])
+
+    if kind in ("char", "tokenized"):
+        from soapbench.workloads.language_model import LanguageModelWorkload
+
+        if kind == "char":
+            from data.shakespeare import URL as SHAKESPEARE_URL
+            from data.shakespeare import load_shakespeare_char
+
+            splits = load_shakespeare_char(
+                data_root, allow_download=bool(data_cfg.get("download", True)), url=data_cfg.get("url") or SHAKESPEARE_URL
+            )
+        else:
+            from data.tokenized import load_token_splits
+
+            splits = load_token_splits(data_cfg, data_root, cache_dir)
+        if model_cfg.get("vocab_size", 0) < splits.vocab_size:
+            raise ConfigError(
+                f"model.vocab_size: {model_cfg.get('vocab_size')} is smaller than the data's vocabulary "
+                f"({splits.vocab_size}); set model.vocab_size >= {splits.vocab_size}"
+            )
+        torch.manual_seed(seed)
+        model = build_model(model_cfg).to(device)
+        return LanguageModelWorkload(
+            model,
+            splits,
+            seq_len=int(model_cfg["seq_len"]),
+            batch_size=trainer.batch_size,
+            eval_batches=trainer.eval_batches,
+            seed=seed,
+            device=device,
+        )
+    if kind == "images":
+        from soapbench.workloads.colorization import ColorizationWorkload
+
+        torch.manual_seed(seed)
+        model = build_model(model_cfg).to(device)
+        return ColorizationWorkload(
+            model,
+            data_cfg,
+            data_root=data_root,
+            cache_dir=cache_dir,
+            batch_size=trainer.batch_size,
+            eval_batches=trainer.eval_batches,
+            seed=seed,
+            device=device,
+        )
+    raise ConfigError(f"data.kind: unknown kind {kind!r}; valid: {', '.join(DATA_KINDS)}")

@@ -1,0 +1,75 @@
+"""The Hydra job behind ``scripts/train.py``: resolve, train, and turn errors into one line.
+
+Exit codes: 0 for a completed or diverged run (divergence is a result, so sweeps go on),
+2 for bad input (config, hyperparameter, data), 1 for a run that failed while training.
+In a multirun, a failing job is recorded (its summary says ``failed``) and the sweep continues.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from data.errors import DataError
+from models.registry import ModelConfigError
+from optimizers.registry import OptimizerConfigError
+from soapbench.errors import SoapbenchError
+
+USER_ERRORS = (SoapbenchError, DataError, OptimizerConfigError, ModelConfigError)
+
+
+def _is_multirun() -> bool:
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        raise SoapbenchError(f"{key or 'config'}: {str(error).splitlines()[0]}") from error
+
+
+def format_result(summary: dict[str, Any]) -> str:
+    val = summary.get("final_val_loss")
+    rows = [
+        ("run", summary.get("run_dir")),
+        ("status", summary.get("status") + (f" at step {summary['diverged_step']}" if summary.get("diverged_step") else "")),
+        ("optimizer / model", f"{summary.get('optimizer')} / {summary.get('model')}"),
+        ("steps", summary.get("steps")),
+        ("final val loss", f"{val:.4f}" if isinstance(val, float) else val),
+        ("best val loss", f"{summary['best_val_loss']:.4f}" if isinstance(summary.get("best_val_loss"), float) else None),
+        ("train seconds", f"{summary.get('train_seconds', 0):.1f} (optimizer {summary.get('optimizer_seconds', 0):.1f})"),
+        ("device", summary.get("device")),
+    ]
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    from soapbench.trainer import train
+
+    multirun = _is_multirun()
+    try:
+        summary = train(resolve(cfg))
+    except USER_ERRORS as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        sys.exit(2)
+    except Exception as error:  # recorded as "failed" in the run's summary.json by the trainer
+        print(f"error: run failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
+        if multirun:
+            return None
+        sys.exit(1)
+    print(format_result(summary), flush=True)
+    val = summary.get("final_val_loss")
+    return val if isinstance(val, float) else None

@@ -1,0 +1,112 @@
+"""The local results store: one directory per run, readable even if the run was killed.
+
+    results/runs/<experiment>/<run_name>/
+      config.yaml     the fully resolved config (written once, before training starts)
+      metrics.jsonl   append-only, one JSON record per log event; every record has
+                      step, train_seconds, tokens and samples
+      summary.json    status (running | completed | diverged | failed) and headline numbers,
+                      rewritten atomically at every evaluation and at the end
+      checkpoint.pt   the latest checkpoint (atomic)
+
+Every table and figure of ``scripts/report.py`` is remade from these files alone.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+STATUSES = ("running", "completed", "diverged", "failed")
+SUMMARY_FILE = "summary.json"
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.yaml"
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def atomic_write_bytes(path: Path, payload: bytes) -> None:
+    """Write via a temp file in the same directory and rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no inf/nan: store them as strings so a diverged loss stays visible and parseable."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, Mapping):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+class RunStore:
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+
+    @property
+    def summary_path(self) -> Path:
+        return self.run_dir / SUMMARY_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / CHECKPOINT_FILE
+
+    def read_summary(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.summary_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        if summary.get("status") not in STATUSES:
+            raise ValueError(f"summary status must be one of {STATUSES}, got {summary.get('status')!r}")
+        atomic_write_text(self.summary_path, json.dumps(_json_safe(dict(summary)), indent=2, sort_keys=True) + "\n")
+
+    def write_config(self, config_yaml: str) -> None:
+        atomic_write_text(self.run_dir / CONFIG_FILE, config_yaml)
+
+    def append_metrics(self, record: Mapping[str, Any]) -> None:
+        line = json.dumps(_json_safe(dict(record)), sort_keys=True)
+        with open(self.metrics_path, "a") as handle:
+            handle.write(line + "\n")
+            handle.flush()
+
+    def read_metrics(self) -> list[dict[str, Any]]:
+        """All complete records; a line cut short by a kill is ignored."""
+        records = []
+        if not self.metrics_path.exists():
+            return records
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return records
+
+    def truncate_metrics(self, keep_records: int) -> None:
+        """On resume, drop records logged after the checkpoint so the log matches an uninterrupted run."""
+        records = self.read_metrics()[:keep_records]
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        atomic_write_text(self.metrics_path, text)

@@ -1,0 +1,325 @@
+"""The one shared trainer: any workload, any registered optimizer.
+
+Read top to bottom: validate and build everything (nothing is written before the
+config, the data, the model and the optimizer are known to be good) -> open or
+resume the run directory -> the training loop -> the final record.
+
+Fairness: the model's initial weights depend only on the seed, batches only on
+(seed, step, micro_step), the validation set on nothing at all.
+Honest timing: ``train_seconds`` sums synchronised step times (data, forward, backward,
+clipping, optimizer, schedule, EMA) and excludes evaluation, logging and checkpointing;
+``optimizer_seconds`` is the ``optimizer.step()`` share of it.
+No run is lost: divergence is a result (status ``diverged``, exit 0); any other
+exception is recorded as ``failed`` and re-raised; checkpoints and summaries are
+written atomically; a resumed run continues exactly where its checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+import torch
+from omegaconf import OmegaConf
+
+from optimizers import build_optimizer
+from soapbench.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from soapbench.config import load_trainer_config
+from soapbench.environment import describe_device, git_commit, package_versions, resolve_device
+from soapbench.errors import ConfigError
+from soapbench.progress import Progress
+from soapbench.results import RunStore
+from soapbench.rundir import plan_run
+from soapbench.schedules import build_scheduler
+from soapbench.timing import Stopwatch, device_peak_flops, peak_memory_bytes
+from soapbench.tracking import WANDB_MODES, WandbTracker
+from soapbench.workloads import build_workload
+
+# Metric keys that measure time or memory: they differ between otherwise identical runs.
+TIMING_KEYS = ("train_seconds", "train/step_seconds", "train/optimizer_seconds", "train/throughput", "train/mfu", "memory/peak_bytes")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _optimizer_hparams(optimizer_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    hparams = dict(optimizer_cfg)
+    name = hparams.pop("name", None)
+    if not name:
+        raise ConfigError("optimizer.name: missing; pick a config with optimizer=<name>")
+    build_args = {}
+    if hparams.get("companion") is not None:
+        build_args["companion"] = dict(hparams.pop("companion"))
+    else:
+        hparams.pop("companion", None)
+    if hparams.get("main_roles") is not None:
+        build_args["main_roles"] = list(hparams.pop("main_roles"))
+    else:
+        hparams.pop("main_roles", None)
+    for key, value in list(hparams.items()):
+        if isinstance(value, list):
+            hparams[key] = tuple(value)  # betas and friends: references expect tuples
+    return name, hparams, build_args
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Run (or resume, or skip if finished) the run described by a resolved config; return its summary."""
+    # ------------------------------------------------------------------ validate and build
+    trainer = load_trainer_config(cfg["trainer"])
+    logger_cfg = cfg.get("logger", {}).get("wandb", {})
+    if logger_cfg.get("mode", "offline") not in WANDB_MODES:
+        raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
+    plan = plan_run(cfg)
+    if plan.action == "skip":
+        print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
+        return plan.previous_summary
+
+    device = resolve_device(str(cfg.get("device", "auto")))
+    torch.manual_seed(int(cfg["seed"]))
+    workload = build_workload(cfg, trainer, device)
+    model = workload.model
+    if trainer.max_epochs is not None:
+        if workload.steps_per_epoch is None:
+            raise ConfigError("trainer.max_epochs: this workload samples windows, not epochs; set trainer.max_steps instead")
+        max_steps = math.ceil(trainer.max_epochs * workload.steps_per_epoch)
+    else:
+        max_steps = trainer.max_steps
+
+    optimizer_name, hparams, build_args = _optimizer_hparams(cfg["optimizer"])
+    optimizer = build_optimizer(
+        optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
+    )
+    scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
+    ema = None
+    if trainer.ema.enabled:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(trainer.ema.decay), use_buffers=True
+        )
+    forward_model = torch.compile(model) if trainer.compile else model
+    param_count = sum(p.numel() for p in model.parameters())
+
+    # ------------------------------------------------------------------ run directory
+    store = RunStore(plan.run_dir)
+    state = {
+        "step": 0, "train_seconds": 0.0, "optimizer_seconds": 0.0, "tokens": 0, "samples": 0,
+        "metric_records": 0, "initial_loss": None, "best_val_loss": None, "final_val_loss": None,
+        "final_val_metrics": {}, "wandb_run_id": None, "started_at": _now(),
+    }  # fmt: skip
+    if plan.action == "resume":
+        checkpoint = load_checkpoint(plan.checkpoint)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        if ema is not None:
+            ema.load_state_dict(checkpoint["ema"])
+        state.update(checkpoint["state"])
+        restore_rng_state(checkpoint["rng"])
+        store.truncate_metrics(state["metric_records"])
+        print(f"{plan.run_dir}: resuming from step {state['step']}", flush=True)
+    else:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        store.metrics_path.unlink(missing_ok=True)  # left by a run killed before its first checkpoint
+    store.write_config(OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+
+    meta = {
+        "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
+        "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
+        "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
+        "params": param_count, "max_steps": max_steps, "unit": workload.unit,
+        "versions": package_versions(), "git_commit": git_commit(),
+    }  # fmt: skip
+    tracker = WandbTracker(
+        mode=logger_cfg.get("mode", "offline"),
+        project=logger_cfg.get("project", "soapbench"),
+        entity=logger_cfg.get("entity"),
+        group=logger_cfg.get("group") or cfg.get("experiment_name") or "default",
+        name=plan.run_name,
+        tags=[optimizer_name, cfg["model"]["name"], *logger_cfg.get("tags", [])],
+        config={**dict(cfg), "_meta": meta},
+        run_dir=plan.run_dir,
+        run_id=state["wandb_run_id"],
+    )
+    state["wandb_run_id"] = tracker.run_id
+
+    def summary(status: str, **extra: Any) -> dict[str, Any]:
+        return {
+            **meta, "status": status, "steps": state["step"], "train_seconds": state["train_seconds"],
+            "optimizer_seconds": state["optimizer_seconds"],
+            "tokens": state["tokens"] if workload.unit == "tokens" else None, "samples": state["samples"],
+            "final_val_loss": state["final_val_loss"], "best_val_loss": state["best_val_loss"],
+            "final_val_metrics": state["final_val_metrics"], "initial_loss": state["initial_loss"],
+            "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None, **extra,
+        }  # fmt: skip
+
+    def log(record: dict[str, Any]) -> None:
+        record = {"step": state["step"], "train_seconds": state["train_seconds"], "tokens": state["tokens"],
+                  "samples": state["samples"], **record}  # fmt: skip
+        store.append_metrics(record)
+        state["metric_records"] += 1
+        tracker.log(record)
+
+    def evaluate() -> None:
+        model.eval()
+        with torch.no_grad(), _autocast(trainer.precision, device):
+            metrics = {f"val/{k.removeprefix('val_')}": v for k, v in workload.evaluate(forward_model).items()}
+            if ema is not None:
+                metrics |= {f"val_ema/{k.removeprefix('val_')}": v for k, v in workload.evaluate(ema.module).items()}
+        model.train()
+        state["final_val_loss"] = metrics["val/loss"]
+        state["final_val_metrics"] = metrics
+        if math.isfinite(metrics["val/loss"]) and (state["best_val_loss"] is None or metrics["val/loss"] < state["best_val_loss"]):
+            state["best_val_loss"] = metrics["val/loss"]
+        log({"event": "eval", **metrics})
+        tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
+        store.write_summary(summary("running"))
+        progress.message(f"[{plan.run_name}] step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def checkpoint() -> None:
+        save_checkpoint(store.checkpoint_path, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None, "state": dict(state),
+        })  # fmt: skip
+
+    # SLURM preemption and Ctrl-C: finish the current step, checkpoint, and leave the run resumable.
+    stop_requested = []
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True)) if _in_main_thread() else None
+
+    # ------------------------------------------------------------------ training loop
+    step_clock, optimizer_clock = Stopwatch(device), Stopwatch(device)
+    peak_flops = device_peak_flops(device)
+    flops_per_item = workload.flops_per_item()
+    progress = Progress(max_steps, state["step"], plan.run_name)
+    store.write_summary(summary("running"))
+    interval = {"loss": 0.0, "steps": 0, "seconds": 0.0, "optimizer_seconds": 0.0, "items": 0}
+    steps_this_process = 0
+    status, extra = "completed", {}
+    try:
+        if state["step"] == 0 and trainer.eval_at_start and state["metric_records"] == 0:
+            evaluate()
+        model.train()
+        while state["step"] < max_steps:
+            if stop_requested or (trainer.stop_after_steps and steps_this_process >= trainer.stop_after_steps):
+                status = "running"
+                break
+            step_clock.start()
+            loss_sum = torch.zeros((), device=device)
+            items = 0
+            for micro_step in range(trainer.grad_accum_steps):
+                batch = workload.train_batch(state["step"], micro_step)
+                with _autocast(trainer.precision, device):
+                    loss = workload.loss(forward_model, batch)
+                scaler.scale(loss / trainer.grad_accum_steps).backward()
+                loss_sum += loss.detach().float()
+                items += workload.batch_items(batch)
+            if trainer.grad_clip_norm or trainer.grad_clip_value:
+                scaler.unscale_(optimizer)
+            grad_norm = None
+            if trainer.grad_clip_norm:
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
+            if trainer.grad_clip_value:
+                torch.nn.utils.clip_grad_value_(model.parameters(), trainer.grad_clip_value)
+            optimizer_clock.start()
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer_seconds = optimizer_clock.stop()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update_parameters(model)
+                if trainer.ema.overwrite_interval and (state["step"] + 1) % trainer.ema.overwrite_interval == 0:
+                    with torch.no_grad():
+                        for ema_param, param in zip(ema.module.parameters(), model.parameters()):
+                            param.copy_(ema_param)
+            step_seconds = step_clock.stop()
+
+            train_loss = (loss_sum / trainer.grad_accum_steps).item()
+            state["step"] += 1
+            steps_this_process += 1
+            state["train_seconds"] += step_seconds
+            state["optimizer_seconds"] += optimizer_seconds
+            state["tokens" if workload.unit == "tokens" else "samples"] += items
+            if workload.unit == "tokens":
+                state["samples"] += trainer.batch_size * trainer.grad_accum_steps
+            if state["initial_loss"] is None:
+                state["initial_loss"] = train_loss
+            interval["loss"] += train_loss
+            interval["steps"] += 1
+            interval["seconds"] += step_seconds
+            interval["optimizer_seconds"] += optimizer_seconds
+            interval["items"] += items
+
+            if not math.isfinite(train_loss) or train_loss > trainer.divergence_factor * state["initial_loss"]:
+                log({"event": "train", "train/loss": train_loss, "train/lr": optimizer.param_groups[0]["lr"]})
+                status = "diverged"
+                extra = {"diverged_step": state["step"], "diverged_loss": train_loss}
+                progress.message(f"[{plan.run_name}] diverged at step {state['step']}: loss {train_loss}")
+                break
+
+            last_step = state["step"] == max_steps
+            if state["step"] % trainer.log_interval == 0 or last_step:
+                record = {
+                    "event": "train",
+                    "train/loss": interval["loss"] / interval["steps"],
+                    "train/lr": optimizer.param_groups[0]["lr"],
+                    "train/step_seconds": interval["seconds"] / interval["steps"],
+                    "train/optimizer_seconds": interval["optimizer_seconds"] / interval["steps"],
+                    "train/throughput": interval["items"] / interval["seconds"],
+                    "memory/peak_bytes": peak_memory_bytes(device),
+                }
+                if grad_norm is not None:
+                    record["train/grad_norm"] = float(grad_norm)
+                if peak_flops and flops_per_item:
+                    record["train/mfu"] = flops_per_item * record["train/throughput"] / peak_flops
+                diagnostics = getattr(optimizer, "diagnostics", None)
+                if callable(diagnostics):
+                    record |= {f"optimizer/{k}": v for k, v in diagnostics().items()}
+                log(record)
+                progress.update(state["step"], record["train/loss"], record["train/lr"], record["train/step_seconds"])
+                interval = dict.fromkeys(interval, 0)
+            if state["step"] % trainer.eval_interval == 0 or last_step:
+                evaluate()
+            if state["step"] % trainer.checkpoint_interval == 0 or (last_step and trainer.keep_final_checkpoint):
+                checkpoint()
+    except BaseException as error:
+        progress.close()
+        failure = summary("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+        if isinstance(error, KeyboardInterrupt):
+            failure["status"], failure["error"] = "running", "interrupted (KeyboardInterrupt); resume with the same command"
+        store.write_summary(failure)
+        tracker.finish(failure, exit_code=1)
+        raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    # ------------------------------------------------------------------ final record
+    progress.close()
+    if status == "running":
+        checkpoint()
+        print(f"{plan.run_dir}: stopped at step {state['step']}; the same command resumes it", flush=True)
+    final = summary(status, **extra, finished_at=_now() if status != "running" else None)
+    store.write_summary(final)
+    tracker.finish(final)
+    return final
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+__all__ = ["TIMING_KEYS", "train"]

@@ -1,0 +1,73 @@
+"""Shared test setup: offline data from ../shared/data, configs composed with Hydra's compose API."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+os.environ.setdefault("SOAPBENCH_DATA", str(REPO.parent / "shared" / "data"))
+os.environ.setdefault("WANDB_SILENT", "true")
+
+# Small, fast overrides for runs in tests: tiny model, few steps, no W&B process.
+FAST = [
+    "model=nanogpt_char_cpu",
+    "model.n_layer=2",
+    "model.n_embd=32",
+    "model.n_head=2",
+    "model.seq_len=32",
+    "trainer.batch_size=4",
+    "trainer.max_steps=12",
+    "trainer.eval_interval=6",
+    "trainer.eval_batches=2",
+    "trainer.log_interval=3",
+    "trainer.checkpoint_interval=6",
+    "trainer.schedule.warmup_steps=2",
+    "logger.wandb.mode=disabled",
+]
+
+
+def compose(overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return hydra_compose(config_name="train", overrides=overrides)
+
+
+def resolved(overrides: list[str]) -> dict:
+    from soapbench.cli import resolve
+
+    return resolve(compose(overrides))
+
+
+def train_in_process(overrides: list[str], results_dir: Path) -> dict:
+    from soapbench.trainer import train
+
+    return train(resolved([*FAST, f"paths.results_dir={results_dir}", *overrides]))
+
+
+def run_cli(args: list[str], results_dir: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    flags = [a for a in args if a.startswith("-")]  # Hydra's flags (e.g. -m) go before the overrides
+    overrides = [a for a in args if not a.startswith("-")]
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "train.py"), *flags, *FAST, f"paths.results_dir={results_dir}", *overrides],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=results_dir.parent,
+    )
+
+
+@pytest.fixture
+def results_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "results"
+    path.mkdir()
+    return path

@@ -1,0 +1,84 @@
+"""The command line: exit codes, one-line errors, nothing half-written, W&B offline files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+
+def _error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("error:")]
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("optimizer.lr=-1", "lr"),
+        ("optimizer.betas=[0.9,1.5]", "betas[1]"),
+        ("optimizer.eps=-1e-8", "eps"),
+        ("trainer.eval_interval=0", "trainer.eval_interval"),
+        ("+optimizer.momentum=0.9", "optimizer.momentum"),
+    ],
+)
+def test_bad_hyperparameter_is_one_line_exit_2_and_no_run_dir(results_dir, override, field) -> None:
+    result = run_cli([override], results_dir)
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert field in line
+    assert not (results_dir / "runs").exists(), "nothing is written for a rejected config"
+
+
+def test_missing_data_file_is_one_line_naming_the_file(results_dir, tmp_path) -> None:
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    result = run_cli(["data.download=false"], results_dir, env={"SOAPBENCH_DATA": str(empty)})
+    assert result.returncode == 2
+    (line,) = _error_lines(result)
+    assert str(empty / "tinyshakespeare" / "input.txt") in line and "SOAPBENCH_DATA" in line
+    assert not (results_dir / "runs").exists()
+
+
+def test_failed_download_is_one_line_too(results_dir, tmp_path) -> None:
+    empty = tmp_path / "nodata"
+    empty.mkdir()
+    # An unroutable local port: the download fails at once, as it does offline.
+    result = run_cli(["data.url=http://127.0.0.1:9/input.txt"], results_dir, env={"SOAPBENCH_DATA": str(empty)})
+    assert result.returncode == 2
+    (line,) = _error_lines(result)
+    assert "could not download" in line
+
+
+def test_unknown_optimizer_lists_the_valid_ones(results_dir) -> None:
+    result = run_cli(["optimizer=sgd_with_vibes"], results_dir)
+    assert result.returncode != 0
+    assert "adamw" in result.stderr
+
+
+def test_lr_10_diverges_with_exit_code_0(results_dir) -> None:
+    result = run_cli(["optimizer.lr=10", "trainer.max_steps=60"], results_dir)
+    assert result.returncode == 0, result.stderr
+    (summary_path,) = (results_dir / "runs").glob("*/*/summary.json")
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "diverged"
+    assert summary["diverged_step"] >= 1
+    assert "diverged" in result.stdout
+
+
+def test_wandb_offline_run_is_written_into_the_run_directory(results_dir) -> None:
+    result = run_cli(["logger.wandb.mode=offline", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir)
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = (results_dir / "runs").glob("*/*")
+    offline_runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert offline_runs, "an offline W&B run to `wandb sync` later"
+    assert any(offline_runs[0].glob("*.wandb"))
+
+
+def test_multirun_sweeps_a_grid_and_a_failure_does_not_stop_it(results_dir) -> None:
+    result = run_cli(["-m", "optimizer.lr=1e-3,-1", "seed=1,2", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir)
+    assert result.returncode == 0, result.stderr
+    summaries = [json.loads(p.read_text()) for p in (results_dir / "runs").glob("*/*/summary.json")]
+    assert sorted(s["seed"] for s in summaries) == [1, 2], "the two valid jobs ran; the invalid lr was reported"
+    assert result.stderr.count("error:") == 2

@@ -1,0 +1,64 @@
+"""Every yaml under configs/ composes and resolves, so a broken config never ships."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from tests.conftest import CONFIG_DIR, compose, resolved
+
+GROUPS = ("optimizer", "model", "data", "trainer", "logger")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_option_composes_and_resolves(group: str, option: str) -> None:
+    config = resolved([f"{group}={option}"])
+    assert config[group] is not None
+    if group == "optimizer":
+        assert config["optimizer"]["name"], "every optimizer yaml names its registered optimizer"
+    if group == "model":
+        assert config["model"]["arch"], "every model yaml names its architecture"
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes_and_resolves(experiment: str) -> None:
+    config = resolved([f"experiment={experiment}"])
+    assert config["experiment_name"] != "default", "an experiment preset names its results folder"
+
+
+def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optimizer() -> None:
+    from optimizers import available_optimizers
+
+    names = {OmegaConf.load(p)["name"] for p in (CONFIG_DIR / "optimizer").glob("*.yaml")}
+    assert names == set(available_optimizers())
+
+
+def test_optimizer_yaml_keys_are_constructor_keywords() -> None:
+    from optimizers import get_spec
+
+    for path in (CONFIG_DIR / "optimizer").glob("*.yaml"):
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        spec = get_spec(config.pop("name"))
+        config.pop("companion", None)
+        config.pop("main_roles", None)
+        unknown = set(config) - set(spec.hyperparameter_names())
+        assert not unknown, f"{path.name}: {unknown} are not keywords of {spec.name}"
+
+
+def test_cli_style_overrides_reach_the_config() -> None:
+    config = resolved(["optimizer.lr=0.005", "trainer.max_steps=7", "seed=3"])
+    assert config["optimizer"]["lr"] == 0.005
+    assert config["trainer"]["max_steps"] == 7
+    assert config["seed"] == 3
+
+
+def test_unknown_option_lists_the_valid_ones() -> None:
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as error:
+        compose(["optimizer=not_an_optimizer"])
+    assert "adamw" in str(error.value)
