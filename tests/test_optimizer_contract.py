@@ -1,0 +1,179 @@
+"""The contract every registered optimizer meets, built as the trainer builds it (from its yaml).
+
+A user's drop-in optimizer is held to the same checks: state_dict round trip continues
+bit-identically, bf16 parameters, grad-less parameters, LR scheduler changes, several
+param groups, ill-conditioned gradients, and a falling loss in a real short run.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from optimizers import available_optimizers, build_optimizer
+from soapbench.results import RunStore
+from tests.conftest import CONFIG_DIR, train_in_process
+
+OPTIMIZERS = available_optimizers()
+
+
+def _yaml_hparams(name: str) -> tuple[dict, dict]:
+    for path in (CONFIG_DIR / "optimizer").glob("*.yaml"):
+        config = OmegaConf.to_container(OmegaConf.load(path))
+        if config["name"] == name:
+            config.pop("name")
+            build_args = {k: config.pop(k) for k in ("companion", "main_roles") if config.get(k) is not None}
+            config.pop("companion", None)
+            config.pop("main_roles", None)
+            if "precondition_frequency" in config:
+                config["precondition_frequency"] = 2  # exercise refreshes within a few steps
+            if "start_preconditioning_step" in config:
+                config["start_preconditioning_step"] = 2
+            hparams = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+            return hparams, build_args
+    raise AssertionError(f"no yaml for optimizer {name}")
+
+
+class TinyNet(nn.Module):
+    """Every parameter role and shape the optimizers must handle."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(11, 8)
+        self.conv = nn.Conv2d(2, 3, kernel_size=3, padding=1)
+        self.hidden = nn.Linear(8 + 3, 16)
+        self.norm = nn.LayerNorm(16)
+        self.lm_head = nn.Linear(16, 11, bias=False)
+
+    def forward(self, tokens: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        pooled = self.conv(image).mean(dim=(2, 3))
+        x = torch.cat([self.embed(tokens), pooled[:, None, :].expand(-1, tokens.shape[1], -1)], dim=-1)
+        return self.lm_head(self.norm(torch.tanh(self.hidden(x))))
+
+
+def _loss(model: TinyNet, step: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(step)
+    tokens = torch.randint(0, 11, (4, 5), generator=generator)
+    image = torch.randn(4, 2, 6, 6, generator=generator)
+    logits = model(tokens, image.to(model.conv.weight.dtype)).float()
+    return nn.functional.cross_entropy(logits.flatten(0, 1), torch.roll(tokens, 1, dims=1).flatten())
+
+
+def _build(name: str, model: nn.Module):
+    hparams, build_args = _yaml_hparams(name)
+    return build_optimizer(name, model, **build_args, **hparams)
+
+
+def _train(model, optimizer, steps, start=0, scheduler=None):
+    for step in range(start, start + steps):
+        optimizer.zero_grad(set_to_none=True)
+        _loss(model, step).backward()
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_state_dict_round_trip_continues_bit_identically(name: str) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    optimizer = _build(name, model)
+    _train(model, optimizer, 5)
+    saved_model = copy.deepcopy(model.state_dict())
+    saved_optimizer = copy.deepcopy(optimizer.state_dict())
+    _train(model, optimizer, 5, start=5)
+
+    restored = TinyNet().double()
+    restored.load_state_dict(saved_model)
+    restored_optimizer = _build(name, restored)
+    restored_optimizer.load_state_dict(saved_optimizer)
+    _train(restored, restored_optimizer, 5, start=5)
+    for (param_name, a), b in zip(model.named_parameters(), restored.parameters()):
+        assert torch.equal(a, b), f"{name}: {param_name} differs after a state_dict round trip"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_bf16_parameters_train_and_stay_finite(name: str) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().to(torch.bfloat16)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = _build(name, model)
+    _train(model, optimizer, 6)
+    assert all(torch.isfinite(p.float()).all() for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters())), f"{name} did not move bf16 params"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_parameters_without_gradients_are_skipped(name: str) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    unused = nn.Linear(7, 7).double()
+    model.add_module("unused", unused)  # registered, never in the graph: its grad stays None
+    before = copy.deepcopy(unused.state_dict())
+    optimizer = _build(name, model)
+    _train(model, optimizer, 5)
+    for key, value in unused.state_dict().items():
+        assert torch.equal(value, before[key]), f"{name} changed a parameter that had no gradient"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_lr_scheduler_changes_take_effect(name: str) -> None:
+    torch.manual_seed(0)
+    model = TinyNet().double()
+    optimizer = _build(name, model)
+    # Full lr for 4 steps, then 0: nothing may move afterwards (weight decay is scaled by lr too).
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 4 else 0.0)
+    _train(model, optimizer, 4, scheduler=scheduler)
+    frozen = [p.detach().clone() for p in model.parameters()]
+    _train(model, optimizer, 4, start=4, scheduler=scheduler)
+    for a, b in zip(frozen, model.parameters()):
+        assert torch.equal(a, b), f"{name} ignored the scheduler's lr"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_several_param_groups_keep_their_own_hyperparameters(name: str) -> None:
+    hparams, _ = _yaml_hparams(name)
+    torch.manual_seed(0)
+    frozen = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
+    moving = nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
+    optimizer = build_optimizer(name, [{"params": [frozen], "lr": 0.0}, {"params": [moving]}], **hparams)
+    start_frozen, start_moving = frozen.detach().clone(), moving.detach().clone()
+    for step in range(6):
+        generator = torch.Generator().manual_seed(step)
+        frozen.grad = torch.randn(6, 4, generator=generator, dtype=torch.float64)
+        moving.grad = torch.randn(5, 3, generator=generator, dtype=torch.float64)
+        optimizer.step()
+    assert torch.equal(frozen, start_frozen)
+    assert not torch.equal(moving, start_moving)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_rank_deficient_and_ill_conditioned_gradients_stay_finite(name: str) -> None:
+    hparams, _ = _yaml_hparams(name)
+    torch.manual_seed(0)
+    square = nn.Parameter(torch.randn(8, 8, dtype=torch.float32))
+    wide = nn.Parameter(torch.randn(3, 40, dtype=torch.float32))
+    optimizer = build_optimizer(name, [square, wide], **hparams)
+    for step in range(12):
+        scale = [1e-20, 1.0, 1e15, 0.0][step % 4]
+        u, v = torch.randn(8, 1), torch.randn(1, 8)
+        square.grad = scale * (u @ v)  # rank one, wildly varying scale, sometimes exactly zero
+        wide.grad = scale * torch.outer(torch.randn(3), torch.randn(40))
+        optimizer.step()
+        assert torch.isfinite(square).all() and torch.isfinite(wide).all(), f"{name} produced non-finite values at step {step}"
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_short_training_run_lowers_the_validation_loss(name: str, results_dir) -> None:
+    summary = train_in_process(
+        [f"optimizer={name}", "trainer.max_steps=30", "trainer.eval_interval=30", "trainer.checkpoint_interval=30"]
+        + (["optimizer.precondition_frequency=5"] if "precondition_frequency" in _yaml_hparams(name)[0] else []),
+        results_dir,
+    )
+    assert summary["status"] == "completed"
+    records = [r for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval"]
+    assert records[-1]["val/loss"] < records[0]["val/loss"] - 0.05, f"{name}: {records[0]['val/loss']} -> {records[-1]['val/loss']}"
