@@ -54,12 +54,27 @@ def format_result(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+def _place_sweep_job(config: dict[str, Any]) -> None:
+    import torch
+
+    from soapbench.launch import concurrent_jobs_from_hydra, placement
+
+    hydra_cfg = HydraConfig.get()
+    placed = placement(int(hydra_cfg.job.num), concurrent_jobs_from_hydra(hydra_cfg), str(config.get("device", "auto")))
+    config["device"] = placed["device"]
+    if placed["threads"]:
+        torch.set_num_threads(placed["threads"])
+
+
 def run_job(cfg: DictConfig) -> float | None:
     from soapbench.trainer import train
 
     multirun = _is_multirun()
     try:
-        summary = train(resolve(cfg))
+        config = resolve(cfg)
+        if multirun:
+            _place_sweep_job(config)
+        summary = train(config)
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr, flush=True)
         if multirun:
