@@ -13,10 +13,21 @@ from optimizers.registry import (
 )
 from optimizers.composite import CompositeOptimizer
 from optimizers.adamw import AdamW
+from optimizers.adafactor import Adafactor, TorchAdafactor
+from optimizers.kl import KLSOAP, KLShampoo
+from optimizers.muon import Muon, TorchMuon
+from optimizers.soap_muon import SOAPMuon
 
 __all__ = [
+    "Adafactor",
     "AdamW",
     "CompositeOptimizer",
+    "KLSOAP",
+    "KLShampoo",
+    "Muon",
+    "SOAPMuon",
+    "TorchAdafactor",
+    "TorchMuon",
     "OptimizerConfigError",
     "available_optimizers",
     "build_optimizer",

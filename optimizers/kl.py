@@ -1,0 +1,510 @@
+"""KL-Shampoo and KL-SOAP (Lin et al., 2025, "Understanding and Improving Shampoo and SOAP via Kullback–Leibler
+Minimization", arXiv 2509.03378): Kronecker factors estimated by minimising KL(E[g gᵀ] ‖ S_1 ⊗ … ⊗ S_K).
+
+Reference: yorkerlin/KL-Methods @ a02e622, ``optim/kl_opt.py``, class ``KLOpt`` (``using_klsoap=False`` is
+KL-Shampoo, ``True`` is KL-SOAP); step order and precision as in shared ``docs/algorithms.md`` §6, operation by
+operation, so on one machine it rounds exactly as the reference does. The golden trajectories ``kl_shampoo_f64.pt``
+and ``kl_soap_f64.pt`` are checked in tests/test_kl.py (their tolerances depend on the CPU; see there).
+
+Notation. A parameter's gradient is viewed as a 2-D or 3-D tensor G with dims d_1 … d_K (the *working shape*,
+see the deviations), N = numel(G), c_k = N/d_k. Per dim k: the factor S_k (d_k×d_k), its basis Q_k (eigenvectors
+as columns) and eigenvalue estimates D_k, stored as s_k = D_k^{-1/2}. ``rot(X)`` multiplies mode k of X by Q_kᵀ,
+``unrot(X)`` by Q_k. β = ``shampoo_beta`` (β2 when negative); it drives both the factor and the eigenvalue EMAs.
+
+First ``step()`` for a parameter (no update, no weight decay, t stays 0):
+
+    S_k = (1−β)/c_k · G_(k) G_(k)ᵀ
+    Q_k = eigenvectors(float32(S_k) + 1e-30·I), descending      (I in torch's default dtype; eigenvalues discarded)
+    D_k = init_factor, i.e. s_k = init_factor^{-1/2} ≈ 3.16
+
+Every later ``step()``, t ← t + 1, with the OLD Q and s:
+
+    KL-Shampoo:  m ← β1 m + (1−β1) G                             (original coordinates, no bias correction)
+                 E = s_1 ⊗ … ⊗ s_K;   E ← E/(1 + ε E)            (= 1/(sqrt(D_1 ⋯ D_K) + ε))
+                 U = unrot(rot(m) ⊙ E)      (t=1: E ≡ init_factor^(-K/2), so a matrix's U = G: an SGD step)
+    KL-SOAP:     G' = rot(G);  m ← β1 m + (1−β1) G';  v ← β2 v + (1−β2) G'²
+                 U = unrot(m/(sqrt(v) + ε))                       (no bias correction: t=1 gives 0.1/sqrt(0.02))
+
+    curvature, with Ŝ_j^{-1} = Q_j diag(s_j²) Q_jᵀ:
+      S_k ← β S_k + (1−β)/c_k · G_(k) (⊗_{j≠k} Ŝ_j^{-1}) G_(k)ᵀ
+      D_k ← β D_k + (1−β) · mean_{j≠k}( rot(G)² ⊙ Π_{j≠k} s_j² )      (= diag(Q_kᵀ [above] Q_k)/c_k)
+      s_k = min(D_k^{-1/2}, max(10, min(d_k, max_clamp_value))),  NaN/±inf → 0
+      K = 2 uses the old s everywhere. K = 3 follows the reference's order, which mixes old and new s:
+        S_3 (old s_1, s_2);  S_2 (old s_1, s_3);  D_3 (old s_1, s_2) → s_3;  D_2 (old s_1, new s_3) → s_2;
+        S_1 (old s_3, new s_2);  D_1 (old s_3, new s_2) → s_1
+      using_damping: each D_k's new term gets + ε·Π_j mean(s_j²)/mean(s_k²) (traces from the old s).
+    refresh when t mod f = 0:  Q_k ← QR(float32(S_k)·float32(Q_k)).Q, cast back; no sorting, so s_k keeps
+      its column index. KL-SOAP moves m out of and back into the basis around the refresh only (unrot with the
+      old Q, rot with the new); v is neither permuted nor rotated.
+    apply:  (normalize_grads: U ← U/(1e-30 + RMS(U)));   W ← W − η U;   W ← W − η λ W   (decay on the updated W)
+
+Deliberate deviations from the reference (none changes a golden trajectory):
+
+* ``cast_dtype=None`` (default) keeps the gradient and all state in the parameter's dtype, float32 for bf16/fp16
+  parameters; the reference defaults to bfloat16 state, which is still available as ``cast_dtype=torch.bfloat16``
+  (or the string "bfloat16"; "float32"/"float64" too, for Hydra). eigh and QR run in float32 (or float64 under
+  default dtype float64, as the reference) whatever the state dtype.
+* Working shape: the gradient is squeezed as in the reference (size-1 dims vanish). The reference stops at 3-D;
+  here 4-D and larger tensors are viewed as (d_1, d_2, d_3·…·d_n), i.e. a conv (O, I, kh, kw) as (O, I, kh·kw),
+  which is how the golden runs feed their conv.
+* Parameters that are 0-D or 1-D after the squeeze crash the reference. Here they take a *diagonal* path: their
+  single dim keeps the identity basis and no factor. That is the KL-optimal diagonal covariance,
+  diag(E[g gᵀ]), tracked with the same EMA and clamp:
+      KL-Shampoo:  m ← β1 m + (1−β1) g;   U = m ⊙ s/(1 + ε s);   D ← β D + (1−β) g²;   s = clamp(D^{-1/2})
+      KL-SOAP:     Adam without bias correction, U = m/(sqrt(v) + ε)
+  with the same skipped first call (KL-Shampoo's first update is then 0.1·sqrt(10)·g, the K = 1 case).
+  ``build_optimizer`` still routes 1-D parameters to the AdamW companion (algorithms.md §8); the diagonal path is
+  what a directly constructed optimizer does with biases, gains and (1, n) rows.
+* A failed eigh or QR (an error or non-finite output) is retried in float64 and otherwise keeps the previous
+  basis (the identity on the first call); both are counted in ``diagnostics()``. The reference retries eigh on
+  errors only and lets a QR failure raise.
+* Every hyperparameter is a param-group entry read at every step; the reference keeps ``init_factor``,
+  clamping, damping and ``cast_dtype`` optimizer-wide and freezes ``shampoo_beta`` and
+  ``precondition_frequency`` into the state at the first call.
+* The bases are always cast to the state dtype (the reference leaves them in the eigh dtype when the state is
+  float32, which then mixes dtypes under default float64), and ``load_state_dict`` keeps the saved state dtypes
+  (torch would cast them to the parameter dtype, turning a bf16 parameter's float32 state into bf16).
+* No ``torch.compile`` (the goldens were made in eager mode) and no prints.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from optimizers.adamw import validate_adam_hyperparameters
+from optimizers.linalg import LinalgHealth, eigenbasis, mode_gram, power_qr_refresh, rotate, unrotate
+from optimizers.registry import register_optimizer
+
+CAST_DTYPES: dict[str, torch.dtype] = {
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+# The reference's clamp on s_k = D_k^{-1/2} is max(CLAMP_FLOOR, min(d_k, max_clamp_value)).
+CLAMP_FLOOR = 10
+# Roles KL trains when built from a model; 1-D parameters ("vector") go to the AdamW companion.
+KL_MAIN_ROLES = ("matrix", "embedding", "head", "input")
+
+
+def working_shape(param_shape: Sequence[int]) -> tuple[int, ...]:
+    """The shape KL's factors act on: squeezed as the reference does; 4-D and up → (d_1, d_2, d_3·…·d_n).
+
+    A result of length 1 means the diagonal path (0-D and 1-D after the squeeze).
+    """
+    squeezed = [size for size in param_shape if size != 1]
+    if len(squeezed) <= 1:
+        return (math.prod(param_shape),)
+    if len(squeezed) > 3:
+        return (squeezed[0], squeezed[1], math.prod(squeezed[2:]))
+    return tuple(squeezed)
+
+
+def parse_cast_dtype(cast_dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """``None`` or a floating dtype, given as a ``torch.dtype`` or its name (Hydra passes strings)."""
+    if cast_dtype is None:
+        return None
+    if isinstance(cast_dtype, torch.dtype):
+        if cast_dtype not in CAST_DTYPES.values():
+            raise ValueError(f"cast_dtype must be None or one of {sorted(CAST_DTYPES)}, got {cast_dtype}")
+        return cast_dtype
+    name = str(cast_dtype).strip().removeprefix("torch.")
+    if name.lower() in ("none", "null"):
+        return None
+    if name not in CAST_DTYPES:
+        raise ValueError(f"cast_dtype must be None or one of {sorted(CAST_DTYPES)}, got {cast_dtype!r}")
+    return CAST_DTYPES[name]
+
+
+def state_dtype_for(cast_dtype: torch.dtype | None, param_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of KL's gradient copy and state: ``cast_dtype``, else the param dtype (float32 for 16-bit)."""
+    if cast_dtype is not None:
+        return cast_dtype
+    return torch.float32 if param_dtype in (torch.bfloat16, torch.float16) else param_dtype
+
+
+def _accumulate_factor(factor: Tensor, contribution: Tensor, beta: float, numel: int) -> None:
+    """``S ← β S + (1−β)/c · contribution`` with c = N/d, with the reference's operations (and rounding)."""
+    factor.mul_(beta).add_(contribution, alpha=(1.0 - beta) / (numel / factor.shape[0]))
+
+
+def _updated_inv_sqrt_eigenvalues(
+    inv_sqrt_eigenvalues: Tensor, new_term: Tensor, beta: float, clamp_max: int | None, damping_shift: Tensor | None
+) -> Tensor:
+    """``D ← β D + (1−β) new_term`` on D = s^{-2}, returned as the clamped s = D^{-1/2}.
+
+    NaN and ±inf become 0 both ways, as in the reference: a direction whose D reaches 0 gets s = 0 (no step)
+    rather than an infinite one.
+    """
+    if damping_shift is not None:
+        new_term = new_term + damping_shift
+    eigenvalues = (1.0 / inv_sqrt_eigenvalues**2).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    eigenvalues.lerp_(new_term, 1.0 - beta)
+    updated = (1.0 / torch.sqrt(eigenvalues)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    if clamp_max is not None:
+        updated = torch.clamp(updated, max=clamp_max)
+    return updated
+
+
+def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
+    """``s_1 ⊗ s_2 (⊗ s_3)`` as a tensor of the working shape, multiplied left to right like the reference."""
+    order = len(inv_sqrt_eigenvalues)
+    shapes = [[-1 if axis == dim else 1 for axis in range(order)] for dim in range(order)]
+    scale = inv_sqrt_eigenvalues[0].view(shapes[0])
+    for vector, shape in zip(inv_sqrt_eigenvalues[1:], shapes[1:]):
+        scale = scale * vector.view(shape)
+    return scale
+
+
+def _copied_to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, Tensor):
+        return value.to(device=device, copy=True)
+    if isinstance(value, dict):
+        return {key: _copied_to_device(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_copied_to_device(item, device) for item in value)
+    return value
+
+
+class _KLOptimizer(torch.optim.Optimizer):
+    """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
+
+    Args (the reference's keywords and defaults, except ``cast_dtype``):
+        lr: η.  betas: (β1, β2); β1 is the momentum, β2 KL-SOAP's second-moment EMA and the default β.
+        shampoo_beta: β of the factor and eigenvalue EMAs (negative → betas[1]).
+        eps: ε. KL-Shampoo: damping of the direction, E/(1 + εE); KL-SOAP: Adam's ε; also the curvature damping
+            when ``using_damping``.
+        weight_decay: λ, decoupled, applied to the updated weight.
+        precondition_frequency: f, the QR refresh period of the bases.
+        normalize_grads: rescale the direction to RMS 1.
+        init_factor: the initial eigenvalue estimate D_k of every direction.
+        using_damping: add ε-scaled traces to the eigenvalue updates (off in the reference's default).
+        using_clamping / max_clamp_value: clamp s_k ≤ max(10, min(d_k, max_clamp_value)).
+        cast_dtype: dtype of the gradient copy and all state; None → the parameter's dtype (float32 for 16-bit
+            parameters). The reference's default is torch.bfloat16.
+    """
+
+    _using_klsoap: bool = False
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        shampoo_beta: float = -1,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        normalize_grads: bool = False,
+        init_factor: float = 0.1,
+        using_damping: bool = False,
+        using_clamping: bool = True,
+        max_clamp_value: int = 4000,
+        cast_dtype: str | torch.dtype | None = None,
+    ):
+        betas = tuple(betas)
+        if len(betas) != 2:
+            raise ValueError(f"betas must be two values (beta1, beta2), got {betas}")
+        validate_adam_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if shampoo_beta is not None and not shampoo_beta < 1.0:
+            raise ValueError(f"shampoo_beta must be < 1 (negative means betas[1]), got {shampoo_beta}")
+        if int(precondition_frequency) != precondition_frequency or precondition_frequency < 1:
+            raise ValueError(f"precondition_frequency must be an integer >= 1, got {precondition_frequency}")
+        if not init_factor > 0:
+            raise ValueError(f"init_factor must be > 0 (the initial eigenvalue estimate), got {init_factor}")
+        if not max_clamp_value > 0:
+            raise ValueError(f"max_clamp_value must be > 0, got {max_clamp_value}")
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=int(precondition_frequency),
+            normalize_grads=normalize_grads,
+            init_factor=init_factor,
+            using_damping=using_damping,
+            using_clamping=using_clamping,
+            max_clamp_value=max_clamp_value,
+            cast_dtype=parse_cast_dtype(cast_dtype),
+        )
+        super().__init__(params, defaults)
+        self.linalg_health = LinalgHealth()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if "cast_dtype" in param_group:
+            param_group = {**param_group, "cast_dtype": parse_cast_dtype(param_group["cast_dtype"])}
+        if "betas" in param_group:
+            param_group = {**param_group, "betas": tuple(param_group["betas"])}
+        super().add_param_group(param_group)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Counters for the trainer's log: linear-algebra failures (basis kept) and successful float64 retries."""
+        return self.linalg_health.diagnostics()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # torch casts every floating state tensor to its parameter's dtype on load; KL's state lives in the state
+        # dtype (float32 for a bf16 parameter), so it is copied back from the checkpoint exactly as saved.
+        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
+        saved_state = state_dict["state"]
+        super().load_state_dict(state_dict)
+        params = [param for group in self.param_groups for param in group["params"]]
+        for saved_id, param in zip(saved_ids, params):
+            if saved_id in saved_state:
+                self.state[param] = _copied_to_device(saved_state[saved_id], param.device)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None or param.numel() == 0:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+                self._step_parameter(param, group)
+        return loss
+
+    # ------------------------------------------------------------------------------------------------------------
+    # One parameter
+    # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _shampoo_beta(group: dict[str, Any]) -> float:
+        shampoo_beta = group["shampoo_beta"]
+        return group["betas"][1] if shampoo_beta is None or shampoo_beta < 0 else shampoo_beta
+
+    @staticmethod
+    def _clamp_max(group: dict[str, Any], size: int) -> int | None:
+        return max(CLAMP_FLOOR, min(size, group["max_clamp_value"])) if group["using_clamping"] else None
+
+    def _step_parameter(self, param: Tensor, group: dict[str, Any]) -> None:
+        state = self.state[param]
+        if state:
+            dtype = state["exp_avg"].dtype
+        else:
+            dtype = state_dtype_for(group["cast_dtype"], param.dtype)
+        grad = param.grad.to(dtype=dtype).reshape(working_shape(param.shape))
+
+        if not state:
+            self._initialize(grad, state, group)
+            return  # The first call only builds the preconditioner, so Q never contains the gradient it rotates.
+
+        state["step"] += 1
+        if grad.dim() == 1:
+            direction = self._diagonal_step(grad, state, group)
+        else:
+            if self._using_klsoap:
+                direction = self._klsoap_direction(grad, state, group)
+            else:
+                direction = self._klshampoo_direction(grad, state, group)
+            self._update_curvature(grad, state, group)
+
+        if group["normalize_grads"]:
+            direction = direction / (1e-30 + torch.mean(direction**2) ** 0.5)
+        param.add_(direction.reshape(param.shape), alpha=-group["lr"])
+        if group["weight_decay"] > 0.0:
+            param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+
+    def _initial_inv_sqrt_eigenvalues(self, size: int, group: dict[str, Any], grad: Tensor) -> Tensor:
+        # The reference computes 1/sqrt(init_factor) in the dtype its eigh ran in, then casts to the state dtype.
+        eigh_dtype = torch.promote_types(torch.float32, torch.get_default_dtype())
+        estimates = torch.ones(size, dtype=eigh_dtype, device=grad.device) * group["init_factor"]
+        inv_sqrt = (1.0 / torch.sqrt(estimates)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+        return inv_sqrt.to(grad.dtype)
+
+    def _initialize(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+        if self._using_klsoap:
+            state["exp_avg_sq"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
+        if grad.dim() == 1:
+            if not self._using_klsoap:
+                state["inv_sqrt_eigenvalues"] = [self._initial_inv_sqrt_eigenvalues(grad.shape[0], group, grad)]
+            return
+        beta = self._shampoo_beta(group)
+        factors = []
+        for dim, size in enumerate(grad.shape):
+            factor = torch.zeros(size, size, dtype=grad.dtype, device=grad.device)
+            _accumulate_factor(factor, mode_gram(grad, dim), beta, grad.numel())
+            factors.append(factor)
+        state["factors"] = factors
+        state["bases"] = [
+            eigenbasis(factor, precision="reference", out_dtype=grad.dtype, health=self.linalg_health)
+            for factor in factors
+        ]
+        state["inv_sqrt_eigenvalues"] = [
+            self._initial_inv_sqrt_eigenvalues(size, group, grad) for size in grad.shape
+        ]
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Directions
+    # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _klshampoo_direction(grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        exp_avg = state["exp_avg"]
+        exp_avg.lerp_(grad, 1.0 - group["betas"][0])
+        scale = _kronecker_scale(state["inv_sqrt_eigenvalues"])
+        scale.div_(1.0 + (scale * group["eps"]))
+        return unrotate(rotate(exp_avg, state["bases"]) * scale, state["bases"])
+
+    @staticmethod
+    def _klsoap_direction(grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        beta1, beta2 = group["betas"]
+        grad_rotated = rotate(grad, state["bases"])
+        state["exp_avg"].lerp_(grad_rotated, 1.0 - beta1)
+        state["exp_avg_sq"].lerp_(grad_rotated.square(), 1.0 - beta2)
+        denominator = state["exp_avg_sq"].sqrt().add_(group["eps"])
+        return unrotate(state["exp_avg"] / denominator, state["bases"])
+
+    def _diagonal_step(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+        """The identity-basis path of 0-D/1-D parameters (see the module docstring); returns the direction."""
+        beta1, beta2 = group["betas"]
+        exp_avg = state["exp_avg"]
+        exp_avg.lerp_(grad, 1.0 - beta1)
+        if self._using_klsoap:
+            exp_avg_sq = state["exp_avg_sq"]
+            exp_avg_sq.lerp_(grad.square(), 1.0 - beta2)
+            return exp_avg / exp_avg_sq.sqrt().add_(group["eps"])
+        inv_sqrt_eigenvalues = state["inv_sqrt_eigenvalues"]
+        scale = inv_sqrt_eigenvalues[0] / (1.0 + (inv_sqrt_eigenvalues[0] * group["eps"]))
+        direction = exp_avg * scale
+        shifts = self._damping_shifts(inv_sqrt_eigenvalues, group)
+        inv_sqrt_eigenvalues[0] = _updated_inv_sqrt_eigenvalues(
+            inv_sqrt_eigenvalues[0], grad**2, self._shampoo_beta(group), self._clamp_max(group, grad.shape[0]),
+            shifts[0],
+        )
+        return direction
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Curvature: factors, eigenvalue estimates, bases
+    # ------------------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _damping_shifts(inv_sqrt_eigenvalues: Sequence[Tensor], group: dict[str, Any]) -> list[Tensor | None]:
+        """``ε·Π_j mean(s_j²)/mean(s_k²)`` per dim k with ``using_damping`` (from the old s), else None."""
+        if not group["using_damping"] or not group["eps"] > 0:
+            return [None] * len(inv_sqrt_eigenvalues)
+        traces = [torch.mean(vector**2) for vector in inv_sqrt_eigenvalues]
+        total = group["eps"]
+        for trace in traces:
+            total = total * trace
+        return [total / trace for trace in traces]
+
+    def _update_curvature(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        refresh = state["step"] % group["precondition_frequency"] == 0
+        # KL-SOAP's m lives in the eigenbasis: taken out with the old Q at refresh steps only, back in with the new.
+        momentum = unrotate(state["exp_avg"], state["bases"]) if self._using_klsoap and refresh else None
+        if grad.dim() == 2:
+            self._update_curvature_2d(grad, state, group)
+        else:
+            self._update_curvature_3d(grad, state, group)
+        if refresh:
+            state["bases"] = [
+                self._refreshed_basis(factor, basis) for factor, basis in zip(state["factors"], state["bases"])
+            ]
+            if momentum is not None:
+                state["exp_avg"] = rotate(momentum, state["bases"])
+
+    def _refreshed_basis(self, factor: Tensor, basis: Tensor) -> Tensor:
+        failures_before = self.linalg_health.failures
+        refreshed, _ = power_qr_refresh(factor, basis, sort=False, precision="reference", health=self.linalg_health)
+        # On failure the helper hands back the float32-rounded old basis; keep the exact one instead.
+        return basis if self.linalg_health.failures != failures_before else refreshed
+
+    def _update_curvature_2d(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        beta = self._shampoo_beta(group)
+        numel = grad.numel()
+        left_factor, right_factor = state["factors"]
+        left_basis, right_basis = state["bases"]
+        inv_sqrt = state["inv_sqrt_eigenvalues"]
+        left_inv_sqrt, right_inv_sqrt = inv_sqrt
+        shifts = self._damping_shifts(inv_sqrt, group)
+
+        # diag(s_R) Q_Rᵀ Gᵀ, whose Gram matrix is G Ŝ_R^{-1} Gᵀ (and likewise on the left).
+        right_whitened = (right_basis.T @ grad.T) * right_inv_sqrt.view(-1, 1)
+        _accumulate_factor(left_factor, right_whitened.T @ right_whitened, beta, numel)
+        left_rotated = left_basis.T @ grad
+        left_whitened = left_rotated * left_inv_sqrt.view(-1, 1)
+        _accumulate_factor(right_factor, left_whitened.T @ left_whitened, beta, numel)
+
+        fully_rotated = left_rotated @ right_basis
+        left_new_term = torch.mean((fully_rotated * right_inv_sqrt.view(1, -1)) ** 2, 1)
+        right_new_term = torch.mean((fully_rotated * left_inv_sqrt.view(-1, 1)) ** 2, 0)
+        inv_sqrt[0] = _updated_inv_sqrt_eigenvalues(
+            left_inv_sqrt, left_new_term, beta, self._clamp_max(group, grad.shape[0]), shifts[0]
+        )
+        inv_sqrt[1] = _updated_inv_sqrt_eigenvalues(
+            right_inv_sqrt, right_new_term, beta, self._clamp_max(group, grad.shape[1]), shifts[1]
+        )
+
+    def _update_curvature_3d(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """The reference's 3-D order, which mixes old and new s (module docstring); einsums as the reference's."""
+        beta = self._shampoo_beta(group)
+        numel = grad.numel()
+        factors = state["factors"]
+        basis_1, basis_2, basis_3 = state["bases"]
+        inv_sqrt = state["inv_sqrt_eigenvalues"]
+        shifts = self._damping_shifts(inv_sqrt, group)
+        # Q_k diag(s_k), from the old s: the whitening of G along dims 1 and 3 below.
+        whitening_1 = basis_1 * inv_sqrt[0].view(1, -1)
+        whitening_3 = basis_3 * inv_sqrt[2].view(1, -1)
+
+        white_1 = torch.einsum("abc,ax->xbc", grad, whitening_1)
+        white_1_rot_2 = torch.einsum("xbc,by->xyc", white_1, basis_2)
+        white_1_rot_23 = torch.einsum("xyc,cz->xyz", white_1_rot_2, basis_3)
+
+        half = white_1_rot_2 * inv_sqrt[1].view(1, -1, 1)
+        _accumulate_factor(factors[2], torch.tensordot(half, half, dims=([0, 1], [0, 1])), beta, numel)
+
+        white_1_rot_3 = torch.einsum("xbc,cz->xbz", white_1, basis_3)
+        half = white_1_rot_3 * inv_sqrt[2].view(1, 1, -1)
+        _accumulate_factor(factors[1], torch.tensordot(half, half, dims=([0, 2], [0, 2])), beta, numel)
+
+        new_term_3 = torch.mean((white_1_rot_23 * inv_sqrt[1].view(1, -1, 1)) ** 2, dim=(0, 1))
+        inv_sqrt[2] = _updated_inv_sqrt_eigenvalues(
+            inv_sqrt[2], new_term_3, beta, self._clamp_max(group, grad.shape[2]), shifts[2]
+        )
+        new_term_2 = torch.mean((white_1_rot_23 * inv_sqrt[2].view(1, 1, -1)) ** 2, dim=(0, 2))
+        inv_sqrt[1] = _updated_inv_sqrt_eigenvalues(
+            inv_sqrt[1], new_term_2, beta, self._clamp_max(group, grad.shape[1]), shifts[1]
+        )
+
+        white_3 = torch.einsum("abc,cz->abz", grad, whitening_3)
+        white_3_rot_2 = torch.einsum("abz,by->ayz", white_3, basis_2)
+        white_3_rot_21 = torch.einsum("ayz,ax->xyz", white_3_rot_2, basis_1)
+        half = white_3_rot_2 * inv_sqrt[1].view(1, -1, 1)
+        _accumulate_factor(factors[0], torch.tensordot(half, half, dims=([1, 2], [1, 2])), beta, numel)
+
+        new_term_1 = torch.mean((white_3_rot_21 * inv_sqrt[1].view(1, -1, 1)) ** 2, dim=(1, 2))
+        inv_sqrt[0] = _updated_inv_sqrt_eigenvalues(
+            inv_sqrt[0], new_term_1, beta, self._clamp_max(group, grad.shape[0]), shifts[0]
+        )
+
+
+@register_optimizer("kl_shampoo", main_roles=KL_MAIN_ROLES)
+class KLShampoo(_KLOptimizer):
+    """KL-Shampoo: Shampoo with power −1/2 per factor, KL-estimated factors and EMA eigenvalues, no grafting.
+
+    ``U = unrot(rot(m) ⊙ E)``, ``E = 1/(sqrt(D_1 ⋯ D_K) + ε)``; see the module docstring for the full step.
+    """
+
+    _using_klsoap = False
+
+
+@register_optimizer("kl_soap", main_roles=KL_MAIN_ROLES)
+class KLSOAP(_KLOptimizer):
+    """KL-SOAP: Adam (no bias correction) in the eigenbasis of KL-estimated Kronecker factors.
+
+    ``U = unrot(m/(sqrt(v) + ε))`` with m, v kept in the rotated coordinates; see the module docstring.
+    """
+
+    _using_klsoap = True

@@ -1,0 +1,348 @@
+"""SOAP-Muon (Vyas, Zhao, Morwani, Kwun, Kakade, "Improving SOAP using Iterative Whitening and Muon", 2025).
+
+Reference: nikhilvyas/SOAP_MUON @ 3035e10, soap-muon-nanogpt/soap_muon10.py (``SOAP_Muon10``, the class the
+paper's experiments import) and soap_muon10_graft.py (``SOAP_Muon10_Graft``, ``scale="graft"`` here).
+
+Idea: whiten one side with SOAP (Adam in the eigenbasis of GGᵀ or GᵀG, the smaller side for the paper's
+``projection_type="std"``), then whiten the other side with Muon's Newton–Schulz, with an elementwise
+square-root correction in between. For a matrix parameter W (m×n), gradient G, basis Q (eigenvectors as
+columns, descending), rot(X) = Q_Lᵀ X (left), X Q_R (right), Q_Lᵀ X Q_R (full), X (identity), and unrot
+its inverse. Per ``step()``:
+
+    first call for W: L ← (1−β_s)·GGᵀ and/or R ← (1−β_s)·GᵀG; Q ← eigh(float32(factor)); no update, t stays 0
+    later calls:
+      G' = rot(G);  t ← t + 1
+      m ← β1 m + (1−β1) G                                (original coordinates)
+      v ← β2 v + (1−β2) G'²                              (rotated coordinates)
+      α_t = η·sqrt(1−β2^t)/(1−β1^t)                      (η if correct_bias is off)
+      N = (rot(m) + (1−β1) G') / (sqrt(v) + ε)           (nestrov and max(m, n) < 10000)
+      N = rot(m) / (sqrt(v) + ε)                         (otherwise)
+      if max(m, n) < 10000:
+          O = NS(N);  O ← sign(O)·sqrt|O|;  O ← O/‖O‖_F
+          O ← O·sqrt(min(m, n))·sqrt(max(1, m/n))        (scale="shape", soap_muon10)
+          O ← O·‖N‖_F                                    (scale="graft", soap_muon10_graft)
+          N ← O
+      elif scale == "shape":                             (soap_muon10 only; the graft file has no such branch)
+          N ← sign(NS(N))·sqrt|NS(N)| rescaled to ‖·‖_F = sqrt(m·n)
+      W ← W − α_t·unrot(N);  W ← W − ηλ·W               (decoupled weight decay after the update)
+      L, R ← lerp(·, GGᵀ / GᵀG, 1−β_s)
+      if t mod f == 0: refresh each factor (left first): sort Q's columns by diag(QᵀLQ) descending, permute v
+          along that dim to match, Q ← QR((QᵀL)ᵀ).Q (= QR(L·Q) for symmetric L), all in float32
+
+NS (param dtype, not bf16): X = N/(‖N‖_F + 1e-7), transposed if m > n; ``newton_schulz_steps`` quintic steps
+A = XXᵀ, B = AX, X = aX + bB + (cA)B with (a, b, c) = (3.4445, −4.7750, 2.0315); then 2 cubic steps
+X = 1.5X − (0.5·XXᵀ)X. Params with fewer than 2 dims take the identity projection and no NS: plain Adam with the
+conventions above (first call skipped, ε = 1e-15 on the raw sqrt(v), bias correction folded into α_t).
+
+Projection per parameter, fixed when its state is created: < 2 dims → identity. "std" → right (factor GᵀG)
+if m > n, left (GGᵀ) if m < n, right if square. "full" with m > max_precond_dim → right, n > max_precond_dim
+→ left, both → identity (max_precond_dim is consulted only for "full", as in the reference). The 10000 in
+"max(m, n) < 10000" is hard-coded in soap_muon10, independent of max_precond_dim.
+
+Keyword names are the reference's, including the misspelled ``nestrov``. It is the only spelling accepted:
+``nesterov=...`` is an unknown hyperparameter, so a config written for the reference means the same here.
+
+Deliberate deviations from the reference:
+* ≥3-D parameters (conv kernels) are viewed as 2-D (out, rest) for everything: factors, rotation, NS and the
+  shape rules (the reference crashes on them; nanogpt_optimizer.py calls exit(0)). Moments keep the param shape.
+* Factors and bases are allocated in the param dtype (float32 for bf16/fp16 params), not torch's default
+  dtype, so bf16 and float64 params work (the reference crashes unless they match the default dtype). Golden
+  runs (float64 params under default float64) are unchanged. bf16/fp16 params keep float32 moments and are
+  updated through a float32 copy.
+* A failed eigh/QR (error or non-finite) is retried in float64, else the previous basis is kept (identity on
+  the first call); counted in ``diagnostics()``. Shared code in :mod:`optimizers.linalg`.
+* An all-zero direction (e.g. a zero gradient) stays zero instead of becoming NaN in O/‖O‖_F.
+* ``precondition_frequency`` and ``shampoo_beta`` are read from the param group every step (the reference
+  copies them into the state once), so changing them mid-run takes effect. ``projection_type`` is fixed
+  per parameter when its state is created.
+* ``scale`` selects between the two reference files; ``closure`` is supported; no prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from optimizers.adafactor import restore_saved_state_dtypes, state_dtype_for
+from optimizers.adamw import validate_adam_hyperparameters
+from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
+from optimizers.registry import register_optimizer
+
+PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
+SCALES = ("shape", "graft")
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+_NS_EPS = 1e-7
+# soap_muon10 hard-codes this bound for the Newton–Schulz branch; it is not max_precond_dim.
+LARGE_MATRIX_DIM = 10000
+
+
+def zeropower_via_newtonschulz_soap_muon(direction: Tensor, steps: int) -> Tensor:
+    """SOAP-Muon's Newton–Schulz in the input's dtype: ``steps`` quintic iterations then 2 cubic ones."""
+    a, b, c = NS_COEFFICIENTS
+    X = direction.clone()
+    X /= X.norm() + _NS_EPS
+    transposed = direction.size(0) > direction.size(1)
+    if transposed:
+        X = X.T
+    for _ in range(steps):
+        A = X @ X.T
+        B = A @ X
+        # The reference's `c * A @ B` and `0.5 * (X @ X.T) @ X` group as below; kept for bitwise parity.
+        X = a * X + b * B + (c * A) @ B
+    for _ in range(2):
+        X = 1.5 * X - (0.5 * (X @ X.T)) @ X
+    if transposed:
+        X = X.T
+    return X
+
+
+def _unit_frobenius_(matrix: Tensor) -> Tensor:
+    # Clamped so an all-zero direction stays zero (the reference divides 0 by 0); bitwise equal otherwise.
+    return matrix.div_(torch.norm(matrix).clamp_min(torch.finfo(matrix.dtype).tiny))
+
+
+def _sqrt_corrected_unit(direction: Tensor, steps: int) -> Tensor:
+    orthogonalized = zeropower_via_newtonschulz_soap_muon(direction, steps)
+    corrected = torch.sqrt(torch.abs(orthogonalized)) * torch.sign(orthogonalized)
+    return _unit_frobenius_(corrected)
+
+
+def resolve_projection(matrix_shape: tuple[int, int] | None, projection_type: str, max_precond_dim: int) -> str:
+    """The reference's per-parameter choice of identity/left/right/full (see the module docstring)."""
+    if matrix_shape is None:
+        return "identity"
+    rows, cols = matrix_shape
+    if projection_type == "std":
+        projection = "left" if rows < cols else "right"
+    else:
+        projection = projection_type
+    if projection == "full" and max_precond_dim >= 0:
+        if rows > max_precond_dim:
+            projection = "right"
+        if cols > max_precond_dim:
+            projection = "left"
+        if rows > max_precond_dim and cols > max_precond_dim:
+            projection = "identity"
+    return projection
+
+
+def _project(matrix: Tensor, state: dict[str, Any]) -> Tensor:
+    # Product forms as in the reference's project(): Q_Lᵀ X, X Q_R, (Q_Lᵀ X) Q_R.
+    projection = state["projection"]
+    if projection == "identity":
+        return matrix
+    if projection == "left":
+        return state["basis_left"].T @ matrix
+    if projection == "right":
+        return matrix @ state["basis_right"]
+    return (state["basis_left"].T @ matrix) @ state["basis_right"]
+
+
+def _project_back(matrix: Tensor, state: dict[str, Any]) -> Tensor:
+    projection = state["projection"]
+    if projection == "identity":
+        return matrix
+    if projection == "left":
+        return state["basis_left"] @ matrix
+    if projection == "right":
+        return matrix @ state["basis_right"].T
+    return (state["basis_left"] @ matrix) @ state["basis_right"].T
+
+
+def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth) -> tuple[Tensor, Tensor]:
+    """SOAP-Muon's ``get_orthogonal_matrix_QR`` for one factor, in float32; returns (new basis, permutation).
+
+    Same steps as :func:`optimizers.linalg.power_qr_refresh` with ``sort=True``, but the power-iteration product
+    is formed as the reference writes it, ``(Qᵀ L)ᵀ``, not ``L Q``: equal for symmetric L, yet BLAS rounds the
+    two differently for small factors (seen for 8×8), and a float32 QR passes that on to the trajectory.
+    On a QR failure the sorted previous basis is kept, which stays consistent with the permuted v.
+    """
+    factor32 = factor.to(torch.float32)
+    basis32 = basis.to(torch.float32)
+    permutation = torch.argsort(estimated_eigenvalues(factor32, basis32), descending=True)
+    basis32 = basis32[:, permutation]
+    power = (basis32.T @ factor32).T
+    refreshed = orthonormalize_qr(power, fallback=basis32, health=health)
+    return refreshed.to(basis.dtype), permutation
+
+
+@register_optimizer("soap_muon", main_roles=("matrix",))
+class SOAPMuon(torch.optim.Optimizer):
+    """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.95, 0.98),
+        shampoo_beta: float = -1,
+        eps: float = 1e-15,
+        weight_decay: float = 0.0,
+        correct_bias: bool = True,
+        projection_type: str = "full",
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        newton_schulz_steps: int = 5,
+        nestrov: bool = False,
+        scale: str = "shape",
+    ) -> None:
+        validate_adam_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        if not shampoo_beta < 1:
+            raise ValueError(f"shampoo_beta must be < 1 (a negative value means betas[1]), got {shampoo_beta}")
+        if projection_type not in PROJECTION_TYPES:
+            raise ValueError(f"projection_type must be one of {PROJECTION_TYPES}, got {projection_type!r}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {SCALES} (soap_muon10 / soap_muon10_graft), got {scale!r}")
+        for name, value, minimum in (
+            ("precondition_frequency", precondition_frequency, 1),
+            ("newton_schulz_steps", newton_schulz_steps, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        if isinstance(max_precond_dim, bool) or not isinstance(max_precond_dim, int):
+            raise ValueError(f"max_precond_dim must be an integer, got {max_precond_dim!r}")
+        defaults = dict(
+            lr=lr,
+            betas=tuple(betas),
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            correct_bias=bool(correct_bias),
+            projection_type=projection_type,
+            precondition_frequency=precondition_frequency,
+            max_precond_dim=max_precond_dim,
+            newton_schulz_steps=newton_schulz_steps,
+            nestrov=bool(nestrov),
+            scale=scale,
+        )
+        super().__init__(params, defaults)
+        self.linalg_health = LinalgHealth()
+
+    def diagnostics(self) -> dict[str, float]:
+        return self.linalg_health.diagnostics()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        restore_saved_state_dtypes(self, state_dict)
+
+    @staticmethod
+    def _factor_beta(group: dict[str, Any]) -> float:
+        return group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
+
+    def _init_state(self, param: Tensor, grad_matrix: Tensor, group: dict[str, Any]) -> dict[str, Any]:
+        dtype = state_dtype_for(param)
+        state = self.state[param]
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
+        state["exp_avg_sq"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
+        matrix_shape = tuple(grad_matrix.shape) if grad_matrix.ndim == 2 else None
+        state["projection"] = resolve_projection(matrix_shape, group["projection_type"], group["max_precond_dim"])
+        for side in self._sides(state):
+            size = grad_matrix.shape[0] if side == "left" else grad_matrix.shape[1]
+            state[f"factor_{side}"] = torch.zeros(size, size, dtype=dtype, device=param.device)
+        return state
+
+    @staticmethod
+    def _sides(state: dict[str, Any]) -> tuple[str, ...]:
+        return {"identity": (), "left": ("left",), "right": ("right",), "full": ("left", "right")}[state["projection"]]
+
+    def _update_factors(self, grad_matrix: Tensor, state: dict[str, Any], beta: float) -> None:
+        for side in self._sides(state):
+            gram = grad_matrix @ grad_matrix.T if side == "left" else grad_matrix.T @ grad_matrix
+            state[f"factor_{side}"].lerp_(gram, 1 - beta)
+
+    def _init_bases(self, state: dict[str, Any]) -> None:
+        for side in self._sides(state):
+            factor = state[f"factor_{side}"]
+            # soap_muon10: float32 eigh with no eye term, whatever the default dtype.
+            state[f"basis_{side}"] = eigenbasis(
+                factor, precision="float32", eye_shift=None, out_dtype=factor.dtype, health=self.linalg_health
+            )
+
+    def _refresh_bases(self, state: dict[str, Any], second_moment: Tensor) -> None:
+        for side in self._sides(state):
+            basis, permutation = _sorted_power_qr_refresh(state[f"factor_{side}"], state[f"basis_{side}"], self.linalg_health)
+            # Relabel v's rows (left) or columns (right) like Q's columns; v is never rotated.
+            axis = 0 if side == "left" else 1
+            second_moment.copy_(second_moment.index_select(axis, permutation))
+            state[f"basis_{side}"] = basis
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+            factor_beta = self._factor_beta(group)
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError("SOAPMuon does not support sparse gradients")
+                dtype = state_dtype_for(param)
+                grad = param.grad.to(dtype)
+                grad_matrix = grad.reshape(grad.shape[0], -1) if grad.ndim > 2 else grad
+
+                state = self.state[param]
+                if not state:
+                    state = self._init_state(param, grad_matrix, group)
+                    self._update_factors(grad_matrix, state, factor_beta)
+                    self._init_bases(state)
+                    continue
+
+                exp_avg = state["exp_avg"].view(grad_matrix.shape)
+                exp_avg_sq = state["exp_avg_sq"].view(grad_matrix.shape)
+                grad_projected = _project(grad_matrix, state)
+                state["step"] += 1
+                step = state["step"]
+
+                exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
+                exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
+                denom = exp_avg_sq.sqrt().add_(eps)
+                exp_avg_projected = _project(exp_avg, state)
+
+                step_size = lr
+                if group["correct_bias"]:
+                    bias_correction1 = 1.0 - beta1**step
+                    bias_correction2 = 1.0 - beta2**step
+                    step_size = step_size * (bias_correction2**0.5) / bias_correction1
+
+                is_matrix = grad_matrix.ndim == 2
+                newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
+                if group["nestrov"] and newton_schulz:
+                    direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
+                else:
+                    direction = exp_avg_projected / denom
+
+                rows, cols = grad_matrix.shape if is_matrix else (0, 0)
+                if newton_schulz and group["scale"] == "graft":
+                    adam_norm = torch.norm(direction)
+                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+                    direction *= adam_norm
+                elif newton_schulz:
+                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+                    direction *= min(rows, cols) ** 0.5
+                    direction *= max(1, rows / cols) ** 0.5
+                elif is_matrix and group["scale"] == "shape":
+                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+                    direction *= (rows * cols) ** 0.5
+
+                update = _project_back(direction, state)
+                weights = param if param.dtype == dtype else param.to(dtype)
+                weights.add_(update.reshape(param.shape), alpha=-step_size)
+                if weight_decay > 0.0:
+                    weights.add_(weights, alpha=-lr * weight_decay)
+                if weights is not param:
+                    param.copy_(weights)
+
+                self._update_factors(grad_matrix, state, factor_beta)
+                if step % group["precondition_frequency"] == 0:
+                    self._refresh_bases(state, exp_avg_sq)
+        return loss

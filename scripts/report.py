@@ -1,0 +1,69 @@
+"""Report over the local results store: tables, efficiency vs a baseline, figures, paper references.
+
+    python scripts/report.py --experiment shakespeare_cpu
+    python scripts/report.py --experiment shakespeare_cpu --reference whitening_nanogpt:paper
+    python scripts/report.py --experiment soap_efficiency --baseline adamw --target 1.52
+    python scripts/report.py --experiment a b            # several workloads: performance profiles
+
+Writes <out>/report.md, report.csv, configurations.csv, sources.json and the figures (PNG, each with a
+.sources.json sidecar) and prints the main table. Output goes to a temp dir renamed into place at the end,
+so bad input or a crash leaves nothing half-written. Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+from soapbench.report.build import ReportRequest, publish
+from soapbench.report.store import ReportError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", nargs="+", required=True, help="experiment name(s) under <results-dir>/runs")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/reports/<experiment>")
+    parser.add_argument("--baseline", default="adamw", help="optimizer whose best final loss is the target")
+    parser.add_argument("--target", type=float, default=None, help="explicit target loss (one workload only)")
+    parser.add_argument("--metric", default=None, help="eval metric (default val/loss, else val/mse)")
+    parser.add_argument("--reference", default=None, help="NAME or NAME:SETTING of <results-dir>/reference/NAME.yaml")
+    parser.add_argument("--reference-dir", type=Path, default=None,
+                        help="default: <results-dir>/reference, else the repository's results/reference")
+    parser.add_argument("--wandb-project", default=None, help="read runs from this W&B project instead of the store")
+    parser.add_argument("--ignore-key", action="append", default=[],
+                        help="extra config key (prefix) to ignore when grouping runs; repeatable")
+    parser.add_argument("--no-figures", action="store_true", help="tables only (faster)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or args.results_dir / "reports" / "+".join(args.experiment)
+    request = ReportRequest(
+        experiments=args.experiment,
+        results_dir=args.results_dir,
+        baseline=args.baseline,
+        target=args.target,
+        metric=args.metric,
+        reference=args.reference,
+        reference_dir=args.reference_dir,
+        wandb_project=args.wandb_project,
+        ignore_keys=tuple(args.ignore_key),
+        figures=not args.no_figures,
+        command=shlex.join(["python", "scripts/report.py", *(argv if argv is not None else sys.argv[1:])]),
+    )
+    try:
+        tables = publish(request, out)
+    except ReportError as err:
+        print(f"report: error: {err}", file=sys.stderr)
+        return 2
+    print(tables, end="")
+    print(f"\nreport written to {out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

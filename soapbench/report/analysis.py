@@ -1,0 +1,362 @@
+"""From runs to the numbers in the report: best configurations, targets, steps/time-to-target, efficiency.
+
+Per workload (experiment × model × data) and optimizer:
+
+* **Full budget.** The workload's full budget is the largest ``trainer.max_steps`` among its runs.
+  Configurations at that budget are compared; shorter ones are the schedule family of the efficiency
+  method (:mod:`soapbench.report.efficiency`).
+* **Configuration score.** A configuration's final validation loss is averaged over its completed
+  seeds: mean ± sample std (ddof = 1), n. A diverged seed counts as +inf, so a configuration with
+  any diverged seed can never be "best" while a configuration without divergence exists (choosing
+  by the surviving seeds would reward instability). Failed/running/no-summary runs do not enter
+  the mean; they are counted and listed.
+* **Best configuration** = lowest score among full-budget configurations.
+* **Target** L* = the baseline's (default AdamW) best-configuration mean final loss, or ``--target``.
+* **Steps/time to target.** On the best configuration's mean curve over seeds (mean of the loss at
+  each eval step common to all its completed seeds; time = mean cumulative ``train_seconds``), the
+  first crossing below L*, linearly interpolated between the two evals that bracket it
+  (:func:`soapbench.report.curves.crossing`): with L_i > L* ≥ L_{i+1} at steps s_i, s_{i+1},
+  s* = s_i + (s_{i+1} − s_i)·(L_i − L*)/(L_i − L_{i+1}), and the same fraction for seconds. Using the
+  mean curve makes the baseline reach its own target exactly at its final eval (per-seed crossings
+  would miss it for about half the seeds).
+* **Warnings** flag what can make a comparison unfair: unfinished seeds in a best configuration,
+  best configurations averaging different numbers of seeds or run on different devices, a best
+  learning rate on the edge of the values tried (with ≥ 3 tried).
+* **Efficiency** vs the baseline: steps_base / steps_opt and seconds_base / seconds_opt (> 1 is
+  better). Not reached within its budget → no ratio, only the bound ratio < base / budget_opt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_seconds
+from soapbench.report.efficiency import BudgetPoint, ScheduleEfficiency, schedule_efficiency
+from soapbench.report.store import Run, config_key, status_counts, swept_keys
+
+OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon", "kl_soap", "kl_shampoo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configurations
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConfigResult:
+    """All seeds of one configuration (same config up to the seed)."""
+
+    workload: str
+    optimizer: str
+    key: tuple
+    family: tuple
+    runs: list[Run]
+    max_steps: int | None
+    metric: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        finals = [run_final(r, self.metric) for r in self.runs]
+        self.finals = [f for f in finals if f is not None]
+        self.completed = [r for r, f in zip(self.runs, finals) if f is not None and math.isfinite(f)]
+        self.counts = status_counts(self.runs)
+        finite = np.array([f for f in self.finals if math.isfinite(f)])
+        self.n = int(finite.size)
+        self.mean = float(finite.mean()) if finite.size else math.nan
+        self.std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+        self.min = float(finite.min()) if finite.size else math.nan
+        self.max = float(finite.max()) if finite.size else math.nan
+        self.curve = mean_curve([run_curve(r, self.metric) for r in self.completed])
+        self.seconds = float(np.nanmean([run_seconds(r) for r in self.completed])) if self.completed else math.nan
+
+    @property
+    def diverged(self) -> int:
+        return self.counts["diverged"]
+
+    @property
+    def score(self) -> float:
+        """Ranking key: mean final loss, +inf if any seed diverged or no seed completed."""
+        if self.diverged or self.n == 0:
+            return math.inf
+        return self.mean
+
+    def value(self, key: str) -> Any:
+        return self.runs[0].flat.get(key)
+
+
+def group_configurations(runs: Iterable[Run], metric: str, extra_ignored: Iterable[str] = ()) -> list[ConfigResult]:
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        if run.status == "unreadable":
+            continue
+        groups.setdefault(config_key(run, extra_ignored), []).append(run)
+    results = []
+    for key, members in groups.items():
+        first = members[0]
+        results.append(
+            ConfigResult(
+                workload=first.workload,
+                optimizer=first.optimizer,
+                key=key,
+                family=config_key(first, extra_ignored, drop_budget=True),
+                runs=sorted(members, key=lambda r: str(r.seed)),
+                # epoch budgets leave trainer.max_steps null; runs with a summary know their step count
+                max_steps=max((r.max_steps for r in members if r.max_steps is not None), default=None),
+                metric=metric,
+            )
+        )
+    return results
+
+
+def best_of(configs: Iterable[ConfigResult], match: Mapping[str, Any] | None = None) -> ConfigResult | None:
+    """Lowest-score configuration, optionally among those whose ``optimizer.<key>`` equals ``match``."""
+    candidates = [c for c in configs if _matches(c, match or {})]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda c: (c.score, -c.n, str(c.key)))
+
+
+def _matches(config: ConfigResult, match: Mapping[str, Any]) -> bool:
+    for key, wanted in match.items():
+        actual = config.value(key if "." in key else f"optimizer.{key}")
+        if isinstance(wanted, (int, float)) and isinstance(actual, (int, float)):
+            if not math.isclose(float(actual), float(wanted), rel_tol=1e-9):
+                return False
+        elif actual != wanted:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Per workload and optimizer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerResult:
+    optimizer: str
+    runs: list[Run]
+    configs: list[ConfigResult]  # at the workload's full budget
+    shortened: list[ConfigResult]  # shorter schedules (any family)
+    swept: list[str]
+    best: ConfigResult | None
+    counts: dict[str, int]
+    steps_to_target: float | None = None
+    seconds_to_target: float | None = None
+    efficiency_steps: float | None = None
+    efficiency_time: float | None = None
+    efficiency_steps_bound: float | None = None  # upper bound when the target is not reached
+    efficiency_time_bound: float | None = None
+    schedule: ScheduleEfficiency | None = None
+
+    def family_points(self) -> list[BudgetPoint]:
+        """Budget points (one per schedule length) of the best configuration's family."""
+        if self.best is None:
+            return []
+        family = [c for c in self.configs + self.shortened if c.family == self.best.family]
+        points = []
+        for c in sorted(family, key=lambda c: c.max_steps or 0):
+            if c.max_steps is None or (c.n == 0 and not c.diverged):
+                continue  # nothing measured at this budget (failed, running or never started)
+            loss = math.inf if c.diverged else c.mean
+            points.append(
+                BudgetPoint(float(c.max_steps), c.seconds, loss, c.n, tuple(r.source for r in c.runs))
+            )
+        return points
+
+
+@dataclass
+class WorkloadResult:
+    workload: str
+    experiment: str
+    runs: list[Run]
+    full_budget: int | None
+    baseline: str
+    target: float | None
+    target_source: str
+    optimizers: dict[str, OptimizerResult]
+
+
+@dataclass
+class Analysis:
+    metric: str
+    baseline: str
+    runs: list[Run]
+    workloads: list[WorkloadResult]
+
+
+def optimizer_sort_key(name: str, baseline: str) -> tuple:
+    if name == baseline:
+        return (0, 0, name)
+    if name in OPTIMIZER_ORDER:
+        return (1, OPTIMIZER_ORDER.index(name), name)
+    return (2, 0, name)
+
+
+def pick_metric(runs: Iterable[Run], requested: str | None) -> str:
+    """``val/loss`` if any run logs it, else ``val/mse`` (colorization), unless one is requested."""
+    if requested:
+        return requested
+    columns = {c for r in runs for c in r.metrics.columns}
+    return "val/loss" if "val/loss" in columns or not {"val/mse"} & columns else "val/mse"
+
+
+def _ratio(base: float | None, this: float | None) -> float | None:
+    if base is None or this is None or this <= 0:
+        return None
+    return base / this
+
+
+def analyze_workload(
+    workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = ()
+) -> WorkloadResult:
+    configs = group_configurations(runs, metric, extra_ignored)
+    budgets = [c.max_steps for c in configs if c.max_steps is not None]
+    full = max(budgets) if budgets else None
+    by_opt: dict[str, OptimizerResult] = {}
+    for name in sorted({r.optimizer for r in runs}, key=lambda n: optimizer_sort_key(n, baseline)):
+        mine = [c for c in configs if c.optimizer == name]
+        at_full = [c for c in mine if c.max_steps == full or c.max_steps is None]
+        shorter = [c for c in mine if c not in at_full]
+        full_runs = [r for c in at_full for r in c.runs]
+        swept = swept_keys(full_runs, extra_ignored)
+        for c in mine:
+            c.hyperparameters = {k: c.value(k) for k in swept}
+        opt_runs = [r for r in runs if r.optimizer == name]
+        by_opt[name] = OptimizerResult(
+            optimizer=name,
+            runs=opt_runs,
+            configs=at_full,
+            shortened=shorter,
+            swept=swept,
+            best=best_of(at_full),
+            counts=status_counts(opt_runs),
+        )
+
+    base = by_opt.get(baseline)
+    if target is not None:
+        target_source = "given with --target"
+    elif base is not None and base.best is not None and math.isfinite(base.best.score):
+        target = base.best.score
+        target_source = f"best-tuned {baseline} mean final {metric}"
+    else:
+        target_source = f"none: baseline {baseline!r} has no completed configuration without divergence"
+    result = WorkloadResult(workload, runs[0].experiment, runs, full, baseline, target, target_source, by_opt)
+    if target is not None:
+        _fill_targets(result)
+    return result
+
+
+def _fill_targets(result: WorkloadResult) -> None:
+    target = result.target
+    assert target is not None
+    for opt in result.optimizers.values():
+        hit = crossing(opt.best.curve, target, "mean") if opt.best is not None else None
+        if hit is not None:
+            opt.steps_to_target, opt.seconds_to_target = hit
+    base = result.optimizers.get(result.baseline)
+    base_steps = base.steps_to_target if base else None
+    base_secs = base.seconds_to_target if base else None
+    for opt in result.optimizers.values():
+        opt.efficiency_steps = _ratio(base_steps, opt.steps_to_target)
+        opt.efficiency_time = _ratio(base_secs, opt.seconds_to_target)
+        if opt.steps_to_target is None and opt.best is not None and opt.best.curve is not None:
+            opt.efficiency_steps_bound = _ratio(base_steps, float(opt.best.curve["step"].iloc[-1]))
+            opt.efficiency_time_bound = _ratio(base_secs, float(opt.best.curve["seconds"].iloc[-1]))
+    # SOAP-paper method: N_base is the baseline's full budget when the target is its own final loss;
+    # with an explicit target it is where the baseline's own curve reaches that target.
+    if base is not None and base.best is not None and result.target_source.startswith("best-tuned"):
+        n_base = float(base.best.max_steps) if base.best.max_steps else None
+        t_base = base.best.seconds if math.isfinite(base.best.seconds) else None
+    else:
+        n_base, t_base = base_steps, base_secs
+    for opt in result.optimizers.values():
+        points = opt.family_points()
+        # One budget is not a schedule sweep; two are reported as "cannot fit" so the gap is visible.
+        if len({p.steps for p in points}) >= 2:
+            opt.schedule = schedule_efficiency(points, target, n_base, t_base)
+
+
+def analyze(
+    runs: list[Run],
+    metric: str | None = None,
+    baseline: str = "adamw",
+    target: float | None = None,
+    extra_ignored: Iterable[str] = (),
+) -> Analysis:
+    metric = pick_metric(runs, metric)
+    by_workload: dict[str, list[Run]] = {}
+    for run in runs:
+        if run.status != "unreadable":
+            by_workload.setdefault(run.workload, []).append(run)
+    workloads = [
+        analyze_workload(w, rs, metric, baseline, target, tuple(extra_ignored)) for w, rs in sorted(by_workload.items())
+    ]
+    return Analysis(metric=metric, baseline=baseline, runs=runs, workloads=workloads)
+
+
+def fairness_warnings(workload: WorkloadResult) -> list[str]:
+    """Things a reader must know before trusting the comparison (shown under the main table)."""
+    notes = []
+    seeds: dict[str, int] = {}
+    for opt in workload.optimizers.values():
+        best = opt.best
+        if best is None or not math.isfinite(best.score):
+            continue
+        seeds[opt.optimizer] = best.n
+        pending = best.counts["running"] + best.counts["no_summary"] + best.counts["failed"]
+        if pending:
+            notes.append(f"{opt.optimizer}: {pending} seed(s) of the best configuration did not complete "
+                         f"(running, failed or no summary); its mean uses n={best.n}.")
+        # Only learning rates: an edge value of e.g. precondition_frequency = 1 is a hard floor, not a tuning gap.
+        for key in (k for k in opt.swept if k.split(".")[-1] in ("lr", "learning_rate")):
+            tried = sorted({v for c in opt.configs if isinstance(v := c.value(key), (int, float))
+                            and not isinstance(v, bool)})
+            # With three or more values tried, a best value on the edge means the optimum may lie outside.
+            if len(tried) >= 3 and best.value(key) in (tried[0], tried[-1]):
+                notes.append(f"{opt.optimizer}: best {key} = {best.value(key)} is at the edge of the values "
+                             f"tried ({', '.join(map(str, tried))}); the optimum may lie outside the grid.")
+    if len(set(seeds.values())) > 1:
+        notes.append("best configurations average different numbers of seeds: "
+                     + ", ".join(f"{k} n={v}" for k, v in seeds.items()) + ".")
+    devices = sorted({str((r.summary or {}).get("device")) for o in workload.optimizers.values() if o.best
+                      for r in o.best.completed})
+    if len(devices) > 1:
+        notes.append(f"the best configurations ran on different devices ({'; '.join(devices)}): "
+                     "wall-clock numbers are not comparable.")
+    return notes
+
+
+def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mapping[str, Any] | None = None) -> dict:
+    """Efficiency of ``optimizer`` (best config, optionally constrained by ``match``) vs ``versus``'s best.
+
+    Used to put our numbers beside a paper's claims against a baseline other than the report's. The
+    target is ``versus``'s mean final loss; curve ratios always, the schedule fit when possible.
+    """
+    mine = workload.optimizers.get(optimizer)
+    theirs = workload.optimizers.get(versus)
+    out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None}
+    if not mine or not theirs or theirs.best is None or not math.isfinite(theirs.best.score):
+        return out
+    config = best_of(mine.configs, match)
+    if config is None or config.curve is None:
+        return out
+    target = theirs.best.score
+    hit_mine, hit_theirs = crossing(config.curve, target, "mean"), crossing(theirs.best.curve, target, "mean")
+    if hit_mine and hit_theirs:
+        out["steps"], out["time"] = hit_theirs[0] / hit_mine[0], hit_theirs[1] / hit_mine[1]
+    family = [c for c in mine.configs + mine.shortened if c.family == config.family and c.max_steps]
+    points = [
+        BudgetPoint(float(c.max_steps), c.seconds, math.inf if c.diverged else c.mean, c.n)
+        for c in family
+        if c.max_steps is not None and (c.n > 0 or c.diverged)
+    ]
+    n_base = float(theirs.best.max_steps) if theirs.best.max_steps else None
+    t_base = theirs.best.seconds if math.isfinite(theirs.best.seconds) else None
+    fitted = schedule_efficiency(points, target, n_base, t_base)
+    out["fit_steps"], out["fit_time"] = fitted.steps.efficiency, fitted.time.efficiency
+    return out

@@ -1,0 +1,349 @@
+"""Turn an :class:`~soapbench.report.analysis.Analysis` into report.md, report.csv, configurations.csv, sources.json.
+
+Formatting only: every number here was computed in analysis/efficiency/reference. Nothing is dropped:
+runs that are not in any mean (diverged, failed, running, no summary, unreadable) are counted per
+optimizer and listed one by one with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from soapbench.report.analysis import Analysis, ConfigResult, WorkloadResult, fairness_warnings
+from soapbench.report.efficiency import AxisEfficiency
+from soapbench.report.figures import SavedFigure
+from soapbench.report.reference import Reference, check_orderings, compare, paper_final_for
+from soapbench.report.store import STATUSES, Run, status_counts
+
+
+def _num(value: float | None, fmt: str = "{:.4f}") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return fmt.format(value)
+
+
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    def cell(value: Any) -> str:
+        text = "–" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def hyperparameter_text(config: ConfigResult | None) -> str:
+    if config is None:
+        return "–"
+    params = dict(config.hyperparameters)
+    if not params and config.value("optimizer.lr") is not None:
+        return f"lr={config.value('optimizer.lr')} (single configuration)"
+    return ", ".join(f"{k.removeprefix('optimizer.')}={v}" for k, v in params.items()) or "(single configuration)"
+
+
+def final_text(config: ConfigResult | None) -> str:
+    if config is None:
+        return "no runs"
+    if config.diverged:
+        return f"diverged ({config.diverged}/{config.diverged + config.n} seeds)"
+    if config.n == 0:
+        return "no completed seed"
+    std = "" if math.isnan(config.std) else f" ± {config.std:.4f}"
+    return f"{config.mean:.4f}{std} (n={config.n})"
+
+
+def counts_text(counts: dict[str, int]) -> str:
+    names = {"completed": "completed", "no_summary": "no summary"}
+    parts = [f"{n} {names.get(s, s)}" for s, n in counts.items() if n]
+    return ", ".join(parts) or "none"
+
+
+def _to_target(value: float | None, has_target: bool, has_curve: bool, fmt: str) -> str:
+    if not has_target:
+        return "n/a (no target)"
+    if value is None:
+        return "not reached" if has_curve else "no completed seed"
+    return fmt.format(value)
+
+
+def _eff(value: float | None, bound: float | None, has_target: bool, has_curve: bool = True) -> str:
+    if not has_target:
+        return "n/a"
+    if not has_curve:
+        return "–"
+    if value is not None:
+        return f"{value:.2f}×"
+    return f"not reached (<{bound:.2f}×)" if bound is not None else "not reached"
+
+
+def _fit_eff(axis: AxisEfficiency | None) -> str:
+    if axis is None:
+        return "no shortened runs"
+    if axis.efficiency is None:
+        return axis.reason or "–"
+    return f"{axis.efficiency:.2f}×" + (" (extrapolated)" if axis.extrapolated else "")
+
+
+def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> list[dict[str, Any]]:
+    has_target = workload.target is not None
+    rows = []
+    for opt in workload.optimizers.values():
+        curve = opt.best is not None and opt.best.curve is not None
+        row = {
+            "optimizer": opt.optimizer,
+            "best hyperparameters": hyperparameter_text(opt.best),
+            "final (mean ± std, n)": final_text(opt.best),
+            "steps to target": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
+            "time to target [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}"),
+            "eff. steps": _eff(opt.efficiency_steps, opt.efficiency_steps_bound, has_target, curve),
+            "eff. time": _eff(opt.efficiency_time, opt.efficiency_time_bound, has_target, curve),
+            "fit eff. steps": _fit_eff(opt.schedule.steps if opt.schedule else None),
+            "fit eff. time": _fit_eff(opt.schedule.time if opt.schedule else None),
+            "runs": counts_text(opt.counts),
+        }
+        if reference is not None:
+            row["paper"] = paper_final_for(reference, workload, opt.optimizer) or "–"
+        rows.append(row)
+    return rows
+
+
+def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
+    rows = []
+    for opt in workload.optimizers.values():
+        if opt.schedule is None:
+            continue
+        budgets = ", ".join(
+            f"{p.steps:.0f}" + (f" ({p.steps / workload.full_budget:.3g})" if workload.full_budget else "")
+            + ("" if math.isfinite(p.loss) else " diverged")
+            for p in opt.schedule.points
+        )
+        for axis_name, axis in (("steps", opt.schedule.steps), ("time", opt.schedule.time)):
+            fit = axis.outcome.fit if axis.outcome.reason is None else None
+            notes = [axis.reason] if axis.reason else []
+            if fit is not None and fit.beta_at_bound:
+                notes.append("β at search bound")
+            if axis.extrapolated:
+                notes.append("extrapolated beyond the measured budgets")
+            rows.append(
+                {
+                    "optimizer": opt.optimizer,
+                    "axis": axis_name,
+                    "budgets N (fraction)": budgets,
+                    "a": _num(fit.a if fit else None),
+                    "b": _num(fit.b if fit else None, "{:.4g}"),
+                    "β": _num(fit.beta if fit else None, "{:.4g}"),
+                    "RSS": _num(fit.rss if fit else None, "{:.2e}"),
+                    "budget to target": _num(axis.budget_to_target, "{:.1f}"),
+                    "baseline budget": _num(axis.baseline_budget, "{:.1f}"),
+                    "efficiency": _num(axis.efficiency, "{:.3f}×"),
+                    "notes": "; ".join(notes) or "–",
+                }
+            )
+    return rows
+
+
+def excluded_rows(runs: Sequence[Run]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        if run.status == "completed":
+            continue
+        summary = run.summary or {}
+        reason = summary.get("error") or "; ".join(run.problems) or ""
+        if run.status == "diverged" and summary.get("diverged_step") is not None:
+            reason = f"diverged at step {summary['diverged_step']}" + (f"; {reason}" if reason else "")
+        if run.status == "running":
+            reason = "summary says running (live or killed)" + (f"; {reason}" if reason else "")
+        steps = summary.get("steps")
+        rows.append(
+            {
+                "run": run.name,
+                "optimizer": run.optimizer,
+                "status": run.status,
+                "steps": f"{steps}/{summary.get('max_steps', run.max_steps)}" if steps is not None else "–",
+                "reason": reason or "–",
+            }
+        )
+    return rows
+
+
+def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
+    rows = []
+    for opt in workload.optimizers.values():
+        for config in sorted(opt.configs + opt.shortened, key=lambda c: (-(c.max_steps or 0), c.score)):
+            rows.append(
+                {
+                    "workload": workload.workload,
+                    "optimizer": opt.optimizer,
+                    "max_steps": config.max_steps,
+                    "hyperparameters": hyperparameter_text(config),
+                    "best": config is opt.best,
+                    "final_mean": config.mean,
+                    "final_std": config.std,
+                    "n": config.n,
+                    "train_seconds_mean": config.seconds,
+                    **{f"runs_{s}": config.counts.get(s, 0) for s in STATUSES},
+                    "runs": ";".join(r.name for r in config.runs),
+                }
+            )
+    return rows
+
+
+def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, Any]]:
+    rows = []
+    for w in analysis.workloads:
+        for opt in w.optimizers.values():
+            best = opt.best
+            sched = opt.schedule
+            fit_s = sched.steps.outcome.fit if sched and sched.steps.outcome.reason is None else None
+            rows.append(
+                {
+                    "workload": w.workload,
+                    "optimizer": opt.optimizer,
+                    "metric": analysis.metric,
+                    "best_hyperparameters": json.dumps(best.hyperparameters if best else None, default=str),
+                    "final_mean": best.mean if best else None,
+                    "final_std": best.std if best else None,
+                    "n_seeds": best.n if best else 0,
+                    "best_diverged_seeds": best.diverged if best else 0,
+                    "target": w.target,
+                    "target_source": w.target_source,
+                    "steps_to_target": opt.steps_to_target,
+                    "seconds_to_target": opt.seconds_to_target,
+                    "efficiency_steps": opt.efficiency_steps,
+                    "efficiency_time": opt.efficiency_time,
+                    "efficiency_steps_upper_bound": opt.efficiency_steps_bound,
+                    "efficiency_time_upper_bound": opt.efficiency_time_bound,
+                    "fit_a": fit_s.a if fit_s else None,
+                    "fit_b": fit_s.b if fit_s else None,
+                    "fit_beta": fit_s.beta if fit_s else None,
+                    "fit_efficiency_steps": sched.steps.efficiency if sched else None,
+                    "fit_efficiency_time": sched.time.efficiency if sched else None,
+                    "fit_note_steps": sched.steps.reason if sched else "no shortened-schedule runs",
+                    "fit_note_time": sched.time.reason if sched else "no shortened-schedule runs",
+                    **{f"runs_{s}": opt.counts.get(s, 0) for s in STATUSES},
+                    "paper_final": paper_final_for(reference, w, opt.optimizer) if reference else None,
+                }
+            )
+    return rows
+
+
+def _relpath(source: str) -> str:
+    try:
+        rel = os.path.relpath(source)
+    except ValueError:  # different drive, or a W&B URL
+        return source
+    return rel if not rel.startswith("..") else source
+
+
+def sources_json(analysis: Analysis, command: str, figures: Sequence[SavedFigure]) -> dict[str, Any]:
+    in_means = {r.source for w in analysis.workloads for o in w.optimizers.values() for c in o.configs + o.shortened
+                for r in c.completed}
+    return {
+        "experiments": sorted({r.experiment for r in analysis.runs}),
+        "command": command,
+        "metric": analysis.metric,
+        "baseline": analysis.baseline,
+        "targets": {w.workload: {"target": w.target, "source": w.target_source} for w in analysis.workloads},
+        "status_counts": status_counts(analysis.runs),
+        "figures": {f.path.name: list(map(_relpath, f.sources)) for f in figures},
+        "runs": [
+            {
+                "run_dir": _relpath(r.source),
+                "experiment": r.experiment,
+                "optimizer": r.optimizer,
+                "seed": r.seed,
+                "status": r.status,
+                "config_hash": r.config_hash,
+                "config_sha256": r.config_sha256,
+                "git_commit": (r.summary or {}).get("git_commit"),
+                "in_means": r.source in in_means,
+            }
+            for r in analysis.runs
+        ],
+    }
+
+
+def _provenance(analysis: Analysis) -> list[str]:
+    def unique(key: str) -> str:
+        values = sorted({str((r.summary or {}).get(key)) for r in analysis.runs if (r.summary or {}).get(key)})
+        return ", ".join(values) or "unknown"
+
+    return [f"- git commits of the runs: {unique('git_commit')}", f"- devices: {unique('device')}"]
+
+
+_TABLE_NOTE = (
+    "Efficiency = the baseline's steps (seconds) to target / this optimizer's, on the best configuration's mean "
+    "curve; >1 is better. 'fit eff.' is the SOAP-paper schedule method (next table). 'runs' counts every run of "
+    "the optimizer in this workload, shortened schedules included."
+)
+_COMPARE_COLUMNS = ["setting", "optimizer", "quantity", "paper", "ours", "ours_how", "check", "source"]
+_CONFIG_COLUMNS = ["optimizer", "max_steps", "hyperparameters", "best", "final_mean", "final_std", "n", "runs"]
+
+
+def main_table(w: WorkloadResult, reference: Reference | None) -> str:
+    """Heading, target, the per-optimizer table and its warnings: what is also printed to stdout."""
+    target = f"{w.target:.4f}" if w.target is not None else "none"
+    rows = optimizer_rows(w, reference)
+    lines = [f"## {w.workload}", "", f"Target: **{target}** ({w.target_source}); full budget: {w.full_budget} steps.",
+             "", md_table(rows, list(rows[0]) if rows else ["optimizer"])]
+    warnings = fairness_warnings(w)
+    if warnings:
+        lines += [""] + [f"- **warning:** {note}" for note in warnings]
+    return "\n".join(lines)
+
+
+def reference_section(reference: Reference, w: WorkloadResult, metric: str) -> list[str]:
+    differs = "" if reference.metric == metric else f" (**differs from ours, `{metric}`**)"
+    out = [f"### Paper reference: {reference.paper}", "",
+           f"File `{reference.path}`; paper metric `{reference.metric}`{differs}.", ""]
+    out += [f"- setting `{k}`: {v}" for k, v in reference.settings.items()] + [""]
+    comparisons = compare(reference, w)
+    if comparisons:
+        out += [md_table(comparisons, _COMPARE_COLUMNS), ""]
+    orderings = check_orderings(reference, w)
+    if orderings:
+        out += [md_table(orderings, ["setting", "claim", "ours", "check", "source"]), ""]
+    return out
+
+
+def markdown(
+    analysis: Analysis, command: str, generated: str, reference: Reference | None, figures: Sequence[SavedFigure]
+) -> tuple[str, str]:
+    """(full report.md text, the main table(s) alone for stdout)."""
+    experiments = ", ".join(sorted({r.experiment for r in analysis.runs}))
+    out = [f"# Optimizer comparison: {experiments}", "", f"Generated {generated} by `{command}`.", "",
+           f"- metric: `{analysis.metric}` (final = last eval of a completed run)",
+           f"- baseline: `{analysis.baseline}`",
+           f"- runs: {len(analysis.runs)} ({counts_text(status_counts(analysis.runs))})",
+           *_provenance(analysis), ""]
+    tables = []
+    for w in analysis.workloads:
+        tables.append(main_table(w, reference))
+        out += [tables[-1], "", _TABLE_NOTE, ""]
+        efficiency = efficiency_rows(w)
+        fits = md_table(efficiency, list(efficiency[0])) if efficiency else "No optimizer has shortened-schedule runs."
+        out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "", fits, ""]
+        if reference is not None:
+            out += reference_section(reference, w, analysis.metric)
+        out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS), ""]
+    excluded = excluded_rows(analysis.runs)
+    out += ["## Runs not in any mean", "",
+            md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.", "", "## Figures", ""]
+    if figures:
+        out += [f"- `{f.path.name}`: {f.caption} Sources: `{f.path.stem}.sources.json`." for f in figures]
+    else:
+        out += ["None drawn (`--no-figures`, or nothing to plot)."]
+    out += ["", "Every run directory used is listed with its status and config hash in `sources.json`."]
+    return "\n".join(out) + "\n", "\n\n".join(tables) + "\n"
+
+
+def write_tables(out_dir: Path, analysis: Analysis, reference: Reference | None) -> None:
+    pd.DataFrame(csv_rows(analysis, reference)).to_csv(out_dir / "report.csv", index=False)
+    rows = [row for w in analysis.workloads for row in configuration_rows(w)]
+    pd.DataFrame(rows).to_csv(out_dir / "configurations.csv", index=False)
