@@ -36,8 +36,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """``payload`` must hold ``rng_per_rank``: every process's ``rng_state()``, in rank order."""
     buffer = io.BytesIO()
-    torch.save({**payload, "rng": rng_state()}, buffer)
+    torch.save(payload, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 

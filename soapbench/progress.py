@@ -10,15 +10,18 @@ from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, total_steps: int, start_step: int, description: str):
+    def __init__(self, total_steps: int, start_step: int, description: str, enabled: bool = True):
+        self.enabled = enabled
         self.total = total_steps
         self.start_step = start_step
         self.started = time.perf_counter()
-        self.interactive = sys.stderr.isatty()
+        self.interactive = enabled and sys.stderr.isatty()
         self.bar = tqdm(total=total_steps, initial=start_step, desc=description, dynamic_ncols=True) if self.interactive else None
         self.description = description
 
     def update(self, step: int, loss: float, lr: float, step_seconds: float) -> None:
+        if not self.enabled:
+            return
         done = step - self.start_step
         elapsed = time.perf_counter() - self.started
         eta = timedelta(seconds=int(elapsed / max(done, 1) * (self.total - step)))
@@ -34,6 +37,8 @@ class Progress:
             )
 
     def message(self, text: str) -> None:
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.write(text)
         else:

@@ -26,10 +26,12 @@ from typing import Any, Mapping
 
 import torch
 from omegaconf import OmegaConf
+from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
-from soapbench.checkpoint import load_checkpoint, restore_rng_state, save_checkpoint
+from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config
+from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown
 from soapbench.environment import describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError
 from soapbench.progress import Progress
@@ -79,6 +81,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run described by a resolved config; return its summary."""
     # ------------------------------------------------------------------ validate and build
     trainer = load_trainer_config(cfg["trainer"])
+    ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
     logger_cfg = cfg.get("logger", {}).get("wandb", {})
     if logger_cfg.get("mode", "offline") not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
@@ -88,8 +91,10 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         return plan.previous_summary
 
     device = resolve_device(str(cfg.get("device", "auto")))
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
     torch.manual_seed(int(cfg["seed"]))
-    workload = build_workload(cfg, trainer, device)
+    workload = build_workload(cfg, trainer, device, shard=ctx.shard(trainer.batch_size))
     model = workload.model
     if trainer.max_epochs is not None:
         if workload.steps_per_epoch is None:
@@ -109,7 +114,11 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         ema = torch.optim.swa_utils.AveragedModel(
             model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(trainer.ema.decay), use_buffers=True
         )
-    forward_model = torch.compile(model) if trainer.compile else model
+    forward_model = model
+    if ctx.enabled:
+        forward_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if trainer.compile:
+        forward_model = torch.compile(forward_model)
     param_count = sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------ run directory
@@ -128,23 +137,25 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
         state.update(checkpoint["state"])
-        restore_rng_state(checkpoint["rng"])
-        store.truncate_metrics(state["metric_records"])
-        print(f"{plan.run_dir}: resuming from step {state['step']}", flush=True)
-    else:
+        restore_rng_state(checkpoint["rng_per_rank"][ctx.rank % len(checkpoint["rng_per_rank"])])
+        if ctx.is_main:
+            store.truncate_metrics(state["metric_records"])
+            print(f"{plan.run_dir}: resuming from step {state['step']}", flush=True)
+    elif ctx.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         store.metrics_path.unlink(missing_ok=True)  # left by a run killed before its first checkpoint
-    store.write_config(OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+    if ctx.is_main:
+        store.write_config(OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
 
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
-        "params": param_count, "max_steps": max_steps, "unit": workload.unit,
+        "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
         "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(
-        mode=logger_cfg.get("mode", "offline"),
+        mode=logger_cfg.get("mode", "offline") if ctx.is_main else "disabled",
         project=logger_cfg.get("project", "soapbench"),
         entity=logger_cfg.get("entity"),
         group=logger_cfg.get("group") or cfg.get("experiment_name") or "default",
@@ -166,17 +177,23 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None, **extra,
         }  # fmt: skip
 
+    def write_summary(content: dict[str, Any]) -> None:
+        if ctx.is_main:
+            store.write_summary(content)
+
     def log(record: dict[str, Any]) -> None:
         record = {"step": state["step"], "train_seconds": state["train_seconds"], "tokens": state["tokens"],
                   "samples": state["samples"], **record}  # fmt: skip
-        store.append_metrics(record)
+        if ctx.is_main:
+            store.append_metrics(record)
+            tracker.log(record)
         state["metric_records"] += 1
-        tracker.log(record)
 
     def evaluate() -> None:
         model.eval()
         with torch.no_grad(), _autocast(trainer.precision, device):
-            metrics = {f"val/{k.removeprefix('val_')}": v for k, v in workload.evaluate(forward_model).items()}
+            # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
+            metrics = {f"val/{k.removeprefix('val_')}": v for k, v in workload.evaluate(model).items()}
             if ema is not None:
                 metrics |= {f"val_ema/{k.removeprefix('val_')}": v for k, v in workload.evaluate(ema.module).items()}
         model.train()
@@ -185,15 +202,19 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         if math.isfinite(metrics["val/loss"]) and (state["best_val_loss"] is None or metrics["val/loss"] < state["best_val_loss"]):
             state["best_val_loss"] = metrics["val/loss"]
         log({"event": "eval", **metrics})
-        tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
-        store.write_summary(summary("running"))
+        if ctx.is_main:
+            tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
+        write_summary(summary("running"))
         progress.message(f"[{plan.run_name}] step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def checkpoint() -> None:
-        save_checkpoint(store.checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None, "state": dict(state),
-        })  # fmt: skip
+        rng_per_rank = gather_objects(rng_state(), ctx)  # a collective: every rank takes part
+        if ctx.is_main:
+            save_checkpoint(store.checkpoint_path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "state": dict(state), "rng_per_rank": rng_per_rank,
+            })  # fmt: skip
 
     # SLURM preemption and Ctrl-C: finish the current step, checkpoint, and leave the run resumable.
     stop_requested = []
@@ -203,8 +224,8 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     step_clock, optimizer_clock = Stopwatch(device), Stopwatch(device)
     peak_flops = device_peak_flops(device)
     flops_per_item = workload.flops_per_item()
-    progress = Progress(max_steps, state["step"], plan.run_name)
-    store.write_summary(summary("running"))
+    progress = Progress(max_steps, state["step"], plan.run_name, enabled=ctx.is_main)
+    write_summary(summary("running"))
     interval = {"loss": 0.0, "steps": 0, "seconds": 0.0, "optimizer_seconds": 0.0, "items": 0}
     steps_this_process = 0
     status, extra = "completed", {}
@@ -213,7 +234,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             evaluate()
         model.train()
         while state["step"] < max_steps:
-            if stop_requested or (trainer.stop_after_steps and steps_this_process >= trainer.stop_after_steps):
+            if any_rank(bool(stop_requested), ctx) or (trainer.stop_after_steps and steps_this_process >= trainer.stop_after_steps):
                 status = "running"
                 break
             step_clock.start()
@@ -225,7 +246,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     loss = workload.loss(forward_model, batch)
                 scaler.scale(loss / trainer.grad_accum_steps).backward()
                 loss_sum += loss.detach().float()
-                items += workload.batch_items(batch)
+                items += workload.batch_items(batch) * ctx.world_size
             if trainer.grad_clip_norm or trainer.grad_clip_value:
                 scaler.unscale_(optimizer)
             grad_norm = None
@@ -247,7 +268,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                             param.copy_(ema_param)
             step_seconds = step_clock.stop()
 
-            train_loss = (loss_sum / trainer.grad_accum_steps).item()
+            train_loss = mean_across_ranks(loss_sum / trainer.grad_accum_steps, ctx).item()
             state["step"] += 1
             steps_this_process += 1
             state["train_seconds"] += step_seconds
@@ -300,7 +321,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         failure = summary("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
         if isinstance(error, KeyboardInterrupt):
             failure["status"], failure["error"] = "running", "interrupted (KeyboardInterrupt); resume with the same command"
-        store.write_summary(failure)
+        write_summary(failure)
         tracker.finish(failure, exit_code=1)
         raise
     finally:
@@ -311,10 +332,11 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     progress.close()
     if status == "running":
         checkpoint()
-        print(f"{plan.run_dir}: stopped at step {state['step']}; the same command resumes it", flush=True)
+        progress.message(f"{plan.run_dir}: stopped at step {state['step']}; the same command resumes it")
     final = summary(status, **extra, finished_at=_now() if status != "running" else None)
-    store.write_summary(final)
+    write_summary(final)
     tracker.finish(final)
+    shutdown(ctx)
     return final
 
 

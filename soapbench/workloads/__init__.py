@@ -14,9 +14,12 @@ from soapbench.workloads.base import Workload
 DATA_KINDS = ("char", "tokenized", "images")
 
 
-def build_workload(cfg: Mapping[str, Any], trainer: TrainerConfig, device: torch.device) -> Workload:
+def build_workload(
+    cfg: Mapping[str, Any], trainer: TrainerConfig, device: torch.device, shard: slice = slice(None)
+) -> Workload:
     """Build data first (it may fix the vocabulary size), then the model, seeded so that the
-    initial weights depend only on the seed — never on the optimizer being compared."""
+    initial weights depend only on the seed — never on the optimizer being compared.
+    ``shard`` selects this process's rows of every global training batch (data parallelism)."""
     from models import build_model
 
     data_cfg = dict(cfg["data"])
@@ -56,6 +59,7 @@ def build_workload(cfg: Mapping[str, Any], trainer: TrainerConfig, device: torch
             eval_batches=trainer.eval_batches,
             seed=seed,
             device=device,
+            shard=shard,
         )
     if kind == "images":
         from soapbench.workloads.colorization import ColorizationWorkload

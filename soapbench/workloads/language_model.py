@@ -40,6 +40,7 @@ class LanguageModelWorkload:
         eval_batches: int,
         seed: int,
         device: torch.device,
+        shard: slice = slice(None),
     ):
         for split_name, tokens in (("train", splits.train), ("val", splits.val)):
             if len(tokens) <= seq_len + 1:
@@ -53,6 +54,7 @@ class LanguageModelWorkload:
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
+        self.shard = shard
         rng = np.random.default_rng(VALIDATION_SEED)
         self.val_starts = rng.integers(0, len(splits.val) - seq_len - 1, size=(eval_batches, batch_size))
 
@@ -64,10 +66,11 @@ class LanguageModelWorkload:
         return batch[:, :-1], batch[:, 1:]
 
     def train_batch(self, step: int, micro_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Draw the global batch, then keep this process's rows: the data do not depend on the process count.
         starts = step_rng(self.seed, step, micro_step).integers(
             0, len(self.splits.train) - self.seq_len - 1, size=self.batch_size
         )
-        return self._windows(self.splits.train, starts)
+        return self._windows(self.splits.train, starts[self.shard])
 
     def loss(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         inputs, targets = batch
