@@ -14,9 +14,15 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
+# Image data and the image model only make sense together.
+_PARTNERS = {("data", "colorization"): "model=colorization", ("data", "colorization_cpu"): "model=colorization",
+             ("model", "colorization"): "data=colorization_cpu"}  # fmt: skip
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
 def test_every_group_option_composes_and_resolves(group: str, option: str) -> None:
-    config = resolved([f"{group}={option}"])
+    partner = _PARTNERS.get((group, option))
+    config = resolved([f"{group}={option}", *([partner] if partner else [])])
     assert config[group] is not None
     if group == "optimizer":
         assert config["optimizer"]["name"], "every optimizer yaml names its registered optimizer"

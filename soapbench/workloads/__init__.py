@@ -72,8 +72,10 @@ def build_workload(
             data_root=data_root,
             cache_dir=cache_dir,
             batch_size=trainer.batch_size,
+            grad_accum_steps=trainer.grad_accum_steps,
             eval_batches=trainer.eval_batches,
             seed=seed,
             device=device,
+            shard=shard,
         )
     raise ConfigError(f"data.kind: unknown kind {kind!r}; valid: {', '.join(DATA_KINDS)}")
