@@ -55,6 +55,8 @@ Deliberate deviations from the reference (none changes a golden trajectory):
   with the same skipped first call (KL-Shampoo's first update is then 0.1·sqrt(10)·g, the K = 1 case).
   ``build_optimizer`` still routes 1-D parameters to the AdamW companion (algorithms.md §8); the diagonal path is
   what a directly constructed optimizer does with biases, gains and (1, n) rows.
+* Built from a model, KL trains the hidden matrices (and a CNN's input layer); embeddings and the head go to
+  the AdamW companion too, because the reference's uncapped factors do not fit for real vocabularies.
 * A failed eigh or QR (an error or non-finite output) is retried in float64 and otherwise keeps the previous
   basis (the identity on the first call); both are counted in ``diagnostics()``. The reference retries eigh on
   errors only and lets a QR failure raise.
@@ -88,7 +90,11 @@ CAST_DTYPES: dict[str, torch.dtype] = {
 # The reference's clamp on s_k = D_k^{-1/2} is max(CLAMP_FLOOR, min(d_k, max_clamp_value)).
 CLAMP_FLOOR = 10
 # Roles KL trains when built from a model; 1-D parameters ("vector") go to the AdamW companion.
-KL_MAIN_ROLES = ("matrix", "embedding", "head", "input")
+# The reference caps no factor: a 32k-token embedding or head would need 32k x 32k factors and bases (8 GB
+# in float32) and an eigendecomposition of that size. So, as for Muon, embeddings and the head go to the
+# AdamW companion by default; ``optimizer.main_roles=[matrix,input,embedding,head]`` brings them back
+# for small vocabularies.
+KL_MAIN_ROLES = ("matrix", "input")
 
 
 def working_shape(param_shape: Sequence[int]) -> tuple[int, ...]:
