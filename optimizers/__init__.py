@@ -16,6 +16,8 @@ from optimizers.adamw import AdamW
 from optimizers.adafactor import Adafactor, TorchAdafactor
 from optimizers.kl import KLSOAP, KLShampoo
 from optimizers.muon import Muon, TorchMuon
+from optimizers.shampoo import Shampoo
+from optimizers.soap import SOAP
 from optimizers.soap_muon import SOAPMuon
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "KLSOAP",
     "KLShampoo",
     "Muon",
+    "SOAP",
     "SOAPMuon",
+    "Shampoo",
     "TorchAdafactor",
     "TorchMuon",
     "OptimizerConfigError",

@@ -343,6 +343,6 @@ def rotate_matrix(matrix: Tensor, left: Tensor | None, right: Tensor | None) -> 
 
 
 def unrotate_matrix(matrix: Tensor, left: Tensor | None, right: Tensor | None) -> Tensor:
-    """``Q_L X Q_Rᵀ`` for a matrix or a stack of matrices, evaluated as ``((Xᵀ Q_Lᵀ)ᵀ Q_Rᵀ)`` like the references."""
+    """``Q_L X Q_Rᵀ`` for a matrix or a stack of matrices, as ``((Xᵀ Q_Lᵀ)ᵀ Q_Rᵀ)`` like the references."""
     step = matrix.mT if left is None else matrix.mT @ left.mT
     return step.mT if right is None else step.mT @ right.mT

@@ -13,6 +13,10 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"
 os.environ.setdefault("SOAPBENCH_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("WANDB_SILENT", "true")
+# One thread per process: small eigh/QR calls slow down by orders of magnitude when BLAS threads compete
+# for busy cores, and several tests run subprocesses side by side.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 # Small, fast overrides for runs in tests: tiny model, few steps, no W&B process.
 FAST = [

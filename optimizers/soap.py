@@ -1,0 +1,516 @@
+"""SOAP: ShampoO with Adam in the Preconditioner's eigenbasis (Vyas et al., 2024, arXiv 2409.11321).
+
+Reference: nikhilvyas/SOAP @ a1e5535, ``soap.py`` (class ``SOAP``, after the "momentum change" f42d296);
+step order and precision quirks as in docs/algorithms.md §4. tests/test_soap.py checks the golden trajectories
+within the golden README's tolerances (well-posed entries ≤ 1e-6); ``bitwise_reference=True`` replays the
+reference's exact op order, but bitwise equality also needs the goldens' CPU (MKL on AVX512): on an AVX2 CPU the
+float32 QR alone rounds differently by ~1e-7.
+
+For a parameter W with gradient G, viewed as a tensor whose (merged) dims k carry Kronecker factors
+``L_k ≈ E[G_(k) G_(k)ᵀ]`` and eigenbases ``Q_k`` (dims larger than ``max_precond_dim`` carry none):
+
+    first call:   L_k = (1−β_s) G_(k) G_(k)ᵀ;   Q_k = eigenvectors(L_k), descending;   W unchanged, t stays 0
+    later calls:  G' = rot(G) = G ×_k Q_kᵀ                                   (gradient into the eigenbasis)
+                  t ← t + 1
+                  m ← β1 m + (1−β1) G'                                       (m and v live in the eigenbasis)
+                  v ← β2 v + (1−β2) G'²
+                  U = unrot(m / (sqrt(v) + ε))                               (ε on the raw sqrt(v))
+                  W ← W − η·sqrt(1−β2^t)/(1−β1^t) · U                        (bias correction in the step size)
+                  W ← W − η λ W                                              (decoupled, on the updated W)
+                  L_k ← β_s L_k + (1−β_s) G_(k) G_(k)ᵀ                       (this step's G, after it was used)
+                  if t mod f = 0, for each preconditioned k (in float32):
+                      π = argsort(diag(Q_kᵀ L_k Q_k), descending)
+                      v ← v permuted by π along k;  Q_k ← Q_k[:, π]
+                      Q_k ← QR(L_k Q_k).Q                                    (one power-iteration step)
+                      m ← rot_new(unrot_old(m))                              (m follows the basis exactly)
+
+1-D parameters take the plain-Adam path (no factor) unless ``precondition_1d``. ``merge_dims`` greedily merges
+neighbouring dims while the product stays ≤ ``max_precond_dim`` (so with the defaults a small 2-D layer becomes a
+single axis with a full-matrix factor; a warning says so). ``data_format="channels_last"`` permutes 4-D tensors
+(N, H, W, C) → (N, C, H, W) before merging.
+
+Deliberate deviations from the reference (all within the golden tolerances; none changes the math):
+
+* Factors and bases are allocated in float32, or float64 for float64 parameters, instead of torch's default
+  dtype, so parameters whose dtype differs from the default no longer crash; bf16 parameters keep float32 state.
+* ``m`` is moved between bases only at refresh steps. The reference un-rotates and re-rotates it every step with
+  the same Q, which is the identity up to rounding and costs four matmuls per matrix per step; the rounding it
+  adds is reproduced with ``bitwise_reference=True``.
+* The refresh estimates ``diag(Qᵀ L Q)`` as ``colsum(Q ⊙ L Q)`` and reuses ``L Q`` as the power-iteration
+  product (one ``d³`` product instead of three); ``bitwise_reference=True`` restores the reference's form.
+* Fused kernels by default: m by ``lerp_``, v by ``addcmul_``, the factor EMA inside ``addmm_`` (beta = β_s), and
+  for matrices the update and the weight decay inside the last back-rotation GEMM. Same formulas, roundings
+  differ in the last bit; ``bitwise_reference=True`` uses the reference's ops.
+* A failed eigh/QR (error or non-finite output) is retried in float64 and otherwise keeps the previous basis,
+  counted in ``diagnostics()``; the reference retries eigh on errors only and has no fallback.
+* ``precondition_frequency`` and ``shampoo_beta`` are read from the param group at every step (the reference
+  freezes them into the state on the first call), so schedules and param-group edits take effect.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from optimizers.linalg import (
+    LinalgHealth,
+    eigenbasis,
+    estimated_eigenvalues,
+    linalg_dtype,
+    mode_gram,
+    power_qr_refresh,
+    rotate,
+    unrotate,
+)
+from optimizers.registry import register_optimizer
+
+DATA_FORMATS = ("channels_first", "channels_last")
+REFRESH_METHODS = ("qr", "eigh")
+LINALG_PRECISIONS = ("reference", "float64")
+STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+
+
+def merge_dims_shape(shape: Sequence[int], max_precond_dim: int) -> tuple[int, ...]:
+    """The reference's greedy merge: join neighbouring dims while the product stays ≤ ``max_precond_dim``.
+
+    (16, 8, 3, 3) → (16, 24, 3) at 40; (64, 32) → (2048,) at 10000; (8, 200) → (8, 200) at 40.
+    """
+    emitted: list[int] = []
+    accumulated = 1
+    for size in shape:
+        if accumulated * size > max_precond_dim:
+            if accumulated > 1:
+                emitted.append(accumulated)
+                accumulated = size
+            else:
+                emitted.append(size)
+                accumulated = 1
+        else:
+            accumulated *= size
+    if accumulated > 1 or not emitted:
+        emitted.append(accumulated)
+    return tuple(emitted)
+
+
+@dataclass(frozen=True)
+class FactorLayout:
+    """How a parameter-shaped tensor maps onto the tensor its Kronecker factors act on."""
+
+    param_shape: tuple[int, ...]
+    # (N, H, W, C) is permuted to (N, C, H, W) before merging (data_format="channels_last" with merge_dims).
+    channels_last: bool
+    # Shape the factors act on: the merged shape, or the parameter shape.
+    shape: tuple[int, ...]
+    # Whether each dim of ``shape`` carries a factor.
+    preconditioned: tuple[bool, ...]
+
+    @property
+    def any_preconditioned(self) -> bool:
+        return any(self.preconditioned)
+
+    @property
+    def is_reshaped(self) -> bool:
+        return self.channels_last or self.shape != self.param_shape
+
+    def to_factor_space(self, tensor: Tensor) -> Tensor:
+        if self.channels_last:
+            tensor = tensor.permute(0, 3, 1, 2)
+        return tensor.reshape(self.shape) if self.is_reshaped else tensor
+
+    def from_factor_space(self, tensor: Tensor) -> Tensor:
+        if self.channels_last:
+            n, h, w, c = self.param_shape
+            return tensor.reshape(n, c, h, w).permute(0, 2, 3, 1)
+        return tensor.reshape(self.param_shape) if self.is_reshaped else tensor
+
+
+@lru_cache(maxsize=4096)
+def factor_layout(
+    param_shape: tuple[int, ...], max_precond_dim: int, merge_dims: bool, precondition_1d: bool, data_format: str
+) -> FactorLayout:
+    """The reference's choice of factors: 1-D only with ``precondition_1d``; else every (merged) dim ≤ mpd."""
+    if len(param_shape) == 1:
+        size = param_shape[0]
+        return FactorLayout(param_shape, False, param_shape, (precondition_1d and size <= max_precond_dim,))
+    channels_last = merge_dims and data_format == "channels_last" and len(param_shape) == 4
+    shape = param_shape
+    if merge_dims:
+        if channels_last:
+            n, h, w, c = param_shape
+            shape = (n, c, h, w)
+        shape = merge_dims_shape(shape, max_precond_dim)
+    return FactorLayout(param_shape, channels_last, tuple(shape), tuple(size <= max_precond_dim for size in shape))
+
+
+def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
+    """float64 parameters compute in float64; every other dtype (float32, bf16, fp16) in float32."""
+    return torch.float64 if param_dtype == torch.float64 else torch.float32
+
+
+def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, torch.dtype]) -> torch.dtype | None:
+    if name is None or isinstance(name, torch.dtype):
+        if name is not None and name not in allowed.values():
+            raise ValueError(f"{field} must be one of {sorted(allowed)} or None, got {name}")
+        return name
+    key = str(name).removeprefix("torch.")
+    if key not in allowed:
+        raise ValueError(f"{field} must be one of {sorted(allowed)} or None, got {name!r}")
+    return allowed[key]
+
+
+def _dtype_tree(value: Any) -> Any:
+    if isinstance(value, Tensor):
+        return value.dtype
+    if isinstance(value, dict):
+        return {key: _dtype_tree(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_dtype_tree(item) for item in value)
+    return None
+
+
+def _cast_tree(value: Any, dtypes: Any) -> Any:
+    if isinstance(value, Tensor) and isinstance(dtypes, torch.dtype) and value.dtype != dtypes:
+        return value.to(dtypes)
+    if isinstance(value, dict) and isinstance(dtypes, dict):
+        return {key: _cast_tree(item, dtypes.get(key)) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and isinstance(dtypes, (list, tuple)) and len(value) == len(dtypes):
+        return type(value)(_cast_tree(item, dtype) for item, dtype in zip(value, dtypes))
+    return value
+
+
+def load_state_dict_keeping_dtypes(
+    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]
+) -> None:
+    """Call ``load`` (``torch.optim.Optimizer.load_state_dict``), then give state tensors back their saved dtypes.
+
+    torch casts every floating state tensor to its parameter's dtype on load, which would turn the float32
+    factors and moments of a bf16 parameter into bf16 (and float64 clean-mode factors into float32).
+    """
+    saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
+    saved_state = state_dict["state"]
+    saved_dtypes = {index: _dtype_tree(saved_state[index]) for index in saved_ids if index in saved_state}
+    load(state_dict)
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    for index, param in zip(saved_ids, params):
+        if index in saved_dtypes and param in optimizer.state:
+            optimizer.state[param] = _cast_tree(optimizer.state[param], saved_dtypes[index])
+
+
+@register_optimizer("soap")
+class SOAP(torch.optim.Optimizer):
+    """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
+
+    Args (reference keywords, reference defaults):
+        lr: η.  betas: (β1, β2) of the Adam run in the eigenbasis.  shampoo_beta: β_s of the factor EMA
+        (negative or None → β2).  eps: ε, added to the raw sqrt(v).  weight_decay: λ, decoupled, applied after the
+        update.  precondition_frequency: f, eigenbasis refresh period.  max_precond_dim: dims larger than this get
+        no factor (identity basis).  merge_dims: greedy merge of small dims.  precondition_1d: give 1-D params a
+        factor.  normalize_grads: rescale the final direction to RMS 1.  data_format: "channels_first" or
+        "channels_last" (4-D, only with merge_dims).  correct_bias: Adam bias correction, folded into the step.
+
+    Our options:
+        refresh_method: "qr" (reference: sort, one power-iteration step, QR) or "eigh" (sort by the old basis'
+            estimated eigenvalues and permute v the same way, then take a fresh eigh basis, descending; the
+            paper's §7.3 comparison).
+        linalg_precision: "reference" (factor rounded to float32 before eigh, +1e-30·I in the default dtype,
+            float32 QR; reproduces the goldens) or "float64" (factors accumulated in float64 and every eigh/QR in
+            float64 without rounding: the golden README's "clean" mode).
+        state_dtype: storage dtype of m and v ("bfloat16" halves their memory; math still runs in float32).
+            None keeps them in the compute dtype (float32, or float64 for float64 params).
+        bitwise_reference: also repeat the reference's per-step m round trip and its two-product eigenvalue
+            estimate, so every rounding matches the reference (costs ~4 extra matmuls per matrix per step).
+    """
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        lr: float = 3e-3,
+        betas: tuple[float, float] = (0.95, 0.95),
+        shampoo_beta: float | None = -1,
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        precondition_frequency: int = 10,
+        max_precond_dim: int = 10000,
+        merge_dims: bool = False,
+        precondition_1d: bool = False,
+        normalize_grads: bool = False,
+        data_format: str = "channels_first",
+        correct_bias: bool = True,
+        refresh_method: str = "qr",
+        linalg_precision: str = "reference",
+        state_dtype: str | torch.dtype | None = None,
+        bitwise_reference: bool = False,
+    ):
+        betas = tuple(betas)
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
+            raise ValueError(f"betas must be two values in [0, 1), got {betas}")
+        if shampoo_beta is not None and not shampoo_beta < 1.0:
+            raise ValueError(f"shampoo_beta must be < 1 (negative or None means betas[1]), got {shampoo_beta}")
+        if not eps >= 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if int(precondition_frequency) != precondition_frequency or precondition_frequency < 1:
+            raise ValueError(f"precondition_frequency must be an integer >= 1, got {precondition_frequency}")
+        if int(max_precond_dim) != max_precond_dim or max_precond_dim < 0:
+            raise ValueError(f"max_precond_dim must be an integer >= 0, got {max_precond_dim}")
+        if data_format not in DATA_FORMATS:
+            raise ValueError(f"data_format must be one of {DATA_FORMATS}, got {data_format!r}")
+        if refresh_method not in REFRESH_METHODS:
+            raise ValueError(f"refresh_method must be one of {REFRESH_METHODS}, got {refresh_method!r}")
+        if linalg_precision not in LINALG_PRECISIONS:
+            raise ValueError(f"linalg_precision must be one of {LINALG_PRECISIONS}, got {linalg_precision!r}")
+        state_dtype = _parse_dtype(state_dtype, "state_dtype", STATE_DTYPES)
+        if merge_dims:
+            warnings.warn(
+                "SOAP merge_dims=True merges every tensor whose numel fits max_precond_dim into one axis, "
+                "including small 2-D layers (a 64x32 matrix gets a single 2048x2048 factor), as the reference does",
+                stacklevel=2,
+            )
+        defaults = dict(
+            lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+            precondition_frequency=int(precondition_frequency), max_precond_dim=int(max_precond_dim),
+            merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
+            data_format=data_format, correct_bias=correct_bias, refresh_method=refresh_method,
+            linalg_precision=linalg_precision, state_dtype=state_dtype, bitwise_reference=bitwise_reference,
+        )
+        super().__init__(params, defaults)
+        self.linalg_health = LinalgHealth()
+
+    def diagnostics(self) -> dict[str, float]:
+        """Counters for the trainer's log: linear-algebra failures (basis kept) and float64 retries."""
+        return self.linalg_health.diagnostics()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        load_state_dict_keeping_dtypes(self, state_dict, super().load_state_dict)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                if param.grad.is_sparse:
+                    raise RuntimeError("SOAP does not support sparse gradients")
+                self._step_param(param, group)
+        return loss
+
+    # ------------------------------------------------------------------------------------------------------------
+    # One parameter
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _layout(self, param: Tensor, group: dict[str, Any]) -> FactorLayout:
+        return factor_layout(
+            tuple(param.shape), group["max_precond_dim"], group["merge_dims"], group["precondition_1d"],
+            group["data_format"],
+        )
+
+    @staticmethod
+    def _shampoo_beta(group: dict[str, Any]) -> float:
+        shampoo_beta = group["shampoo_beta"]
+        return group["betas"][1] if shampoo_beta is None or shampoo_beta < 0 else shampoo_beta
+
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        state = self.state[param]
+        layout = self._layout(param, group)
+        compute_dtype = compute_dtype_for(param.dtype)
+        grad = param.grad if param.grad.dtype == compute_dtype else param.grad.to(compute_dtype)
+
+        if "step" not in state:
+            self._init_state(param, grad, state, group, layout, compute_dtype)
+            return  # The first call only builds the preconditioner, so Q never contains the gradient it rotates.
+
+        reference_ops = group["bitwise_reference"]
+        beta1, beta2 = group["betas"]
+        bases: list[Tensor | None] = state["Q"]
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        stored_dtype = exp_avg.dtype
+        if stored_dtype != compute_dtype:
+            exp_avg, exp_avg_sq = exp_avg.to(compute_dtype), exp_avg_sq.to(compute_dtype)
+
+        grad_rotated = self._rotate(grad, bases, layout)
+        state["step"] += 1
+        step = state["step"]
+        if reference_ops:
+            exp_avg.mul_(beta1).add_(grad_rotated, alpha=1.0 - beta1)
+            exp_avg_sq.mul_(beta2).add_(grad_rotated.square(), alpha=1.0 - beta2)
+        else:
+            exp_avg.lerp_(grad_rotated, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad_rotated, grad_rotated, value=1.0 - beta2)
+        # ε on the raw sqrt(v): the bias correction of v is folded into the step size below (reference).
+        normalized = exp_avg_sq.sqrt().add_(group["eps"])
+        torch.div(exp_avg, normalized, out=normalized)
+
+        step_size = group["lr"]
+        if group["correct_bias"]:
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2 = 1.0 - beta2**step
+            step_size = step_size * (bias_correction2**0.5) / bias_correction1
+        self._apply_update(param, normalized, bases, layout, group, step_size, fuse=not reference_ops)
+
+        if layout.any_preconditioned:
+            refresh = step % group["precondition_frequency"] == 0
+            # m lives in the eigenbasis; it only has to move when the basis does (the reference moves it
+            # back and forth every step, which bitwise_reference repeats for its rounding).
+            track_momentum = refresh or reference_ops
+            if track_momentum:
+                momentum = self._unrotate(exp_avg, bases, layout)
+            self._accumulate_factors(grad, state, group, layout, fuse=not reference_ops)
+            if refresh:
+                self._refresh_bases(state, group, layout, exp_avg_sq)
+            if track_momentum:
+                exp_avg.copy_(self._rotate(momentum, state["Q"], layout))
+
+        if stored_dtype != compute_dtype:
+            state["exp_avg"].copy_(exp_avg)
+            state["exp_avg_sq"].copy_(exp_avg_sq)
+
+    def _apply_update(
+        self,
+        param: Tensor,
+        normalized: Tensor,
+        bases: Sequence[Tensor | None],
+        layout: FactorLayout,
+        group: dict[str, Any],
+        step_size: float,
+        fuse: bool,
+    ) -> None:
+        """``W ← W − α·unrot(N)``, then ``W ← W − ηλW`` (on the updated W, with the raw lr; the reference).
+
+        The fused form folds both into the last GEMM of the back-rotation, ``W ← c·W − c·α·(X Q_Rᵀ)`` with
+        ``c = 1 − ηλ``: the same math as the reference's two steps, one pass over W and no temporary.
+        """
+        decay = 1.0 - group["lr"] * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
+        fusable = (
+            fuse
+            and not group["normalize_grads"]
+            and not layout.is_reshaped
+            and len(layout.shape) == 2
+            and layout.preconditioned[1]
+            and param.dtype == normalized.dtype
+        )
+        if fusable:
+            left, right = bases
+            half = normalized.mT if left is None else normalized.mT @ left.mT
+            param.addmm_(half.mT, right.mT, beta=decay, alpha=-step_size * decay)
+            return
+        direction = self._unrotate(normalized, bases, layout)
+        if group["normalize_grads"]:
+            direction = direction / (1e-30 + torch.mean(direction**2) ** 0.5)
+        param.add_(direction, alpha=-step_size)
+        if group["weight_decay"] > 0.0:
+            if fuse:
+                param.mul_(decay)
+            else:
+                param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+
+    def _init_state(
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        layout: FactorLayout,
+        compute_dtype: torch.dtype,
+    ) -> None:
+        moment_dtype = group["state_dtype"] or compute_dtype
+        state["step"] = 0
+        state["exp_avg"] = torch.zeros(param.shape, dtype=moment_dtype, device=param.device)
+        state["exp_avg_sq"] = torch.zeros(param.shape, dtype=moment_dtype, device=param.device)
+        factor_dtype = torch.float64 if group["linalg_precision"] == "float64" else compute_dtype
+        state["GG"] = [
+            torch.zeros(size, size, dtype=factor_dtype, device=param.device) if preconditioned else None
+            for size, preconditioned in zip(layout.shape, layout.preconditioned)
+        ]
+        self._accumulate_factors(grad, state, group, layout, fuse=False)
+        state["Q"] = [
+            None
+            if factor is None
+            else eigenbasis(
+                factor, precision=group["linalg_precision"], out_dtype=compute_dtype, health=self.linalg_health
+            )
+            for factor in state["GG"]
+        ]
+
+    def _accumulate_factors(
+        self, grad: Tensor, state: dict[str, Any], group: dict[str, Any], layout: FactorLayout, fuse: bool
+    ) -> None:
+        """``L_k ← β_s L_k + (1−β_s) G_(k) G_(k)ᵀ`` for every preconditioned dim.
+
+        The reference's form is a lerp towards a temporary Gram matrix; for matrices ``fuse`` computes the same
+        EMA inside one GEMM (``addmm_`` with beta = β_s), without the temporary.
+        """
+        shampoo_beta = self._shampoo_beta(group)
+        weight = 1.0 - shampoo_beta
+        factors: list[Tensor | None] = state["GG"]
+        if fuse and len(layout.shape) == 2 and not layout.is_reshaped:
+            left, right = factors
+            source = grad if left is None or grad.dtype == left.dtype else grad.to(left.dtype)
+            if left is not None:
+                left.addmm_(source, source.mT, beta=shampoo_beta, alpha=weight)
+            if right is not None:
+                source = source if source.dtype == right.dtype else grad.to(right.dtype)
+                right.addmm_(source.mT, source, beta=shampoo_beta, alpha=weight)
+            return
+        if len(layout.shape) == 1:
+            if factors[0] is not None:
+                vector = grad.to(factors[0].dtype)
+                factors[0].lerp_(torch.outer(vector, vector), weight)
+            return
+        viewed = layout.to_factor_space(grad)
+        for dim, factor in enumerate(factors):
+            if factor is None:
+                continue
+            source = viewed if viewed.dtype == factor.dtype else viewed.to(factor.dtype)
+            factor.lerp_(mode_gram(source, dim), weight)
+
+    def _refresh_bases(
+        self, state: dict[str, Any], group: dict[str, Any], layout: FactorLayout, exp_avg_sq: Tensor
+    ) -> None:
+        """Refresh every basis in dim order; permute v (in place) along each dim to follow its sorted basis."""
+        precision = group["linalg_precision"]
+        exact = group["bitwise_reference"]
+        second_moment = layout.to_factor_space(exp_avg_sq)
+        bases: list[Tensor | None] = state["Q"]
+        for dim, (factor, basis) in enumerate(zip(state["GG"], bases)):
+            if factor is None:
+                continue
+            if group["refresh_method"] == "qr":
+                new_basis, permutation = power_qr_refresh(
+                    factor, basis, sort=True, precision=precision, exact_estimate=exact, health=self.linalg_health
+                )
+            else:
+                compute = linalg_dtype(precision)
+                permutation = torch.argsort(
+                    estimated_eigenvalues(factor.to(compute), basis.to(compute)), descending=True
+                )
+                new_basis = eigenbasis(
+                    factor, precision=precision, out_dtype=basis.dtype, previous=basis[:, permutation],
+                    health=self.linalg_health,
+                )
+            second_moment = second_moment.index_select(dim, permutation)
+            bases[dim] = new_basis
+        exp_avg_sq.copy_(layout.from_factor_space(second_moment))
+
+    @staticmethod
+    def _rotate(tensor: Tensor, bases: Sequence[Tensor | None], layout: FactorLayout) -> Tensor:
+        if not layout.any_preconditioned:
+            return tensor
+        return layout.from_factor_space(rotate(layout.to_factor_space(tensor), bases))
+
+    @staticmethod
+    def _unrotate(tensor: Tensor, bases: Sequence[Tensor | None], layout: FactorLayout) -> Tensor:
+        if not layout.any_preconditioned:
+            return tensor
+        return layout.from_factor_space(unrotate(layout.to_factor_space(tensor), bases))
