@@ -35,44 +35,13 @@ Deliberate deviations from the reference:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from itertools import chain
 from typing import Any, Callable
 
 import torch
 
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.registry import register_optimizer
-
-_FULL_PRECISION = (torch.float32, torch.float64)
-
-
-def state_dtype_for(param: torch.Tensor) -> torch.dtype:
-    """Optimizer state stays in the param dtype for float32/float64 and is float32 for bf16/fp16."""
-    return param.dtype if param.dtype in _FULL_PRECISION else torch.float32
-
-
-def _clone_to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device=device, copy=True)
-    if isinstance(value, Mapping):
-        return {key: _clone_to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_clone_to_device(item, device) for item in value)
-    return value
-
-
-def restore_saved_state_dtypes(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any]) -> None:
-    """Undo ``Optimizer.load_state_dict``'s cast of every floating state tensor to its param's dtype.
-
-    Call after ``super().load_state_dict``. Without this, a bf16 param's float32 state would be
-    rounded to bf16 on load and a resumed run would no longer match an uninterrupted one.
-    """
-    saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
-    params = chain.from_iterable(group["params"] for group in optimizer.param_groups)
-    for saved_id, param in zip(saved_ids, params):
-        if saved_id in state_dict["state"]:
-            optimizer.state[param] = _clone_to_device(state_dict["state"][saved_id], param.device)
-
+from optimizers.state import KeepsStateDtypes, state_dtype_for
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
     # Same accumulation order as the reference's rank1_approximation, for bitwise parity.
@@ -93,7 +62,7 @@ def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> to
 
 
 @register_optimizer("adafactor")
-class Adafactor(torch.optim.Optimizer):
+class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
     """AdafactorW (the SOAP paper's Adafactor); see the module docstring for the math."""
 
     def __init__(
@@ -117,12 +86,9 @@ class Adafactor(torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        restore_saved_state_dtypes(self, state_dict)
 
     def _init_state(self, param: torch.Tensor) -> dict[str, Any]:
-        dtype = state_dtype_for(param)
+        dtype = state_dtype_for(param.dtype)
         state = self.state[param]
         state["step"] = 0
         state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)

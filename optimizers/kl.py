@@ -80,6 +80,7 @@ from torch import Tensor
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, mode_gram, power_qr_refresh, rotate, unrotate
 from optimizers.registry import register_optimizer
+from optimizers.state import KeepsStateDtypes
 
 CAST_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -166,17 +167,7 @@ def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
     return scale
 
 
-def _copied_to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, Tensor):
-        return value.to(device=device, copy=True)
-    if isinstance(value, dict):
-        return {key: _copied_to_device(item, device) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_copied_to_device(item, device) for item in value)
-    return value
-
-
-class _KLOptimizer(torch.optim.Optimizer):
+class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
     """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
 
     Args (the reference's keywords and defaults, except ``cast_dtype``):
@@ -252,16 +243,6 @@ class _KLOptimizer(torch.optim.Optimizer):
         """Counters for the trainer's log: linear-algebra failures (basis kept) and successful float64 retries."""
         return self.linalg_health.diagnostics()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch casts every floating state tensor to its parameter's dtype on load; KL's state lives in the state
-        # dtype (float32 for a bf16 parameter), so it is copied back from the checkpoint exactly as saved.
-        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
-        saved_state = state_dict["state"]
-        super().load_state_dict(state_dict)
-        params = [param for group in self.param_groups for param in group["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            if saved_id in saved_state:
-                self.state[param] = _copied_to_device(saved_state[saved_id], param.device)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

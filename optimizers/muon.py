@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from optimizers.adafactor import restore_saved_state_dtypes, state_dtype_for
+from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.registry import register_optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -83,7 +83,7 @@ def keller_aspect_scale(shape: torch.Size) -> float:
 
 
 @register_optimizer("muon", main_roles=("matrix",))
-class Muon(torch.optim.Optimizer):
+class Muon(KeepsStateDtypes, torch.optim.Optimizer):
     """Keller Jordan's Muon (``SingleDeviceMuon``); see the module docstring for the math."""
 
     def __init__(
@@ -118,9 +118,6 @@ class Muon(torch.optim.Optimizer):
                     f"(build_optimizer does this from a model)."
                 )
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        restore_saved_state_dtypes(self, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -138,7 +135,7 @@ class Muon(torch.optim.Optimizer):
                     raise RuntimeError("Muon does not support sparse gradients")
                 state = self.state[param]
                 if not state:
-                    state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param), device=param.device)
+                    state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param.dtype), device=param.device)
                 buffer = state["momentum_buffer"]
                 grad = param.grad.to(buffer.dtype)
 

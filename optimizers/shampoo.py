@@ -60,7 +60,7 @@ from torch import Tensor
 
 from optimizers.linalg import LinalgHealth, matrix_inverse_root, mode_gram, rotate
 from optimizers.registry import register_optimizer
-from optimizers.soap import compute_dtype_for, load_state_dict_keeping_dtypes
+from optimizers.state import KeepsStateDtypes, state_dtype_for
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
 # Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio.
@@ -124,7 +124,7 @@ def inverse_root_for_order(order: int, inv_root_override: float | Sequence[float
 
 
 @register_optimizer("shampoo")
-class Shampoo(torch.optim.Optimizer):
+class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
     """Shampoo (Kronecker-factored, EMA factors, eigh inverse roots) with per-block norm grafting.
 
     Args (DistributedShampoo keyword names; defaults = the SOAP paper's baseline recipe):
@@ -216,8 +216,6 @@ class Shampoo(torch.optim.Optimizer):
         """Counters for the trainer's log: inverse-root failures (previous root kept) and float64 retries."""
         return self.linalg_health.diagnostics()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_state_dict_keeping_dtypes(self, state_dict, super().load_state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -235,7 +233,7 @@ class Shampoo(torch.optim.Optimizer):
         return loss
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], layout: BlockLayout) -> None:
-        dtype = compute_dtype_for(param.dtype)
+        dtype = state_dtype_for(param.dtype)
         state["step"] = 0
         if group["betas"][0] != 0.0:
             state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
@@ -257,7 +255,7 @@ class Shampoo(torch.optim.Optimizer):
         layout = block_layout(tuple(param.shape), group["max_preconditioner_dim"], group["use_merge_dims"])
         if "step" not in state:
             self._init_state(param, state, group, layout)
-        compute_dtype = compute_dtype_for(param.dtype)
+        compute_dtype = state_dtype_for(param.dtype)
         grad = param.grad if param.grad.dtype == compute_dtype else param.grad.to(compute_dtype)
         weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
         beta1, beta2 = group["betas"]

@@ -68,6 +68,7 @@ from optimizers.linalg import (
     unrotate,
 )
 from optimizers.registry import register_optimizer
+from optimizers.state import KeepsStateDtypes, state_dtype_for
 
 DATA_FORMATS = ("channels_first", "channels_last")
 REFRESH_METHODS = ("qr", "eigh")
@@ -147,11 +148,6 @@ def factor_layout(
     return FactorLayout(param_shape, channels_last, tuple(shape), tuple(size <= max_precond_dim for size in shape))
 
 
-def compute_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
-    """float64 parameters compute in float64; every other dtype (float32, bf16, fp16) in float32."""
-    return torch.float64 if param_dtype == torch.float64 else torch.float32
-
-
 def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, torch.dtype]) -> torch.dtype | None:
     if name is None or isinstance(name, torch.dtype):
         if name is not None and name not in allowed.values():
@@ -163,46 +159,8 @@ def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, 
     return allowed[key]
 
 
-def _dtype_tree(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.dtype
-    if isinstance(value, dict):
-        return {key: _dtype_tree(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_dtype_tree(item) for item in value)
-    return None
-
-
-def _cast_tree(value: Any, dtypes: Any) -> Any:
-    if isinstance(value, Tensor) and isinstance(dtypes, torch.dtype) and value.dtype != dtypes:
-        return value.to(dtypes)
-    if isinstance(value, dict) and isinstance(dtypes, dict):
-        return {key: _cast_tree(item, dtypes.get(key)) for key, item in value.items()}
-    if isinstance(value, (list, tuple)) and isinstance(dtypes, (list, tuple)) and len(value) == len(dtypes):
-        return type(value)(_cast_tree(item, dtype) for item, dtype in zip(value, dtypes))
-    return value
-
-
-def load_state_dict_keeping_dtypes(
-    optimizer: torch.optim.Optimizer, state_dict: dict[str, Any], load: Callable[[dict[str, Any]], None]
-) -> None:
-    """Call ``load`` (``torch.optim.Optimizer.load_state_dict``), then give state tensors back their saved dtypes.
-
-    torch casts every floating state tensor to its parameter's dtype on load, which would turn the float32
-    factors and moments of a bf16 parameter into bf16 (and float64 clean-mode factors into float32).
-    """
-    saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
-    saved_state = state_dict["state"]
-    saved_dtypes = {index: _dtype_tree(saved_state[index]) for index in saved_ids if index in saved_state}
-    load(state_dict)
-    params = [param for group in optimizer.param_groups for param in group["params"]]
-    for index, param in zip(saved_ids, params):
-        if index in saved_dtypes and param in optimizer.state:
-            optimizer.state[param] = _cast_tree(optimizer.state[param], saved_dtypes[index])
-
-
 @register_optimizer("soap")
-class SOAP(torch.optim.Optimizer):
+class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
 
     Args (reference keywords, reference defaults):
@@ -288,8 +246,6 @@ class SOAP(torch.optim.Optimizer):
         """Counters for the trainer's log: linear-algebra failures (basis kept) and float64 retries."""
         return self.linalg_health.diagnostics()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_state_dict_keeping_dtypes(self, state_dict, super().load_state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -324,7 +280,7 @@ class SOAP(torch.optim.Optimizer):
     def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
         state = self.state[param]
         layout = self._layout(param, group)
-        compute_dtype = compute_dtype_for(param.dtype)
+        compute_dtype = state_dtype_for(param.dtype)
         grad = param.grad if param.grad.dtype == compute_dtype else param.grad.to(compute_dtype)
 
         if "step" not in state:

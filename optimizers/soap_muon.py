@@ -66,7 +66,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from optimizers.adafactor import restore_saved_state_dtypes, state_dtype_for
+from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
 from optimizers.registry import register_optimizer
@@ -170,7 +170,7 @@ def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth
 
 
 @register_optimizer("soap_muon", main_roles=("matrix",))
-class SOAPMuon(torch.optim.Optimizer):
+class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math."""
 
     def __init__(
@@ -224,16 +224,13 @@ class SOAPMuon(torch.optim.Optimizer):
     def diagnostics(self) -> dict[str, float]:
         return self.linalg_health.diagnostics()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        restore_saved_state_dtypes(self, state_dict)
 
     @staticmethod
     def _factor_beta(group: dict[str, Any]) -> float:
         return group["shampoo_beta"] if group["shampoo_beta"] >= 0 else group["betas"][1]
 
     def _init_state(self, param: Tensor, grad_matrix: Tensor, group: dict[str, Any]) -> dict[str, Any]:
-        dtype = state_dtype_for(param)
+        dtype = state_dtype_for(param.dtype)
         state = self.state[param]
         state["step"] = 0
         state["exp_avg"] = torch.zeros(param.shape, dtype=dtype, device=param.device)
@@ -286,7 +283,7 @@ class SOAPMuon(torch.optim.Optimizer):
                     continue
                 if param.grad.is_sparse:
                     raise RuntimeError("SOAPMuon does not support sparse gradients")
-                dtype = state_dtype_for(param)
+                dtype = state_dtype_for(param.dtype)
                 grad = param.grad.to(dtype)
                 grad_matrix = grad.reshape(grad.shape[0], -1) if grad.ndim > 2 else grad
 
