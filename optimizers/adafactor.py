@@ -34,7 +34,7 @@ Deliberate deviations from the reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Callable
 
 import torch

@@ -227,7 +227,7 @@ def test_merge_dims_and_layouts_follow_the_reference() -> None:
 
 
 def test_channels_last_equals_channels_first_on_the_permuted_tensor() -> None:
-    shape_last, shape_first = (4, 3, 3, 5), (4, 5, 3, 3)
+    shape_last = (4, 3, 3, 5)
     grads_last = _random_grads([shape_last], 7)
     grads_first = [[grad.permute(0, 3, 1, 2).contiguous() for grad in step] for step in grads_last]
     generator = torch.Generator().manual_seed(3)
