@@ -7,6 +7,7 @@ In a multirun, a failing job is recorded (its summary says ``failed``) and the s
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -85,6 +86,7 @@ def run_job(cfg: DictConfig) -> float | None:
         if multirun:
             return None
         sys.exit(1)
-    print(format_result(summary), flush=True)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table for the run
+        print(format_result(summary), flush=True)
     val = summary.get("final_val_loss")
     return val if isinstance(val, float) else None

@@ -40,11 +40,15 @@ def test_two_gloo_processes_match_one_process(tmp_path, optimizer) -> None:
     single_dir, single = _final(tmp_path / "single")
     ddp_dir, ddp = _final(tmp_path / "ddp")
     assert single_dir.name == ddp_dir.name, "the process count is not part of a run's identity"
+    # AdamW: equal up to the all-reduce's summation order. SOAP: its rotated Adam normalises every eigen-
+    # direction, including near-null ones whose eigenvectors rounding decides, so a change of summation order
+    # moves weights by up to ~lr per step there (../shared/golden/README.md §4) while the loss stays put.
+    weight_tolerance, loss_tolerance = (1e-5, 1e-4) if optimizer == "adamw" else (3e-2, 1e-3)
     for name, value in single["model"].items():
-        torch.testing.assert_close(ddp["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=weight_tolerance, msg=name)
     single_losses = [r["val/loss"] for r in RunStore(single_dir).read_metrics() if r["event"] == "eval"]
     ddp_losses = [r["val/loss"] for r in RunStore(ddp_dir).read_metrics() if r["event"] == "eval"]
-    assert ddp_losses == pytest.approx(single_losses, rel=1e-4)
+    assert ddp_losses == pytest.approx(single_losses, rel=loss_tolerance)
     summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["tokens"] == json.loads((single_dir / "summary.json").read_text())["tokens"]
 
