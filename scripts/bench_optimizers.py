@@ -104,12 +104,18 @@ def main(argv: list[str] | None = None) -> int:
             setups, base_model, steps=args.steps, warmup=args.warmup, with_peers=args.peers
         )
         del base_model
-        step_timing.run_interleaved(contestants, bank, device, progress=lambda line: print(line, flush=True))
-        sections["step_timing"] = {
-            "protocol": step_timing.protocol(steps=args.steps, warmup=args.warmup, sets=args.grad_sets,
-                                             scale=args.grad_scale, threads=args.threads, device=str(device)),
-            "contestants": [contestant.summary() for contestant in contestants],
-        }  # fmt: skip
+        timing_protocol = step_timing.protocol(steps=args.steps, warmup=args.warmup, sets=args.grad_sets,
+                                               scale=args.grad_scale, threads=args.threads, device=str(device))
+
+        def progress(line: str) -> None:
+            print(line, flush=True)
+            if line.lstrip().startswith("round"):  # between rounds: keep what is measured so far
+                sections["step_timing"] = {"protocol": timing_protocol, "partial": line.strip(),
+                                           "contestants": [c.summary() for c in contestants]}  # fmt: skip
+                write_report(report, args.out)
+
+        step_timing.run_interleaved(contestants, bank, device, progress=progress)
+        sections["step_timing"] = {"protocol": timing_protocol, "contestants": [c.summary() for c in contestants]}
         del contestants, bank
         write_report(report, args.out)  # after every section: a later failure keeps what was measured
 

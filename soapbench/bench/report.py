@@ -155,7 +155,8 @@ def timing_markdown(section: Mapping[str, Any]) -> str:
         ])  # fmt: skip
     header = ["optimizer", "implementation", "mean ms", "median ms", "std ms", "min ms", "max ms", "n",
               "refreshes in window", "state", "ours ÷ peer (mean)", "ours ÷ peer (median)", "notes"]  # fmt: skip
-    return "\n\n".join([section["protocol"], table(header, rows)])
+    partial = f"**Partial: written after {section['partial']}; the run did not finish.**" if section.get("partial") else ""
+    return "\n\n".join(part for part in [partial, section["protocol"], table(header, rows)] if part)
 
 
 def throughput_markdown(section: Mapping[str, Any]) -> str:

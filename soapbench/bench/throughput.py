@@ -165,8 +165,8 @@ def protocol(options: ThroughputOptions) -> str:
     return (
         f"Real trainer (`soapbench.trainer.train`) per optimizer: {options.warmup} warmup + {options.steps} measured "
         f"steps (rounded up to whole refresh periods) on {options.device}, logging every step, no evaluation or "
-        "checkpoint inside the step clock. Step time: mean synchronised step (data, forward, backward, clipping, optimizer, schedule); optimizer share: "
-        "mean `optimizer.step()` time over mean step time; tokens/s: tokens over step seconds; MFU from the "
+        "checkpoint inside the step clock. Step time: mean synchronised step (data, forward, backward, clipping, "
+        "optimizer, schedule); optimizer share: mean `optimizer.step()` time over mean step time; tokens/s: tokens over step seconds; MFU from the "
         "trainer's `train/mfu` (GPU with a known bf16 peak only; CPU: n/a). Presets above "
         f"{LARGE_MODEL_PARAMS / 1e6:.0f}M parameters: GPU only, bf16, accumulation to ≥ "
         f"{options.min_batch_tokens or DEFAULT_MIN_BATCH_TOKENS:,} tokens per step."
