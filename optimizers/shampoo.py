@@ -216,7 +216,6 @@ class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
         """Counters for the trainer's log: inverse-root failures (previous root kept) and float64 retries."""
         return self.linalg_health.diagnostics()
 
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = None

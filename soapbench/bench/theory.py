@@ -29,6 +29,7 @@ from __future__ import annotations
 import itertools
 import math
 from typing import Any, Callable, Mapping, Sequence
+from optimizers.soap import merge_dims_shape
 
 Shape = tuple[int, ...]
 # (parameter shapes, effective hyperparameters) → elements per state component
@@ -72,25 +73,6 @@ def momentum_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[
     return {"momentum": sum(math.prod(shape) for shape in shapes)}
 
 
-def _soap_merge(shape: Sequence[int], max_precond_dim: int) -> list[int]:
-    # algorithms.md §4 "Which dims get a factor": scan left to right, emitting when the product would exceed mpd.
-    emitted: list[int] = []
-    accumulated = 1
-    for size in shape:
-        if accumulated * size > max_precond_dim:
-            if accumulated > 1:
-                emitted.append(accumulated)
-                accumulated = size
-            else:
-                emitted.append(size)
-                accumulated = 1
-        else:
-            accumulated *= size
-    if accumulated > 1 or not emitted:
-        emitted.append(accumulated)
-    return emitted
-
-
 def soap_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[str, int]:
     max_dim = int(hparams["max_precond_dim"])
     total: dict[str, int] = {}
@@ -103,7 +85,7 @@ def soap_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[str,
             if hparams["merge_dims"]:
                 if hparams.get("data_format") == "channels_last" and len(shape) == 4:
                     view = [shape[0], shape[3], shape[1], shape[2]]  # (N, H, W, C) → (N, C, H, W)
-                view = _soap_merge(view, max_dim)
+                view = list(merge_dims_shape(view, max_dim))
             sides = view
         squares = sum(side * side for side in sides if side <= max_dim)
         _add(total, "factors", squares)
