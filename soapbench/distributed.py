@@ -97,5 +97,7 @@ def barrier(context: DistContext) -> None:
 
 
 def shutdown(context: DistContext) -> None:
+    """Leave the process group together: a rank tearing gloo down while another still talks aborts the job."""
     if context.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

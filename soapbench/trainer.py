@@ -87,7 +87,9 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
     plan = plan_run(cfg)
     if plan.action == "skip":
-        print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
+        if ctx.is_main:
+            print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
+        shutdown(ctx)
         return plan.previous_summary
 
     device = resolve_device(str(cfg.get("device", "auto")))
