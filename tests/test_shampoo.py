@@ -305,8 +305,15 @@ def test_yaml_builds_through_the_registry_with_the_recipe_defaults() -> None:
     assert defaults["epsilon"] == 1e-12 and defaults["inv_root_override"] == 2.5
     assert defaults["grafting_type"] == "adam" and defaults["grafting_beta2"] == 0.95
     assert defaults["start_preconditioning_step"] == -1 and defaults["precondition_frequency"] == 10
+    # The yaml turns merging off on purpose (a 64x128 matrix would become one 8192-long axis); the rest is the recipe.
+    assert constructor_default_merge_dims() and defaults["use_merge_dims"] is False
     constructor = Shampoo([torch.nn.Parameter(torch.zeros(2))]).defaults
-    assert {key: constructor[key] for key in config} == {key: defaults[key] for key in config}
+    same = [key for key in config if key != "use_merge_dims"]
+    assert {key: constructor[key] for key in same} == {key: defaults[key] for key in same}
+
+
+def constructor_default_merge_dims() -> bool:
+    return Shampoo([torch.nn.Parameter(torch.zeros(2))]).defaults["use_merge_dims"]
 
 
 def test_bad_hyperparameters_name_the_field() -> None:
