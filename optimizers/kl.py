@@ -79,6 +79,7 @@ from torch import Tensor
 
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, mode_gram, power_qr_refresh, rotate, unrotate
+from optimizers.refresh_sharing import SharesRefreshes
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes
 
@@ -167,7 +168,7 @@ def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
     return scale
 
 
-class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
+class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
     """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
 
     Args (the reference's keywords and defaults, except ``cast_dtype``):
@@ -250,6 +251,7 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._plan_refreshes()
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None or param.numel() == 0:
@@ -257,6 +259,7 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
                 if param.grad.is_sparse:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
                 self._step_parameter(param, group)
+        self._synchronize_refreshes()
         return loss
 
     # ------------------------------------------------------------------------------------------------------------
@@ -281,7 +284,7 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
         grad = param.grad.to(dtype=dtype).reshape(working_shape(param.shape))
 
         if not state:
-            self._initialize(grad, state, group)
+            self._initialize(param, grad, state, group)
             return  # The first call only builds the preconditioner, so Q never contains the gradient it rotates.
 
         state["step"] += 1
@@ -292,7 +295,7 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
                 direction = self._klsoap_direction(grad, state, group)
             else:
                 direction = self._klshampoo_direction(grad, state, group)
-            self._update_curvature(grad, state, group)
+            self._update_curvature(param, grad, state, group)
 
         if group["normalize_grads"]:
             direction = direction / (1e-30 + torch.mean(direction**2) ** 0.5)
@@ -307,7 +310,7 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
         inv_sqrt = (1.0 / torch.sqrt(estimates)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
         return inv_sqrt.to(grad.dtype)
 
-    def _initialize(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _initialize(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         state["step"] = 0
         state["exp_avg"] = torch.zeros_like(grad, memory_format=torch.contiguous_format)
         if self._using_klsoap:
@@ -323,10 +326,14 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
             _accumulate_factor(factor, mode_gram(grad, dim), beta, grad.numel())
             factors.append(factor)
         state["factors"] = factors
+        computes = self._computes_refresh(param)
         state["bases"] = [
             eigenbasis(factor, precision="reference", out_dtype=grad.dtype, health=self.linalg_health)
+            if computes
+            else torch.empty_like(factor)  # the owner's basis arrives in _synchronize_refreshes
             for factor in factors
         ]
+        self._publish_refresh(param, [(state["bases"], dim) for dim in range(len(factors))])
         state["inv_sqrt_eigenvalues"] = [
             self._initial_inv_sqrt_eigenvalues(size, group, grad) for size in grad.shape
         ]
@@ -386,8 +393,9 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
             total = total * trace
         return [total / trace for trace in traces]
 
-    def _update_curvature(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
-        refresh = state["step"] % group["precondition_frequency"] == 0
+    def _update_curvature(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        due = state["step"] % group["precondition_frequency"] == 0
+        refresh = due and self._computes_refresh(param)
         # KL-SOAP's m lives in the eigenbasis: taken out with the old Q at refresh steps only, back in with the new.
         momentum = unrotate(state["exp_avg"], state["bases"]) if self._using_klsoap and refresh else None
         if grad.dim() == 2:
@@ -400,6 +408,9 @@ class _KLOptimizer(KeepsStateDtypes, torch.optim.Optimizer):
             ]
             if momentum is not None:
                 state["exp_avg"] = rotate(momentum, state["bases"])
+        if due:
+            slots = [(state["bases"], dim) for dim in range(len(state["bases"]))]
+            self._publish_refresh(param, slots + ([(state, "exp_avg")] if self._using_klsoap else []))
 
     def _refreshed_basis(self, factor: Tensor, basis: Tensor) -> Tensor:
         failures_before = self.linalg_health.failures

@@ -59,6 +59,7 @@ import torch
 from torch import Tensor
 
 from optimizers.linalg import LinalgHealth, matrix_inverse_root, mode_gram, rotate
+from optimizers.refresh_sharing import SharesRefreshes
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 
@@ -124,7 +125,7 @@ def inverse_root_for_order(order: int, inv_root_override: float | Sequence[float
 
 
 @register_optimizer("shampoo")
-class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
+class Shampoo(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
     """Shampoo (Kronecker-factored, EMA factors, eigh inverse roots) with per-block norm grafting.
 
     Args (DistributedShampoo keyword names; defaults = the SOAP paper's baseline recipe):
@@ -222,13 +223,20 @@ class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._plan_refreshes()
+        # Two passes: the inverse roots computed at step t are used at step t, so with refresh sharing every
+        # owner's roots must have arrived before any direction is formed.
+        prepared = []
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 if param.grad.is_sparse:
                     raise RuntimeError("Shampoo does not support sparse gradients")
-                self._step_param(param, group)
+                prepared.append((param, group, self._update_statistics(param, group)))
+        self._synchronize_refreshes()
+        for param, group, grad in prepared:
+            self._update_param(param, group, grad)
         return loss
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], layout: BlockLayout) -> None:
@@ -249,26 +257,25 @@ class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
             [torch.eye(size, dtype=dtype, device=param.device) for size in shape] for shape in block_shapes
         ]
 
-    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+    def _layout(self, param: Tensor, group: dict[str, Any]) -> BlockLayout:
+        return block_layout(tuple(param.shape), group["max_preconditioner_dim"], group["use_merge_dims"])
+
+    def _update_statistics(self, param: Tensor, group: dict[str, Any]) -> Tensor:
+        """Advance the step, the factors and the grafting state; inverse roots when due. Returns the gradient used."""
         state = self.state[param]
-        layout = block_layout(tuple(param.shape), group["max_preconditioner_dim"], group["use_merge_dims"])
+        layout = self._layout(param, group)
         if "step" not in state:
             self._init_state(param, state, group, layout)
         compute_dtype = state_dtype_for(param.dtype)
         grad = param.grad if param.grad.dtype == compute_dtype else param.grad.to(compute_dtype)
-        weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
-        beta1, beta2 = group["betas"]
-        # −1 resolves per group at every step, so a group overriding betas / the frequency gets its own value.
-        beta3 = beta1 if group["beta3"] == -1.0 else group["beta3"]
         weight_decay = group["weight_decay"]
-        bias_correction = group["use_bias_correction"]
-
         state["step"] += 1
         step = state["step"]
         if weight_decay != 0.0 and not group["use_decoupled_weight_decay"]:
+            weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
             grad = grad.add(weights, alpha=weight_decay)
 
-        self._update_factors(grad, state, layout, beta2)
+        self._update_factors(grad, state, layout, group["betas"][1])
         grafting_type = group["grafting_type"]
         if grafting_type in ("adam", "rmsprop"):
             grafting_beta2 = group["grafting_beta2"]
@@ -276,10 +283,33 @@ class Shampoo(KeepsStateDtypes, torch.optim.Optimizer):
         elif grafting_type == "adagrad":
             state["grafting_exp_avg_sq"].addcmul_(grad, grad)
 
-        start = group["start_preconditioning_step"]
-        start = group["precondition_frequency"] if start == -1 else start
+        start = self._start(group)
         if step == start or (step % group["precondition_frequency"] == 0 and step > start):
-            self._compute_inverse_roots(state, group, layout, step)
+            if self._computes_refresh(param):
+                self._compute_inverse_roots(state, group, layout, step)
+            self._publish_refresh(
+                param, [(roots, index) for roots in state["inverse_roots"] for index in range(len(roots))]
+            )
+        return grad
+
+    @staticmethod
+    def _start(group: dict[str, Any]) -> int:
+        start = group["start_preconditioning_step"]
+        return group["precondition_frequency"] if start == -1 else start
+
+    def _update_param(self, param: Tensor, group: dict[str, Any], grad: Tensor) -> None:
+        """Momentum, the grafted Shampoo direction, decoupled weight decay and the parameter update."""
+        state = self.state[param]
+        layout = self._layout(param, group)
+        compute_dtype = state_dtype_for(param.dtype)
+        weights = param if param.dtype == compute_dtype else param.to(compute_dtype)
+        beta1 = group["betas"][0]
+        # −1 resolves per group at every step, so a group overriding betas / the frequency gets its own value.
+        beta3 = beta1 if group["beta3"] == -1.0 else group["beta3"]
+        weight_decay = group["weight_decay"]
+        bias_correction = group["use_bias_correction"]
+        step = state["step"]
+        start = self._start(group)
 
         filtered = grad
         if beta1 != 0.0:

@@ -67,6 +67,7 @@ from optimizers.linalg import (
     rotate,
     unrotate,
 )
+from optimizers.refresh_sharing import SharesRefreshes
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 
@@ -160,7 +161,7 @@ def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, 
 
 
 @register_optimizer("soap")
-class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
+class SOAP(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
 
     Args (reference keywords, reference defaults):
@@ -253,6 +254,7 @@ class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._plan_refreshes()
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
@@ -260,6 +262,7 @@ class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
                 if param.grad.is_sparse:
                     raise RuntimeError("SOAP does not support sparse gradients")
                 self._step_param(param, group)
+        self._synchronize_refreshes()
         return loss
 
     # ------------------------------------------------------------------------------------------------------------
@@ -317,6 +320,11 @@ class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
 
         if layout.any_preconditioned:
             refresh = step % group["precondition_frequency"] == 0
+            if refresh and not self._computes_refresh(param):
+                # Another rank refreshes this parameter; its new Q, m and v arrive in _synchronize_refreshes.
+                self._accumulate_factors(grad, state, group, layout, fuse=not reference_ops)
+                self._publish_refreshed_state(param, state)
+                return
             # m lives in the eigenbasis; it only has to move when the basis does (the reference moves it
             # back and forth every step, which bitwise_reference repeats for its rounding).
             track_momentum = refresh or reference_ops
@@ -331,6 +339,13 @@ class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
         if stored_dtype != compute_dtype:
             state["exp_avg"].copy_(exp_avg)
             state["exp_avg_sq"].copy_(exp_avg_sq)
+        if layout.any_preconditioned and step % group["precondition_frequency"] == 0:
+            self._publish_refreshed_state(param, state)
+
+    def _publish_refreshed_state(self, param: Tensor, state: dict[str, Any]) -> None:
+        bases = state["Q"]
+        slots = [(bases, dim) for dim, basis in enumerate(bases) if basis is not None]
+        self._publish_refresh(param, [*slots, (state, "exp_avg"), (state, "exp_avg_sq")])
 
     def _apply_update(
         self,
@@ -390,14 +405,18 @@ class SOAP(KeepsStateDtypes, torch.optim.Optimizer):
             for size, preconditioned in zip(layout.shape, layout.preconditioned)
         ]
         self._accumulate_factors(grad, state, group, layout, fuse=False)
+        computes = self._computes_refresh(param)
         state["Q"] = [
             None
             if factor is None
             else eigenbasis(
                 factor, precision=group["linalg_precision"], out_dtype=compute_dtype, health=self.linalg_health
             )
+            if computes
+            else torch.empty(factor.shape, dtype=compute_dtype, device=param.device)  # the owner's arrives
             for factor in state["GG"]
         ]
+        self._publish_refresh(param, [(state["Q"], dim) for dim, basis in enumerate(state["Q"]) if basis is not None])
 
     def _accumulate_factors(
         self, grad: Tensor, state: dict[str, Any], group: dict[str, Any], layout: FactorLayout, fuse: bool

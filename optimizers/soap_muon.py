@@ -69,6 +69,7 @@ from torch import Tensor
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
+from optimizers.refresh_sharing import SharesRefreshes
 from optimizers.registry import register_optimizer
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
@@ -170,7 +171,7 @@ def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth
 
 
 @register_optimizer("soap_muon", main_roles=("matrix",))
-class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
+class SOAPMuon(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math."""
 
     def __init__(
@@ -251,9 +252,12 @@ class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
             gram = grad_matrix @ grad_matrix.T if side == "left" else grad_matrix.T @ grad_matrix
             state[f"factor_{side}"].lerp_(gram, 1 - beta)
 
-    def _init_bases(self, state: dict[str, Any]) -> None:
+    def _init_bases(self, param: Tensor, state: dict[str, Any]) -> None:
         for side in self._sides(state):
             factor = state[f"factor_{side}"]
+            if not self._computes_refresh(param):
+                state[f"basis_{side}"] = torch.empty_like(factor)  # the owner's basis arrives after the step
+                continue
             # soap_muon10: float32 eigh with no eye term, whatever the default dtype.
             state[f"basis_{side}"] = eigenbasis(
                 factor, precision="float32", eye_shift=None, out_dtype=factor.dtype, health=self.linalg_health
@@ -274,6 +278,7 @@ class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
 
+        self._plan_refreshes()
         for group in self.param_groups:
             beta1, beta2 = group["betas"]
             lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
@@ -291,7 +296,8 @@ class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
                 if not state:
                     state = self._init_state(param, grad_matrix, group)
                     self._update_factors(grad_matrix, state, factor_beta)
-                    self._init_bases(state)
+                    self._init_bases(param, state)
+                    self._publish_refresh(param, [(state, f"basis_{side}") for side in self._sides(state)])
                     continue
 
                 exp_avg = state["exp_avg"].view(grad_matrix.shape)
@@ -341,5 +347,9 @@ class SOAPMuon(KeepsStateDtypes, torch.optim.Optimizer):
 
                 self._update_factors(grad_matrix, state, factor_beta)
                 if step % group["precondition_frequency"] == 0:
-                    self._refresh_bases(state, exp_avg_sq)
+                    if self._computes_refresh(param):
+                        self._refresh_bases(state, exp_avg_sq)
+                    slots = [(state, f"basis_{side}") for side in self._sides(state)]
+                    self._publish_refresh(param, [*slots, (state, "exp_avg_sq")])
+        self._synchronize_refreshes()
         return loss

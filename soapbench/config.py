@@ -93,6 +93,9 @@ class TrainerConfig:
     # A train loss above divergence_factor × the first step's loss (or non-finite) ends the run as diverged.
     divergence_factor: float = 10.0
     compile: bool = False
+    # Under torchrun: each rank computes the eigenbasis/root refreshes of the parameters it owns and broadcasts
+    # them (Shampoo and the SOAP family). Bit-identical to every rank refreshing everything; only faster.
+    share_refreshes: bool = True
     # Stop cleanly after this many steps in this process (tests and time-sliced clusters); None: run to the end.
     stop_after_steps: int | None = None
 
@@ -182,8 +185,9 @@ def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -
     """Stable short hash of what a run computes (used to name runs and to skip finished ones)."""
     trimmed = {k: v for k, v in resolved.items() if k not in _NON_IDENTITY_KEYS + exclude}
     trainer = dict(trimmed.get("trainer", {}))
-    # Stopping early in this process does not change the run being computed.
+    # Stopping early in this process, or spreading refreshes over ranks, does not change the run being computed.
     trainer.pop("stop_after_steps", None)
+    trainer.pop("share_refreshes", None)
     trimmed["trainer"] = trainer
     payload = json.dumps(trimmed, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

@@ -43,8 +43,25 @@ class DistContext:
         return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
 
 
+def export_slurm_environment() -> None:
+    """Inside a multi-task SLURM job started by submitit (``hydra/launcher=slurm`` with ``tasks_per_node`` > 1),
+    set the variables torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) from SLURM's.
+
+    A task started by torchrun, or a single-task job, is left alone.
+    """
+    if "WORLD_SIZE" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    if "SUBMITIT_FOLDER" not in os.environ and "SUBMITIT_EXECUTOR" not in os.environ:
+        return  # a plain srun/sbatch job: the user's own launcher decides
+    from submitit.helpers import TorchDistributedEnvironment
+
+    # Keep every GPU visible: the trainer picks cuda:LOCAL_RANK itself.
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
 def init_from_environment() -> DistContext:
-    """Join the process group torchrun describes in the environment (no-op for a single process)."""
+    """Join the process group torchrun (or a multi-task submitit job) describes (no-op for a single process)."""
+    export_slurm_environment()
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistContext()

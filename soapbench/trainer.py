@@ -29,6 +29,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
+from optimizers.refresh_sharing import share_refreshes
 from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config
 from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown
@@ -109,6 +110,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     optimizer = build_optimizer(
         optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
     )
+    refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
     scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
     ema = None
@@ -154,7 +156,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
-        "versions": package_versions(), "git_commit": git_commit(),
+        "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(
         mode=logger_cfg.get("mode", "offline") if ctx.is_main else "disabled",

@@ -50,6 +50,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, optimizer) -> None:
     ddp_losses = [r["val/loss"] for r in RunStore(ddp_dir).read_metrics() if r["event"] == "eval"]
     assert ddp_losses == pytest.approx(single_losses, rel=loss_tolerance)
     summary = json.loads((ddp_dir / "summary.json").read_text())
+    assert summary["refreshes_shared_by"] == (["SOAP"] if optimizer == "soap" else [])
     assert summary["processes"] == 2 and summary["tokens"] == json.loads((single_dir / "summary.json").read_text())["tokens"]
 
 

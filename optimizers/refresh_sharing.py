@@ -1,0 +1,191 @@
+"""Spreading the preconditioner refreshes of the eigenbasis family across data-parallel ranks.
+
+Under DDP every rank holds the same parameters, the same (all-reduced) gradients and therefore the same optimizer
+state, so without help every rank computes every eigenbasis / inverse-root refresh: W ranks do W times the work of
+one. With sharing on, each parameter has one *owner* rank; at a refresh only the owner computes it, and the
+refreshed state tensors are then broadcast from their owners (one broadcast per owner rank and dtype, flattened).
+The owner runs exactly the code a single process runs, so the result equals the non-distributed optimizer bit for
+bit, given identical inputs on every rank; ``tests/test_refresh_sharing.py`` checks that for every optimizer with
+refreshes.
+
+Ownership is a longest-processing-time split of the parameters by an estimate of their refresh cost (Σ d³ over
+the preconditioned dims), computed identically on every rank from the param groups, so no rank ever waits on a
+plan. Every rank still keeps the full state (factors included): rank 0 checkpoints it, and a run can resume on any
+number of processes.
+
+An optimizer opts in by mixing in :class:`SharesRefreshes` and, in ``step()``:
+
+* asking :meth:`SharesRefreshes._computes_refresh` before computing a parameter's refresh (first-call bases too);
+* handing the refreshed tensors to :meth:`SharesRefreshes._publish_refresh` on *every* rank, in the same order;
+* calling :meth:`SharesRefreshes._synchronize_refreshes` where the refreshed state is next needed (the end of the
+  step, or before the update for Shampoo, whose roots are used in the step that computes them).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from optimizers.linalg import LinalgHealth
+
+# Where a published tensor goes back: a (container, key) pair, so the received value replaces the state entry.
+Slot = tuple[Any, Any]
+
+
+class RefreshSharing:
+    """Who refreshes which parameter, and the broadcast that hands the result to every other rank."""
+
+    def __init__(self, process_group: dist.ProcessGroup | None = None):
+        if not dist.is_available() or not dist.is_initialized():
+            raise RuntimeError(
+                "refresh sharing needs an initialised torch.distributed process group (run under torchrun)"
+            )
+        self.process_group = process_group
+        self.world_size = dist.get_world_size(process_group)
+        self.rank = dist.get_rank(process_group)
+        self._owners: dict[int, int] = {}
+        self._plan_key: tuple[int, ...] = ()
+        self._pending: list[tuple[int, list[Slot]]] = []
+        self._synced_health = (0, 0)
+
+    def plan(self, params: list[Tensor], cost: Callable[[Tensor], float]) -> None:
+        """Assign owners (largest cost first to the least-loaded rank); redone only when the parameters change."""
+        key = tuple(id(param) for param in params)
+        if key == self._plan_key:
+            return
+        loads = [0.0] * self.world_size
+        owners: dict[int, int] = {}
+        by_cost = sorted(range(len(params)), key=lambda index: (-cost(params[index]), index))
+        for index in by_cost:
+            rank = min(range(self.world_size), key=lambda r: (loads[r], r))
+            owners[id(params[index])] = rank
+            loads[rank] += cost(params[index])
+        self._owners, self._plan_key = owners, key
+
+    def owner(self, param: Tensor) -> int:
+        return self._owners[id(param)]
+
+    def owns(self, param: Tensor) -> bool:
+        return self.owner(param) == self.rank
+
+    def publish(self, param: Tensor, slots: Iterable[Slot]) -> None:
+        self._pending.append((self.owner(param), list(slots)))
+
+    def synchronize(self, health: LinalgHealth | None = None) -> None:
+        """Broadcast every published tensor from its owner, which receivers store with the owner's strides."""
+        pending, self._pending = self._pending, []
+        if not pending:  # every rank has the same refresh steps, so all of them skip together
+            return
+        buckets: dict[tuple[int, torch.dtype, torch.device], list[Slot]] = defaultdict(list)
+        for owner, slots in pending:
+            for container, key in slots:
+                tensor = container[key]
+                buckets[(owner, tensor.dtype, tensor.device)].append((container, key))
+        for (owner, dtype, device), slots in buckets.items():
+            tensors = [container[key] for container, key in slots]
+            source = dist.get_global_rank(self.process_group, owner) if self.process_group else owner
+            if self.rank == owner:
+                tensors = [_dense(tensor) for tensor in tensors]
+                for (container, key), tensor in zip(slots, tensors):
+                    container[key] = tensor
+            # Strides travel too: a receiver stores the owner's memory layout, which can decide a GEMM's rounding.
+            strides = torch.tensor([s for t in tensors for s in t.stride()], dtype=torch.int64)
+            strides = strides.to(device) if device.type == "cuda" else strides
+            dist.broadcast(strides, src=source, group=self.process_group)
+            if self.rank == owner:
+                flat = torch.cat([_memory_order(tensor).reshape(-1) for tensor in tensors])
+            else:
+                flat = torch.empty(sum(t.numel() for t in tensors), dtype=dtype, device=device)
+            dist.broadcast(flat, src=source, group=self.process_group)
+            if self.rank == owner:
+                continue
+            stride_list, offset = strides.tolist(), 0
+            for (container, key), tensor, chunk in zip(slots, tensors, flat.split([t.numel() for t in tensors])):
+                stride = tuple(stride_list[offset : offset + tensor.dim()])
+                offset += tensor.dim()
+                received = torch.empty_strided(tensor.shape, stride, dtype=dtype, device=device)
+                _memory_order(received).view(-1).copy_(chunk)
+                container[key] = received
+        if health is not None:
+            self._merge_health(health)
+
+    def _merge_health(self, health: LinalgHealth) -> None:
+        """Sum the ranks' new linear-algebra failures/retries, so every rank (and rank 0's log) counts them all."""
+        failures, retries = self._synced_health
+        delta = torch.tensor([health.failures - failures, health.float64_retries - retries], dtype=torch.float64)
+        if dist.get_backend(self.process_group) == "nccl":
+            delta = delta.cuda()
+        dist.all_reduce(delta, group=self.process_group)
+        health.failures = failures + int(delta[0].item())
+        health.float64_retries = retries + int(delta[1].item())
+        self._synced_health = (health.failures, health.float64_retries)
+
+
+def _memory_order(tensor: Tensor) -> Tensor:
+    """A view of a dense tensor with its dims ordered by stride, so it is contiguous (flat = memory order)."""
+    order = sorted(range(tensor.dim()), key=lambda dim: (-tensor.stride(dim), dim))
+    return tensor.permute(order)
+
+
+def _dense(tensor: Tensor) -> Tensor:
+    """The tensor itself when it covers its memory densely (any dim order), else a contiguous copy."""
+    return tensor if _memory_order(tensor).is_contiguous() else tensor.contiguous()
+
+
+def cubic_refresh_cost(param: Tensor) -> float:
+    """Σ d³ over the dims of a parameter with ≥ 2 dims (an eigh/QR of each factor); 1-D parameters cost ~nothing."""
+    if param.dim() < 2:
+        return 1.0
+    return float(sum(size**3 for size in param.shape))
+
+
+class SharesRefreshes:
+    """Mixin for ``torch.optim.Optimizer`` subclasses whose refreshes can be spread over ranks (module docstring)."""
+
+    _refresh_sharing: RefreshSharing | None = None
+
+    def share_refreshes(self, process_group: dist.ProcessGroup | None = None) -> None:
+        """From the next step on, each rank refreshes only the parameters it owns (all ranks must call step)."""
+        self._refresh_sharing = RefreshSharing(process_group)
+
+    @property
+    def shares_refreshes(self) -> bool:
+        return self._refresh_sharing is not None and self._refresh_sharing.world_size > 1
+
+    def _refresh_cost(self, param: Tensor) -> float:
+        return cubic_refresh_cost(param)
+
+    def _plan_refreshes(self) -> None:
+        if self.shares_refreshes:
+            params = [param for group in self.param_groups for param in group["params"]]  # type: ignore[attr-defined]
+            self._refresh_sharing.plan(params, self._refresh_cost)
+
+    def _computes_refresh(self, param: Tensor) -> bool:
+        """Whether this rank computes ``param``'s refresh: always without sharing, else only on its owner."""
+        return not self.shares_refreshes or self._refresh_sharing.owns(param)
+
+    def _publish_refresh(self, param: Tensor, slots: Iterable[Slot]) -> None:
+        """Mark the state entries a refresh of ``param`` rewrote (on every rank, in the same order)."""
+        if self.shares_refreshes:
+            self._refresh_sharing.publish(param, slots)
+
+    def _synchronize_refreshes(self) -> None:
+        if self.shares_refreshes:
+            self._refresh_sharing.synchronize(getattr(self, "linalg_health", None))
+
+
+def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.ProcessGroup | None = None) -> list[str]:
+    """Turn refresh sharing on for ``optimizer`` (or a CompositeOptimizer's children); the classes that took it."""
+    children = getattr(optimizer, "optimizers", {"": optimizer})
+    enabled = []
+    for child in children.values():
+        if isinstance(child, SharesRefreshes):
+            child.share_refreshes(process_group)
+            enabled.append(type(child).__name__)
+    return enabled
+
+
