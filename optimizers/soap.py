@@ -38,8 +38,9 @@ Deliberate deviations from the reference (all within the golden tolerances; none
   adds is reproduced with ``bitwise_reference=True``.
 * The refresh estimates ``diag(Qᵀ L Q)`` as ``colsum(Q ⊙ L Q)`` and reuses ``L Q`` as the power-iteration
   product (one ``d³`` product instead of three); ``bitwise_reference=True`` restores the reference's form.
-* Fused kernels by default: m by ``lerp_``, v by ``addcmul_``, the factor EMA inside ``addmm_`` (beta = β_s), and
-  for matrices the update and the weight decay inside the last back-rotation GEMM. Same formulas, roundings
+* Fused kernels by default: m by ``lerp_``, v by ``addcmul_``, the factor EMA inside ``addmm_`` (beta = β_s; factors
+  ≥ 768 wide only compute the blocks on and below the diagonal, ``linalg.gram_update_``), and for matrices the
+  update and the weight decay inside the last back-rotation GEMM. Same formulas, roundings
   differ in the last bit; ``bitwise_reference=True`` uses the reference's ops.
 * A failed eigh/QR (error or non-finite output) is retried in float64 and otherwise keeps the previous basis,
   counted in ``diagnostics()``; the reference retries eigh on errors only and has no fallback.
@@ -61,6 +62,7 @@ from optimizers.linalg import (
     LinalgHealth,
     eigenbasis,
     estimated_eigenvalues,
+    gram_update_,
     linalg_dtype,
     mode_gram,
     power_qr_refresh,
@@ -424,7 +426,8 @@ class SOAP(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
         """``L_k ← β_s L_k + (1−β_s) G_(k) G_(k)ᵀ`` for every preconditioned dim.
 
         The reference's form is a lerp towards a temporary Gram matrix; for matrices ``fuse`` computes the same
-        EMA inside one GEMM (``addmm_`` with beta = β_s), without the temporary.
+        EMA inside the GEMM (``addmm_`` with beta = β_s, by symmetric blocks for large factors), without the
+        temporary.
         """
         shampoo_beta = self._shampoo_beta(group)
         weight = 1.0 - shampoo_beta
@@ -433,10 +436,10 @@ class SOAP(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             left, right = factors
             source = grad if left is None or grad.dtype == left.dtype else grad.to(left.dtype)
             if left is not None:
-                left.addmm_(source, source.mT, beta=shampoo_beta, alpha=weight)
+                gram_update_(left, source, beta=shampoo_beta, alpha=weight)
             if right is not None:
                 source = source if source.dtype == right.dtype else grad.to(right.dtype)
-                right.addmm_(source.mT, source, beta=shampoo_beta, alpha=weight)
+                gram_update_(right, source.mT, beta=shampoo_beta, alpha=weight)
             return
         if len(layout.shape) == 1:
             if factors[0] is not None:
