@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from soapbench.bench import catalog, memory, peers, step_timing, throughput
+from soapbench.bench import catalog, floor, memory, peers, step_timing, throughput
 from soapbench.bench.report import collect_metadata, render_markdown, write_report
 from soapbench.bench.shapes import GradientBank, build_preset_model, param_infos
 from soapbench.environment import resolve_device
@@ -118,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         sections["step_timing"] = {"protocol": timing_protocol, "contestants": [c.summary() for c in contestants]}
         del contestants, bank
         write_report(report, args.out)  # after every section: a later failure keeps what was measured
+        soap = next((setup for setup in setups if setup.name == "soap"), None)
+        if soap is not None:
+            print("soap matmul floor", flush=True)
+            built = soap.build(build_preset_model(model_cfg, "meta"))
+            main = next(iter(getattr(built, "optimizers", {"": built}).values()))
+            shapes = [tuple(p.shape) for group in main.param_groups for p in group["params"]]
+            sections["soap_floor"] = floor.soap_floor(shapes, soap.effective_hparams(), device)
+            write_report(report, args.out)
 
     if args.memory:
         print(f"memory: {len(setups)} optimizers on {args.model} ({params:,} parameters)", flush=True)

@@ -199,10 +199,25 @@ def test_script_writes_report_with_metadata(tmp_path, registered):
     for field in ("command", "git_commit", "date", "timestamp_utc", "device", "threads", "versions"):
         assert meta[field] not in (None, ""), field
     assert meta["threads"] == 1 and "torch" in meta["versions"] and "python" in meta["versions"]
-    assert set(report["sections"]) == {"step_timing", "memory", "throughput"}
+    expected = {"step_timing", "memory", "throughput"} | ({"soap_floor"} if "soap" in chosen else set())
+    assert set(report["sections"]) == expected
     assert {c["label"] for c in report["sections"]["step_timing"]["contestants"]} == set(chosen.split(","))
     assert all(c["stats"]["n"] >= 3 for c in report["sections"]["step_timing"]["contestants"])
     assert all(row["status"] == "completed" for row in report["sections"]["throughput"]["rows"])
     text = md_path.read_text()
     assert "Step time" in text and "Optimizer-state memory" in text and meta["command"] in text
     assert "Optimizer-state memory" in result.stdout
+    if "soap" in chosen:
+        floor = report["sections"]["soap_floor"]
+        assert floor["matrices"] > 0 and 0 < floor["per_step_seconds"] < floor["mean_seconds"]
+        assert "SOAP's matmul floor" in text
+
+
+def test_soap_floor_counts_only_preconditioned_matrices():
+    from soapbench.bench.floor import soap_floor
+
+    hparams = {"max_precond_dim": 64, "merge_dims": False, "precondition_1d": False, "data_format": "channels_first",
+               "precondition_frequency": 4}  # fmt: skip
+    floor = soap_floor([(32, 16), (32, 16), (16,), (8, 200), (4, 3, 3)], hparams, torch.device("cpu"), repeats=1)
+    assert floor["matrices"] == 2 and floor["skipped_shapes"] == [[8, 200], [4, 3, 3]]
+    assert floor["mean_seconds"] == floor["per_step_seconds"] + floor["per_refresh_seconds"] / 4 > 0

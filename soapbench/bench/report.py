@@ -159,6 +159,30 @@ def timing_markdown(section: Mapping[str, Any]) -> str:
     return "\n\n".join(part for part in [partial, section["protocol"], table(header, rows)] if part)
 
 
+def floor_markdown(section: Mapping[str, Any], timing: Mapping[str, Any] | None) -> str:
+    lines = [
+        f"SOAP's unavoidable products on this preset's {section['matrices']} preconditioned matrices "
+        f"(f = {section['frequency']}): per step {fmt_ms(section['per_step_seconds'])} ms, per refresh "
+        f"{fmt_ms(section['per_refresh_seconds'])} ms, so a mean step of at least "
+        f"**{fmt_ms(section['mean_seconds'])} ms** (`soapbench/bench/floor.py` lists the products).",
+    ]
+    rows = []
+    for contestant in (timing or {}).get("contestants", []):
+        stats = contestant.get("stats")
+        if contestant["ours"] != "soap" or not stats:
+            continue
+        rows.append([
+            contestant["label"], contestant["source"], fmt_ms(stats["mean"]),
+            f"{stats['mean'] / section['mean_seconds']:.2f}", f"{section['mean_seconds'] / stats['mean']:.2f}",
+        ])  # fmt: skip
+    if rows:
+        header = ["SOAP implementation", "source", "mean ms", "mean ÷ floor", "best possible ours ÷ this (floor ÷ mean)"]
+        lines.append(table(header, rows))
+    if section["skipped_shapes"]:
+        lines.append(f"Not counted (not a fully preconditioned matrix): {section['skipped_shapes']}")
+    return "\n\n".join(line for line in lines if line)
+
+
 def throughput_markdown(section: Mapping[str, Any]) -> str:
     rows = []
     for row in section["rows"]:
@@ -197,6 +221,9 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     for key, (title, render) in titles.items():
         if key in report["sections"]:
             parts += [f"## {title}", render(report["sections"][key])]
+        if key == "step_timing" and "soap_floor" in report["sections"]:
+            floor_section = floor_markdown(report["sections"]["soap_floor"], report["sections"].get("step_timing"))
+            parts += ["## SOAP's matmul floor on these shapes", floor_section]
     config_rows = [
         [name, setup["source"], json.dumps(setup["hparams"], default=_json_default),
          json.dumps(setup["companion"], default=_json_default)]
