@@ -178,37 +178,6 @@ def test_parameters_without_gradient_are_skipped():
     assert not torch.equal(used.detach(), torch.ones(3, 2))
 
 
-def test_param_groups_keep_their_own_hyperparameters():
-    shapes = [(5, 3), (4,)]
-    grads = _random_grads(shapes, steps=4, seed=7)
-    init = [torch.randn(shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64) for shape in shapes]
-    settings = [dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), dict(lr=3e-3, betas=(0.5, 0.99), weight_decay=0.0)]
-    grouped = [nn.Parameter(w.clone()) for w in init]
-    optimizer = Adafactor([{"params": [p], **s} for p, s in zip(grouped, settings)], lr=1.0)
-    _drive(optimizer, grouped, grads)
-    for index, setting in enumerate(settings):
-        alone = nn.Parameter(init[index].clone())
-        _drive(Adafactor([alone], **setting), [alone], [[g[index]] for g in grads])
-        assert torch.equal(alone, grouped[index])
-
-
-def test_lr_scheduler_changes_take_effect():
-    grads = _random_grads([(4, 3)], steps=4, seed=9)
-    scheduled = nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
-    optimizer = Adafactor([scheduled], lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 0.5**epoch)
-    manual = nn.Parameter(torch.ones(4, 3, dtype=torch.float64))
-    manual_optimizer = Adafactor([manual], lr=1e-2)
-    for step, (grad,) in enumerate(grads):
-        scheduled.grad, manual.grad = grad, grad
-        optimizer.step()
-        scheduler.step()
-        manual_optimizer.step()
-        manual_optimizer.param_groups[0]["lr"] = 1e-2 * 0.5 ** (step + 1)
-        assert torch.equal(scheduled, manual)
-    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-2 / 16)
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [

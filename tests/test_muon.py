@@ -193,31 +193,6 @@ def test_parameters_without_gradient_are_skipped():
     assert unused not in optimizer.state and torch.equal(unused.detach(), torch.ones(4, 3))
 
 
-def test_param_groups_keep_their_own_hyperparameters():
-    grads = _random_grads([(6, 4), (5, 5)], steps=3, seed=9)
-    init = [torch.randn(6, 4, dtype=torch.float64), torch.randn(5, 5, dtype=torch.float64)]
-    settings = [dict(lr=0.02, momentum=0.95, weight_decay=0.1), dict(lr=0.005, momentum=0.5, nesterov=False)]
-    grouped = [nn.Parameter(w.clone()) for w in init]
-    _drive(Muon([{"params": [p], **s} for p, s in zip(grouped, settings)]), grouped, grads)
-    for index, setting in enumerate(settings):
-        alone = nn.Parameter(init[index].clone())
-        _drive(Muon([alone], **setting), [alone], [[g[index]] for g in grads])
-        assert torch.equal(alone, grouped[index])
-
-
-def test_lr_scheduler_changes_take_effect():
-    scheduled, manual = nn.Parameter(torch.ones(5, 3)), nn.Parameter(torch.ones(5, 3))
-    optimizer, manual_optimizer = Muon([scheduled], lr=0.02), Muon([manual], lr=0.02)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.1)
-    for step, (grad,) in enumerate(_random_grads([(5, 3)], steps=3, seed=10, dtype=torch.float32)):
-        scheduled.grad, manual.grad = grad, grad.clone()
-        optimizer.step()
-        scheduler.step()
-        manual_optimizer.step()
-        manual_optimizer.param_groups[0]["lr"] = 0.02 * 0.1 ** (step + 1)
-        assert torch.equal(scheduled, manual)
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [

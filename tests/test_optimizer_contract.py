@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from optimizers import available_optimizers, build_optimizer
+from optimizers.registry import get_spec
 from soapbench.results import RunStore
 from tests.conftest import CONFIG_DIR, train_in_process
 
@@ -123,32 +124,74 @@ def test_parameters_without_gradients_are_skipped(name: str) -> None:
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_lr_scheduler_changes_take_effect(name: str) -> None:
     torch.manual_seed(0)
-    model = TinyNet().double()
-    optimizer = _build(name, model)
-    # Full lr for 4 steps, then 0: nothing may move afterwards (weight decay is scaled by lr too).
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 4 else 0.0)
-    _train(model, optimizer, 4, scheduler=scheduler)
-    frozen = [p.detach().clone() for p in model.parameters()]
-    _train(model, optimizer, 4, start=4, scheduler=scheduler)
-    for a, b in zip(frozen, model.parameters()):
-        assert torch.equal(a, b), f"{name} ignored the scheduler's lr"
+    scheduled = TinyNet().double()
+    manual = copy.deepcopy(scheduled)
+    optimizer, manual_optimizer = _build(name, scheduled), _build(name, manual)
+    peak = [group["lr"] for group in optimizer.param_groups]
+    # Halve the lr every step, then 0 from step 4: a scheduled run must equal one whose lr is set by hand, bit for
+    # bit, and nothing may move once the lr is 0 (weight decay is scaled by the lr too).
+    factor = lambda step: 0.5**step if step < 4 else 0.0  # noqa: E731
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    for step in range(7):
+        if step == 5:
+            frozen = [p.detach().clone() for p in scheduled.parameters()]
+        for group, lr in zip(manual_optimizer.param_groups, peak):
+            group["lr"] = lr * factor(step)
+        _train(scheduled, optimizer, 1, start=step, scheduler=scheduler)
+        _train(manual, manual_optimizer, 1, start=step)
+        for a, b in zip(scheduled.parameters(), manual.parameters()):
+            assert torch.equal(a, b), f"{name}: scheduled lr differs from the lr set by hand at step {step}"
+    for a, b in zip(frozen, scheduled.parameters()):
+        assert torch.equal(a, b), f"{name} moved parameters at lr 0"
+
+
+# Per-group hyperparameters that change each method's own knobs (a drop-in optimizer gets only different lrs).
+GROUP_SETTINGS = {
+    "adafactor": [dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), dict(lr=3e-3, betas=(0.5, 0.99), weight_decay=0.0)],
+    "muon": [dict(lr=0.02, momentum=0.95, weight_decay=0.1), dict(lr=0.005, momentum=0.5, nesterov=False)],
+    "soap": [dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3, eps=1e-6)],
+    "shampoo": [dict(lr=1e-2, inv_root_override=0, weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3)],
+    "soap_muon": [
+        dict(lr=1e-2, betas=(0.95, 0.95), projection_type="std", nestrov=True, precondition_frequency=2),
+        dict(lr=3e-3, betas=(0.9, 0.99), projection_type="full", newton_schulz_steps=3, scale="graft", weight_decay=0.1),
+    ],
+    "kl_shampoo": [
+        dict(lr=1e-2, precondition_frequency=2, weight_decay=0.1),
+        dict(lr=3e-3, precondition_frequency=5, shampoo_beta=0.5, betas=(0.8, 0.9), eps=1e-6, max_clamp_value=5),
+    ],
+}
+GROUP_SETTINGS["kl_soap"] = GROUP_SETTINGS["kl_shampoo"]
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
 def test_several_param_groups_keep_their_own_hyperparameters(name: str) -> None:
+    """Groups with different hyperparameters train exactly as separate optimizers would; an lr-0 group stays put."""
     hparams, _ = _yaml_hparams(name)
-    torch.manual_seed(0)
-    frozen = nn.Parameter(torch.randn(6, 4, dtype=torch.float64))
-    moving = nn.Parameter(torch.randn(5, 3, dtype=torch.float64))
-    optimizer = build_optimizer(name, [{"params": [frozen], "lr": 0.0}, {"params": [moving]}], **hparams)
-    start_frozen, start_moving = frozen.detach().clone(), moving.detach().clone()
-    for step in range(6):
-        generator = torch.Generator().manual_seed(step)
-        frozen.grad = torch.randn(6, 4, generator=generator, dtype=torch.float64)
-        moving.grad = torch.randn(5, 3, generator=generator, dtype=torch.float64)
-        optimizer.step()
-    assert torch.equal(frozen, start_frozen)
-    assert not torch.equal(moving, start_moving)
+    lr = hparams.get("lr", 1e-3)
+    known = set(get_spec(name).hyperparameter_names())
+    settings = [{k: v for k, v in s.items() if k in known} for s in GROUP_SETTINGS.get(name, [])]
+    settings = settings or [dict(lr=lr), dict(lr=lr / 3)]
+    settings.append(dict(lr=0.0))
+    shapes = [(6, 4), (5, 3), (4, 7)]
+    generator = torch.Generator().manual_seed(0)
+    init = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
+    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes] for _ in range(6)]
+
+    def drive(optimizer, params, indices):
+        for step_grads in grads:
+            for param, index in zip(params, indices):
+                param.grad = step_grads[index].clone()
+            optimizer.step()
+
+    grouped = [nn.Parameter(value.clone()) for value in init]
+    groups = [{"params": [param], **setting} for param, setting in zip(grouped, settings)]
+    drive(build_optimizer(name, groups, **hparams), grouped, range(3))
+    for index, setting in enumerate(settings[:2]):  # (the lr-0 group has no optimizer of its own: lr must be > 0)
+        alone = nn.Parameter(init[index].clone())
+        drive(build_optimizer(name, [alone], **{**hparams, **setting}), [alone], [index])
+        assert torch.equal(alone, grouped[index]), f"{name}: group {index} ({setting}) differs from its own optimizer"
+    assert torch.equal(grouped[2], init[2]), f"{name} moved a group with lr 0"
+    assert not torch.equal(grouped[0], init[0])
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -431,40 +431,6 @@ def test_parameters_without_gradients_are_skipped() -> None:
     assert torch.equal(unused, before) and unused not in optimizer.state
 
 
-def test_param_groups_keep_their_own_hyperparameters() -> None:
-    shapes = [(6, 4), (5, 3)]
-    grads = _random_grads(shapes, 7)
-    settings = [dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0), dict(lr=3e-3, precondition_frequency=2, eps=1e-6)]
-    generator = torch.Generator().manual_seed(1)
-    init = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
-    together = [torch.nn.Parameter(value.clone()) for value in init]
-    optimizer = SOAP([{"params": [together[0]], **settings[0]}, {"params": [together[1]], **settings[1]}])
-    alone = [torch.nn.Parameter(value.clone()) for value in init]
-    separate = [SOAP([alone[0]], **settings[0]), SOAP([alone[1]], **settings[1])]
-    for step_grads in grads:
-        for index in range(2):
-            together[index].grad = step_grads[index].clone()
-            alone[index].grad = step_grads[index].clone()
-        optimizer.step()
-        for single in separate:
-            single.step()
-    for a, b in zip(together, alone):
-        assert torch.equal(a, b)
-
-
-def test_lr_scheduler_changes_take_effect() -> None:
-    param = torch.nn.Parameter(torch.randn(5, 4, dtype=torch.float64))
-    optimizer = SOAP([param], precondition_frequency=2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 if step < 4 else 0.0)
-    for step in range(8):
-        if step == 4:
-            frozen = param.detach().clone()
-        param.grad = torch.randn(5, 4, dtype=torch.float64)
-        optimizer.step()
-        scheduler.step()
-    assert torch.equal(param, frozen)
-
-
 def test_yaml_builds_through_the_registry() -> None:
     config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / "soap.yaml"))
     assert config.pop("name") == "soap"

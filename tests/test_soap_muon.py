@@ -284,34 +284,6 @@ def test_parameters_without_gradient_are_skipped():
     assert unused not in optimizer.state and torch.equal(unused.detach(), torch.ones(4, 3))
 
 
-def test_param_groups_keep_their_own_hyperparameters():
-    grads = _random_grads([(6, 4), (5, 9)], steps=5, seed=10)
-    init = [torch.randn(6, 4, dtype=torch.float64), torch.randn(5, 9, dtype=torch.float64)]
-    settings = [
-        dict(lr=1e-2, betas=(0.95, 0.95), projection_type="std", nestrov=True, precondition_frequency=2),
-        dict(lr=3e-3, betas=(0.9, 0.99), projection_type="full", newton_schulz_steps=3, scale="graft", weight_decay=0.1),
-    ]
-    grouped = [nn.Parameter(w.clone()) for w in init]
-    _drive(SOAPMuon([{"params": [p], **s} for p, s in zip(grouped, settings)]), grouped, grads)
-    for index, setting in enumerate(settings):
-        alone = nn.Parameter(init[index].clone())
-        _drive(SOAPMuon([alone], **setting), [alone], [[g[index]] for g in grads])
-        assert torch.equal(alone, grouped[index])
-
-
-def test_lr_scheduler_changes_take_effect():
-    scheduled, manual = nn.Parameter(torch.ones(5, 3)), nn.Parameter(torch.ones(5, 3))
-    optimizer, manual_optimizer = SOAPMuon([scheduled], lr=0.02), SOAPMuon([manual], lr=0.02)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
-    for step, (grad,) in enumerate(_random_grads([(5, 3)], steps=4, seed=11, dtype=torch.float32)):
-        scheduled.grad, manual.grad = grad, grad.clone()
-        optimizer.step()
-        scheduler.step()
-        manual_optimizer.step()
-        manual_optimizer.param_groups[0]["lr"] = 0.02 * 0.5 ** (step + 1)
-        assert torch.equal(scheduled, manual)
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [
