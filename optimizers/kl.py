@@ -78,7 +78,16 @@ import torch
 from torch import Tensor
 
 from optimizers.adamw import validate_adam_hyperparameters
-from optimizers.linalg import LinalgHealth, eigenbasis, mode_gram, power_qr_refresh, rotate, unrotate
+from optimizers.linalg import (
+    SYMMETRIC_BLOCK,
+    LinalgHealth,
+    eigenbasis,
+    gram_update_,
+    mode_gram,
+    power_qr_refresh,
+    rotate,
+    unrotate,
+)
 from optimizers.refresh_sharing import SharesRefreshes
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes
@@ -138,6 +147,20 @@ def state_dtype_for(cast_dtype: torch.dtype | None, param_dtype: torch.dtype) ->
 def _accumulate_factor(factor: Tensor, contribution: Tensor, beta: float, numel: int) -> None:
     """``S ← β S + (1−β)/c · contribution`` with c = N/d, with the reference's operations (and rounding)."""
     factor.mul_(beta).add_(contribution, alpha=(1.0 - beta) / (numel / factor.shape[0]))
+
+
+def _accumulate_gram(factor: Tensor, rows: Tensor, beta: float, numel: int) -> None:
+    """:func:`_accumulate_factor` with ``contribution = rows rowsᵀ``.
+
+    Factors narrower than ``2·SYMMETRIC_BLOCK`` use the reference's ops. Wider factors use one fused update by
+    symmetric blocks (``linalg.gram_update_``), which needs about 5/8 of the product's flops at 1536 wide and
+    rounds slightly differently.
+    """
+    size = factor.shape[0]
+    if size < 2 * SYMMETRIC_BLOCK:
+        _accumulate_factor(factor, rows @ rows.mT, beta, numel)
+    else:
+        gram_update_(factor, rows, beta=beta, alpha=(1.0 - beta) / (numel / size))
 
 
 def _updated_inv_sqrt_eigenvalues(
@@ -291,11 +314,17 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
         if grad.dim() == 1:
             direction = self._diagonal_step(grad, state, group)
         else:
+            rotated = None
             if self._using_klsoap:
-                direction = self._klsoap_direction(grad, state, group)
+                if grad.dim() == 2:
+                    # Q_Lᵀ G and Q_Lᵀ G Q_R serve the direction and the curvature update alike: computed once.
+                    left_basis, right_basis = state["bases"]
+                    left_rotated = (grad.mT @ left_basis).mT
+                    rotated = (left_rotated, left_rotated @ right_basis)
+                direction = self._klsoap_direction(grad, state, group, None if rotated is None else rotated[1])
             else:
                 direction = self._klshampoo_direction(grad, state, group)
-            self._update_curvature(param, grad, state, group)
+            self._update_curvature(param, grad, state, group, rotated)
 
         if group["normalize_grads"]:
             direction = direction / (1e-30 + torch.mean(direction**2) ** 0.5)
@@ -351,9 +380,12 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
         return unrotate(rotate(exp_avg, state["bases"]) * scale, state["bases"])
 
     @staticmethod
-    def _klsoap_direction(grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> Tensor:
+    def _klsoap_direction(
+        grad: Tensor, state: dict[str, Any], group: dict[str, Any], grad_rotated: Tensor | None = None
+    ) -> Tensor:
         beta1, beta2 = group["betas"]
-        grad_rotated = rotate(grad, state["bases"])
+        if grad_rotated is None:
+            grad_rotated = rotate(grad, state["bases"])
         state["exp_avg"].lerp_(grad_rotated, 1.0 - beta1)
         state["exp_avg_sq"].lerp_(grad_rotated.square(), 1.0 - beta2)
         denominator = state["exp_avg_sq"].sqrt().add_(group["eps"])
@@ -393,13 +425,16 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             total = total * trace
         return [total / trace for trace in traces]
 
-    def _update_curvature(self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _update_curvature(
+        self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any],
+        rotated: tuple[Tensor, Tensor] | None = None,
+    ) -> None:
         due = state["step"] % group["precondition_frequency"] == 0
         refresh = due and self._computes_refresh(param)
         # KL-SOAP's m lives in the eigenbasis: taken out with the old Q at refresh steps only, back in with the new.
         momentum = unrotate(state["exp_avg"], state["bases"]) if self._using_klsoap and refresh else None
         if grad.dim() == 2:
-            self._update_curvature_2d(grad, state, group)
+            self._update_curvature_2d(grad, state, group, rotated)
         else:
             self._update_curvature_3d(grad, state, group)
         if refresh:
@@ -418,7 +453,10 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
         # On failure the helper hands back the float32-rounded old basis; keep the exact one instead.
         return basis if self.linalg_health.failures != failures_before else refreshed
 
-    def _update_curvature_2d(self, grad: Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def _update_curvature_2d(
+        self, grad: Tensor, state: dict[str, Any], group: dict[str, Any], rotated: tuple[Tensor, Tensor] | None = None
+    ) -> None:
+        """``rotated``: (Q_Lᵀ G, Q_Lᵀ G Q_R) when the caller already has them (KL-SOAP's direction does)."""
         beta = self._shampoo_beta(group)
         numel = grad.numel()
         left_factor, right_factor = state["factors"]
@@ -429,12 +467,15 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
 
         # diag(s_R) Q_Rᵀ Gᵀ, whose Gram matrix is G Ŝ_R^{-1} Gᵀ (and likewise on the left).
         right_whitened = (right_basis.T @ grad.T) * right_inv_sqrt.view(-1, 1)
-        _accumulate_factor(left_factor, right_whitened.T @ right_whitened, beta, numel)
-        left_rotated = left_basis.T @ grad
+        _accumulate_gram(left_factor, right_whitened.T, beta, numel)
+        if rotated is None:
+            left_rotated = left_basis.T @ grad
+            fully_rotated = left_rotated @ right_basis
+        else:
+            left_rotated, fully_rotated = rotated
         left_whitened = left_rotated * left_inv_sqrt.view(-1, 1)
-        _accumulate_factor(right_factor, left_whitened.T @ left_whitened, beta, numel)
+        _accumulate_gram(right_factor, left_whitened.T, beta, numel)
 
-        fully_rotated = left_rotated @ right_basis
         left_new_term = torch.mean((fully_rotated * right_inv_sqrt.view(1, -1)) ** 2, 1)
         right_new_term = torch.mean((fully_rotated * left_inv_sqrt.view(-1, 1)) ** 2, 0)
         inv_sqrt[0] = _updated_inv_sqrt_eigenvalues(
