@@ -60,7 +60,7 @@ REPRODUCTIONS = {
         "(e) KL paper: KL-Shampoo and KL-SOAP vs Shampoo and SOAP",
         {"cpu": "kl_methods_cpu", "full": "kl_methods_124m"},
         "kl_methods",
-        {"cpu": "about 25 minutes on 2 CPU cores", "full": "4 runs of ~3 H100-hours"},
+        {"cpu": "about 30 minutes on 2 CPU cores", "full": "4 runs of ~3 H100-hours"},
         baseline="shampoo",
     ),
 }
