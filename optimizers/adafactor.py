@@ -42,6 +42,7 @@ import torch
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
+from optimizers.stepping import closure_loss, params_with_grads
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
     # Same accumulation order as the reference's rank1_approximation, for bitwise parity.
@@ -100,50 +101,41 @@ class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        for group in self.param_groups:
+        loss = closure_loss(closure)
+        for group, param in params_with_grads(self):
             beta1, beta2 = group["betas"]
             lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("Adafactor does not support sparse gradients")
-                state = self.state[param]
-                if not state:
-                    state = self._init_state(param)
-                exp_avg, marginals = state["exp_avg"], state["exp_avg_sq"]
-                grad = param.grad.to(exp_avg.dtype)
-                weights = param if param.dtype == exp_avg.dtype else param.to(exp_avg.dtype)
+            state = self.state[param]
+            if not state:
+                state = self._init_state(param)
+            exp_avg, marginals = state["exp_avg"], state["exp_avg_sq"]
+            grad = param.grad.to(exp_avg.dtype)
+            weights = param if param.dtype == exp_avg.dtype else param.to(exp_avg.dtype)
 
-                state["step"] += 1
-                step = state["step"]
+            state["step"] += 1
+            step = state["step"]
 
-                weights.mul_(1 - lr * weight_decay)
-                exp_avg.lerp_(grad, 1 - beta1)
+            weights.mul_(1 - lr * weight_decay)
+            exp_avg.lerp_(grad, 1 - beta1)
 
-                grad_sq = grad.square()
-                if param.ndim <= 1:
-                    # The reference's mean over "no other dims" reduces over all dims (a scalar).
-                    target = grad_sq.mean() if (group["reference_1d_quirk"] and param.ndim == 1) else grad_sq
-                    marginals[0].lerp_(target, 1 - beta2)
-                    second_moment = marginals[0].clone()
-                else:
-                    for dim in range(param.ndim):
-                        other_dims = [d for d in range(param.ndim) if d != dim]
-                        marginals[dim].lerp_(grad_sq.mean(dim=other_dims), 1 - beta2)
-                    second_moment = _rank1_second_moment(marginals, group["neuron_only"])
+            grad_sq = grad.square()
+            if param.ndim <= 1:
+                # The reference's mean over "no other dims" reduces over all dims (a scalar).
+                target = grad_sq.mean() if (group["reference_1d_quirk"] and param.ndim == 1) else grad_sq
+                marginals[0].lerp_(target, 1 - beta2)
+                second_moment = marginals[0].clone()
+            else:
+                for dim in range(param.ndim):
+                    other_dims = [d for d in range(param.ndim) if d != dim]
+                    marginals[dim].lerp_(grad_sq.mean(dim=other_dims), 1 - beta2)
+                second_moment = _rank1_second_moment(marginals, group["neuron_only"])
 
-                step_size = lr / (1 - beta1**step)
-                bias_correction2_sqrt = (1 - beta2**step) ** 0.5
-                denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
-                weights.addcdiv_(exp_avg, denom, value=-step_size)
-                if weights is not param:
-                    param.copy_(weights)
+            step_size = lr / (1 - beta1**step)
+            bias_correction2_sqrt = (1 - beta2**step) ** 0.5
+            denom = (second_moment.sqrt() / bias_correction2_sqrt).add_(eps)
+            weights.addcdiv_(exp_avg, denom, value=-step_size)
+            if weights is not param:
+                param.copy_(weights)
         return loss
 
 

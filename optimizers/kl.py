@@ -78,7 +78,7 @@ Deliberate deviations from the reference (none changes a golden trajectory):
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -86,7 +86,6 @@ from torch import Tensor
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import (
     SYMMETRIC_BLOCK,
-    LinalgHealth,
     eigenbasis,
     gram_update_,
     mode_gram,
@@ -94,7 +93,7 @@ from optimizers.linalg import (
     rotate,
     unrotate,
 )
-from optimizers.refresh_sharing import SharesRefreshes
+from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes
 
@@ -197,7 +196,7 @@ def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
     return scale
 
 
-class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
+class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
 
     Args (the reference's keywords and defaults, except ``cast_dtype``):
@@ -260,7 +259,6 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             cast_dtype=parse_cast_dtype(cast_dtype),
         )
         super().__init__(params, defaults)
-        self.linalg_health = LinalgHealth()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         if "cast_dtype" in param_group:
@@ -269,27 +267,6 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             param_group = {**param_group, "betas": tuple(param_group["betas"])}
         super().add_param_group(param_group)
 
-    def diagnostics(self) -> dict[str, float]:
-        """Counters for the trainer's log: linear-algebra failures (basis kept) and successful float64 retries."""
-        return self.linalg_health.diagnostics()
-
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._plan_refreshes()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None or param.numel() == 0:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
-                self._step_parameter(param, group)
-        self._synchronize_refreshes()
-        return loss
 
     # ------------------------------------------------------------------------------------------------------------
     # One parameter
@@ -304,7 +281,9 @@ class _KLOptimizer(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
     def _clamp_max(group: dict[str, Any], size: int) -> int | None:
         return max(CLAMP_FLOOR, min(size, group["max_clamp_value"])) if group["using_clamping"] else None
 
-    def _step_parameter(self, param: Tensor, group: dict[str, Any]) -> None:
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        if param.numel() == 0:
+            return
         state = self.state[param]
         if state:
             dtype = state["exp_avg"].dtype

@@ -53,6 +53,7 @@ import torch
 from torch import Tensor
 
 from optimizers.state import KeepsStateDtypes, state_dtype_for
+from optimizers.stepping import closure_loss, params_with_grads
 from optimizers.registry import register_optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -121,34 +122,25 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-
-        for group in self.param_groups:
+        loss = closure_loss(closure)
+        for group, param in params_with_grads(self):
             lr, momentum = group["lr"], group["momentum"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("Muon does not support sparse gradients")
-                state = self.state[param]
-                if not state:
-                    state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param.dtype), device=param.device)
-                buffer = state["momentum_buffer"]
-                grad = param.grad.to(buffer.dtype)
+            state = self.state[param]
+            if not state:
+                state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param.dtype), device=param.device)
+            buffer = state["momentum_buffer"]
+            grad = param.grad.to(buffer.dtype)
 
-                buffer.lerp_(grad, 1 - momentum)
-                update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
-                if update.ndim > 2:
-                    update = update.reshape(len(update), -1)
-                orthogonalized = zeropower_via_newtonschulz5_keller(update, steps=group["ns_steps"])
-                # In place on the bf16 result, as the reference does: the product is rounded to bf16.
-                orthogonalized *= keller_aspect_scale(param.shape)
+            buffer.lerp_(grad, 1 - momentum)
+            update = grad.lerp(buffer, momentum) if group["nesterov"] else buffer
+            if update.ndim > 2:
+                update = update.reshape(len(update), -1)
+            orthogonalized = zeropower_via_newtonschulz5_keller(update, steps=group["ns_steps"])
+            # In place on the bf16 result, as the reference does: the product is rounded to bf16.
+            orthogonalized *= keller_aspect_scale(param.shape)
 
-                param.mul_(1 - lr * group["weight_decay"])
-                param.add_(orthogonalized.reshape(param.shape), alpha=-lr)
+            param.mul_(1 - lr * group["weight_decay"])
+            param.add_(orthogonalized.reshape(param.shape), alpha=-lr)
         return loss
 
 

@@ -58,10 +58,11 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from optimizers.linalg import LinalgHealth, matrix_inverse_root, mode_gram, rotate
-from optimizers.refresh_sharing import SharesRefreshes
+from optimizers.linalg import matrix_inverse_root, mode_gram, rotate
+from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
+from optimizers.stepping import closure_loss, params_with_grads
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
 # Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio.
@@ -125,7 +126,7 @@ def inverse_root_for_order(order: int, inv_root_override: float | Sequence[float
 
 
 @register_optimizer("shampoo")
-class Shampoo(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
+class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """Shampoo (Kronecker-factored, EMA factors, eigh inverse roots) with per-block norm grafting.
 
     Args (DistributedShampoo keyword names; defaults = the SOAP paper's baseline recipe):
@@ -211,29 +212,14 @@ class Shampoo(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             grafting_type=grafting_type, grafting_beta2=grafting_beta2, grafting_epsilon=grafting_epsilon,
         )
         super().__init__(params, defaults)
-        self.linalg_health = LinalgHealth()
-
-    def diagnostics(self) -> dict[str, float]:
-        """Counters for the trainer's log: inverse-root failures (previous root kept) and float64 retries."""
-        return self.linalg_health.diagnostics()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         self._plan_refreshes()
         # Two passes: the inverse roots computed at step t are used at step t, so with refresh sharing every
         # owner's roots must have arrived before any direction is formed.
-        prepared = []
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("Shampoo does not support sparse gradients")
-                prepared.append((param, group, self._update_statistics(param, group)))
+        prepared = [(param, group, self._update_statistics(param, group)) for group, param in params_with_grads(self)]
         self._synchronize_refreshes()
         for param, group, grad in prepared:
             self._update_param(param, group, grad)

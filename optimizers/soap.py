@@ -53,13 +53,12 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from optimizers.linalg import (
-    LinalgHealth,
     eigenbasis,
     estimated_eigenvalues,
     gram_update_,
@@ -69,7 +68,7 @@ from optimizers.linalg import (
     rotate,
     unrotate,
 )
-from optimizers.refresh_sharing import SharesRefreshes
+from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 
@@ -163,7 +162,7 @@ def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, 
 
 
 @register_optimizer("soap")
-class SOAP(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
+class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
 
     Args (reference keywords, reference defaults):
@@ -243,29 +242,7 @@ class SOAP(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             linalg_precision=linalg_precision, state_dtype=state_dtype, bitwise_reference=bitwise_reference,
         )
         super().__init__(params, defaults)
-        self.linalg_health = LinalgHealth()
 
-    def diagnostics(self) -> dict[str, float]:
-        """Counters for the trainer's log: linear-algebra failures (basis kept) and float64 retries."""
-        return self.linalg_health.diagnostics()
-
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        self._plan_refreshes()
-        for group in self.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("SOAP does not support sparse gradients")
-                self._step_param(param, group)
-        self._synchronize_refreshes()
-        return loss
 
     # ------------------------------------------------------------------------------------------------------------
     # One parameter

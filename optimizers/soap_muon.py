@@ -61,7 +61,7 @@ Deliberate deviations from the reference:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -69,7 +69,7 @@ from torch import Tensor
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
-from optimizers.refresh_sharing import SharesRefreshes
+from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
@@ -171,7 +171,7 @@ def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth
 
 
 @register_optimizer("soap_muon", main_roles=("matrix",))
-class SOAPMuon(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
+class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math."""
 
     def __init__(
@@ -220,11 +220,6 @@ class SOAPMuon(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             scale=scale,
         )
         super().__init__(params, defaults)
-        self.linalg_health = LinalgHealth()
-
-    def diagnostics(self) -> dict[str, float]:
-        return self.linalg_health.diagnostics()
-
 
     @staticmethod
     def _factor_beta(group: dict[str, Any]) -> float:
@@ -271,85 +266,70 @@ class SOAPMuon(SharesRefreshes, KeepsStateDtypes, torch.optim.Optimizer):
             second_moment.copy_(second_moment.index_select(axis, permutation))
             state[f"basis_{side}"] = basis
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        factor_beta = self._factor_beta(group)
+        dtype = state_dtype_for(param.dtype)
+        grad = param.grad.to(dtype)
+        grad_matrix = grad.reshape(grad.shape[0], -1) if grad.ndim > 2 else grad
 
-        self._plan_refreshes()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
-            factor_beta = self._factor_beta(group)
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                if param.grad.is_sparse:
-                    raise RuntimeError("SOAPMuon does not support sparse gradients")
-                dtype = state_dtype_for(param.dtype)
-                grad = param.grad.to(dtype)
-                grad_matrix = grad.reshape(grad.shape[0], -1) if grad.ndim > 2 else grad
+        state = self.state[param]
+        if not state:
+            state = self._init_state(param, grad_matrix, group)
+            self._update_factors(grad_matrix, state, factor_beta)
+            self._init_bases(param, state)
+            self._publish_refresh(param, [(state, f"basis_{side}") for side in self._sides(state)])
+            return
 
-                state = self.state[param]
-                if not state:
-                    state = self._init_state(param, grad_matrix, group)
-                    self._update_factors(grad_matrix, state, factor_beta)
-                    self._init_bases(param, state)
-                    self._publish_refresh(param, [(state, f"basis_{side}") for side in self._sides(state)])
-                    continue
+        exp_avg = state["exp_avg"].view(grad_matrix.shape)
+        exp_avg_sq = state["exp_avg_sq"].view(grad_matrix.shape)
+        grad_projected = _project(grad_matrix, state)
+        state["step"] += 1
+        step = state["step"]
 
-                exp_avg = state["exp_avg"].view(grad_matrix.shape)
-                exp_avg_sq = state["exp_avg_sq"].view(grad_matrix.shape)
-                grad_projected = _project(grad_matrix, state)
-                state["step"] += 1
-                step = state["step"]
+        exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
+        denom = exp_avg_sq.sqrt().add_(eps)
+        exp_avg_projected = _project(exp_avg, state)
 
-                exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
-                denom = exp_avg_sq.sqrt().add_(eps)
-                exp_avg_projected = _project(exp_avg, state)
+        step_size = lr
+        if group["correct_bias"]:
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2 = 1.0 - beta2**step
+            step_size = step_size * (bias_correction2**0.5) / bias_correction1
 
-                step_size = lr
-                if group["correct_bias"]:
-                    bias_correction1 = 1.0 - beta1**step
-                    bias_correction2 = 1.0 - beta2**step
-                    step_size = step_size * (bias_correction2**0.5) / bias_correction1
+        is_matrix = grad_matrix.ndim == 2
+        newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
+        if group["nestrov"] and newton_schulz:
+            direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
+        else:
+            direction = exp_avg_projected / denom
 
-                is_matrix = grad_matrix.ndim == 2
-                newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
-                if group["nestrov"] and newton_schulz:
-                    direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
-                else:
-                    direction = exp_avg_projected / denom
+        rows, cols = grad_matrix.shape if is_matrix else (0, 0)
+        if newton_schulz and group["scale"] == "graft":
+            adam_norm = torch.norm(direction)
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= adam_norm
+        elif newton_schulz:
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= min(rows, cols) ** 0.5
+            direction *= max(1, rows / cols) ** 0.5
+        elif is_matrix and group["scale"] == "shape":
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= (rows * cols) ** 0.5
 
-                rows, cols = grad_matrix.shape if is_matrix else (0, 0)
-                if newton_schulz and group["scale"] == "graft":
-                    adam_norm = torch.norm(direction)
-                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-                    direction *= adam_norm
-                elif newton_schulz:
-                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-                    direction *= min(rows, cols) ** 0.5
-                    direction *= max(1, rows / cols) ** 0.5
-                elif is_matrix and group["scale"] == "shape":
-                    direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-                    direction *= (rows * cols) ** 0.5
+        update = _project_back(direction, state)
+        weights = param if param.dtype == dtype else param.to(dtype)
+        weights.add_(update.reshape(param.shape), alpha=-step_size)
+        if weight_decay > 0.0:
+            weights.add_(weights, alpha=-lr * weight_decay)
+        if weights is not param:
+            param.copy_(weights)
 
-                update = _project_back(direction, state)
-                weights = param if param.dtype == dtype else param.to(dtype)
-                weights.add_(update.reshape(param.shape), alpha=-step_size)
-                if weight_decay > 0.0:
-                    weights.add_(weights, alpha=-lr * weight_decay)
-                if weights is not param:
-                    param.copy_(weights)
-
-                self._update_factors(grad_matrix, state, factor_beta)
-                if step % group["precondition_frequency"] == 0:
-                    if self._computes_refresh(param):
-                        self._refresh_bases(state, exp_avg_sq)
-                    slots = [(state, f"basis_{side}") for side in self._sides(state)]
-                    self._publish_refresh(param, [*slots, (state, "exp_avg_sq")])
-        self._synchronize_refreshes()
-        return loss
+        self._update_factors(grad_matrix, state, factor_beta)
+        if step % group["precondition_frequency"] == 0:
+            if self._computes_refresh(param):
+                self._refresh_bases(state, exp_avg_sq)
+            slots = [(state, f"basis_{side}") for side in self._sides(state)]
+            self._publish_refresh(param, [*slots, (state, "exp_avg_sq")])

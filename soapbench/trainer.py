@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
-from optimizers.refresh_sharing import share_refreshes
+from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config
 from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown

@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from optimizers import build_optimizer
-from optimizers.refresh_sharing import RefreshSharing, share_refreshes
+from optimizers.refreshes import RefreshSharing, share_refreshes
 
 STEPS = 9
 # Hyperparameters that make every optimizer refresh several times within STEPS, factor 1-D and merged dims, and

@@ -1,4 +1,10 @@
-"""Spreading the preconditioner refreshes of the eigenbasis family across data-parallel ranks.
+"""What the eigenbasis family (Shampoo, SOAP, SOAP-Muon, KL-Shampoo, KL-SOAP) shares about its refreshes:
+linear-algebra health counters, and spreading the refreshes across data-parallel ranks.
+
+Health: every eigh/QR/root goes through :mod:`optimizers.linalg`, which counts float64 retries and failures (the
+previous basis kept) in the optimizer's ``linalg_health``; ``diagnostics()`` reports them to the trainer's log.
+
+Sharing:
 
 Under DDP every rank holds the same parameters, the same (all-reduced) gradients and therefore the same optimizer
 state, so without help every rank computes every eigenbasis / inverse-root refresh: W ranks do W times the work of
@@ -13,12 +19,12 @@ the preconditioned dims), computed identically on every rank from the param grou
 plan. Every rank still keeps the full state (factors included): rank 0 checkpoints it, and a run can resume on any
 number of processes.
 
-An optimizer opts in by mixing in :class:`SharesRefreshes` and, in ``step()``:
+An optimizer opts in by mixing in :class:`RefreshingOptimizer` and, in ``step()``:
 
-* asking :meth:`SharesRefreshes._computes_refresh` before computing a parameter's refresh (first-call bases too);
-* handing the refreshed tensors to :meth:`SharesRefreshes._publish_refresh` on *every* rank, in the same order;
-* calling :meth:`SharesRefreshes._synchronize_refreshes` where the refreshed state is next needed (the end of the
-  step, or before the update for Shampoo, whose roots are used in the step that computes them).
+* asking :meth:`RefreshingOptimizer._computes_refresh` before computing a parameter's refresh (first-call bases too);
+* handing the refreshed tensors to :meth:`RefreshingOptimizer._publish_refresh` on *every* rank, in the same order;
+* calling :meth:`RefreshingOptimizer._synchronize_refreshes` where the refreshed state is next needed (the end of
+  the step, or before the update for Shampoo, whose roots are used in the step that computes them).
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from optimizers.linalg import LinalgHealth
+from optimizers.stepping import closure_loss, params_with_grads
 
 # Where a published tensor goes back: a (container, key) pair, so the received value replaces the state entry.
 Slot = tuple[Any, Any]
@@ -75,7 +82,7 @@ class RefreshSharing:
     def publish(self, param: Tensor, slots: Iterable[Slot]) -> None:
         self._pending.append((self.owner(param), list(slots)))
 
-    def synchronize(self, health: LinalgHealth | None = None) -> None:
+    def synchronize(self, health: LinalgHealth) -> None:
         """Broadcast every published tensor from its owner, which receivers store with the owner's strides."""
         pending, self._pending = self._pending, []
         if not pending:  # every rank has the same refresh steps, so all of them skip together
@@ -110,8 +117,7 @@ class RefreshSharing:
                 received = torch.empty_strided(tensor.shape, stride, dtype=dtype, device=device)
                 _memory_order(received).view(-1).copy_(chunk)
                 container[key] = received
-        if health is not None:
-            self._merge_health(health)
+        self._merge_health(health)
 
     def _merge_health(self, health: LinalgHealth) -> None:
         """Sum the ranks' new linear-algebra failures/retries, so every rank (and rank 0's log) counts them all."""
@@ -143,10 +149,35 @@ def cubic_refresh_cost(param: Tensor) -> float:
     return float(sum(size**3 for size in param.shape))
 
 
-class SharesRefreshes:
-    """Mixin for ``torch.optim.Optimizer`` subclasses whose refreshes can be spread over ranks (module docstring)."""
+class RefreshingOptimizer:
+    """Mixin for ``torch.optim.Optimizer`` subclasses that refresh eigenbases or roots (module docstring)."""
 
     _refresh_sharing: RefreshSharing | None = None
+
+    @property
+    def linalg_health(self) -> LinalgHealth:
+        """This optimizer's linear-algebra counters (created on first use, so subclasses need no set-up)."""
+        health = self.__dict__.get("_linalg_health")
+        if health is None:
+            health = self.__dict__["_linalg_health"] = LinalgHealth()
+        return health
+
+    def diagnostics(self) -> dict[str, float]:
+        """Counters for the trainer's log: linear-algebra failures (previous basis or root kept), float64 retries."""
+        return self.linalg_health.diagnostics()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One ``_step_param`` per parameter with a gradient; shared refreshes are exchanged after the last one."""
+        loss = closure_loss(closure)
+        self._plan_refreshes()
+        for group, param in params_with_grads(self):  # type: ignore[arg-type]
+            self._step_param(param, group)
+        self._synchronize_refreshes()
+        return loss
+
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        raise NotImplementedError
 
     def share_refreshes(self, process_group: dist.ProcessGroup | None = None) -> None:
         """From the next step on, each rank refreshes only the parameters it owns (all ranks must call step)."""
@@ -175,7 +206,7 @@ class SharesRefreshes:
 
     def _synchronize_refreshes(self) -> None:
         if self.shares_refreshes:
-            self._refresh_sharing.synchronize(getattr(self, "linalg_health", None))
+            self._refresh_sharing.synchronize(self.linalg_health)
 
 
 def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.ProcessGroup | None = None) -> list[str]:
@@ -183,7 +214,7 @@ def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.Proces
     children = getattr(optimizer, "optimizers", {"": optimizer})
     enabled = []
     for child in children.values():
-        if isinstance(child, SharesRefreshes):
+        if isinstance(child, RefreshingOptimizer):
             child.share_refreshes(process_group)
             enabled.append(type(child).__name__)
     return enabled
