@@ -26,9 +26,9 @@ optimizer without an entry here (a user's drop-in) shows "n/a".
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any, Callable, Mapping, Sequence
+from optimizers.shampoo import block_layout
 from optimizers.soap import merge_dims_shape
 
 Shape = tuple[int, ...]
@@ -93,18 +93,6 @@ def soap_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[str,
     return total
 
 
-def _shampoo_merge(shape: Sequence[int], max_dim: int) -> list[int]:
-    # algorithms.md §7 (DistributedShampoo's merge_small_dims): drop size-1 dims, join neighbours while ≤ max.
-    squeezed = [size for size in shape if size != 1] or [1]
-    merged = [squeezed[0]]
-    for size in squeezed[1:]:
-        if merged[-1] * size <= max_dim:
-            merged[-1] *= size
-        else:
-            merged.append(size)
-    return merged
-
-
 def shampoo_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[str, int]:
     max_dim = int(hparams["max_preconditioner_dim"])
     total: dict[str, int] = {}
@@ -116,10 +104,9 @@ def shampoo_state(shapes: Sequence[Shape], hparams: Mapping[str, Any]) -> dict[s
             _add(total, "grafting_second_moment", numel)
         if hparams.get("momentum", 0.0) != 0.0:
             _add(total, "momentum", numel)
-        view = _shampoo_merge(shape, max_dim) if hparams["use_merge_dims"] else list(shape)
-        # Blocks: each dim cut into chunks of ≤ max_dim; every block carries a factor and an inverse root per dim.
-        chunks = [[min(max_dim, size - start) for start in range(0, size, max_dim)] or [0] for size in view]
-        squares = sum(sum(side * side for side in block) for block in itertools.product(*chunks))
+        # Shampoo's own layout: merged dims cut into blocks of ≤ max_dim, each block a factor and a root per dim.
+        layout = block_layout(tuple(shape), max_dim, bool(hparams["use_merge_dims"]))
+        squares = sum(side * side for index in layout.blocks for side in layout.block_shape(index))
         _add(total, "factors", squares)
         _add(total, "inverse_roots", squares)
     return total
