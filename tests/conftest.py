@@ -75,3 +75,21 @@ def results_dir(tmp_path: Path) -> Path:
     path = tmp_path / "results"
     path.mkdir()
     return path
+
+
+def assert_identical(actual, expected, where: str) -> None:
+    """Nested state (dicts, lists, tensors, numbers) equal bit for bit, tensor dtypes included."""
+    import torch  # not at module level: the thread settings above must come before torch loads
+
+    if isinstance(expected, torch.Tensor):
+        assert actual.dtype == expected.dtype and torch.equal(actual, expected), where
+    elif isinstance(expected, dict):
+        assert actual.keys() == expected.keys(), where
+        for key in expected:
+            assert_identical(actual[key], expected[key], f"{where}.{key}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(actual) == len(expected), where
+        for index, (a, e) in enumerate(zip(actual, expected)):
+            assert_identical(a, e, f"{where}[{index}]")
+    else:
+        assert actual == expected, where

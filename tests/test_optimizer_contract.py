@@ -8,6 +8,7 @@ param groups, ill-conditioned gradients, and a falling loss in a real short run.
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 from optimizers import available_optimizers, build_optimizer
 from optimizers.registry import get_spec
 from soapbench.results import RunStore
-from tests.conftest import CONFIG_DIR, train_in_process
+from tests.conftest import CONFIG_DIR, assert_identical, train_in_process
 
 OPTIMIZERS = available_optimizers()
 
@@ -78,23 +79,36 @@ def _train(model, optimizer, steps, start=0, scheduler=None):
             scheduler.step()
 
 
+def _round_trip(optimizer: torch.optim.Optimizer):
+    """The optimizer's state_dict as a checkpoint holds it: through torch.save and torch.load."""
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_state_dict_round_trip_continues_bit_identically(name: str) -> None:
+def test_state_dict_round_trip_continues_bit_identically(name: str, dtype: torch.dtype) -> None:
+    """Saved after 5 steps and reloaded into a fresh optimizer, 6 more steps (refreshes included) give the same
+    parameters and the same optimizer state, every tensor's dtype included (bf16 parameters keep their state's
+    dtype, which torch's own load_state_dict would cast)."""
     torch.manual_seed(0)
-    model = TinyNet().double()
+    model = TinyNet().to(dtype)
     optimizer = _build(name, model)
     _train(model, optimizer, 5)
     saved_model = copy.deepcopy(model.state_dict())
-    saved_optimizer = copy.deepcopy(optimizer.state_dict())
-    _train(model, optimizer, 5, start=5)
+    saved_optimizer = _round_trip(optimizer)
+    _train(model, optimizer, 6, start=5)
 
-    restored = TinyNet().double()
+    restored = TinyNet().to(dtype)
     restored.load_state_dict(saved_model)
     restored_optimizer = _build(name, restored)
     restored_optimizer.load_state_dict(saved_optimizer)
-    _train(restored, restored_optimizer, 5, start=5)
+    _train(restored, restored_optimizer, 6, start=5)
     for (param_name, a), b in zip(model.named_parameters(), restored.parameters()):
         assert torch.equal(a, b), f"{name}: {param_name} differs after a state_dict round trip"
+    assert_identical(restored_optimizer.state_dict(), optimizer.state_dict(), f"{name} state after the round trip")
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -150,48 +164,80 @@ GROUP_SETTINGS = {
     "adafactor": [dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), dict(lr=3e-3, betas=(0.5, 0.99), weight_decay=0.0)],
     "muon": [dict(lr=0.02, momentum=0.95, weight_decay=0.1), dict(lr=0.005, momentum=0.5, nesterov=False)],
     "soap": [dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3, eps=1e-6)],
-    "shampoo": [dict(lr=1e-2, inv_root_override=0, weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3)],
+    "shampoo": [dict(lr=1e-2, inv_root_override=0, weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3, momentum=0.5)],
     "soap_muon": [
         dict(lr=1e-2, betas=(0.95, 0.95), projection_type="std", nestrov=True, precondition_frequency=2),
         dict(lr=3e-3, betas=(0.9, 0.99), projection_type="full", newton_schulz_steps=3, scale="graft", weight_decay=0.1),
     ],
     "kl_shampoo": [
         dict(lr=1e-2, precondition_frequency=2, weight_decay=0.1),
-        dict(lr=3e-3, precondition_frequency=5, shampoo_beta=0.5, betas=(0.8, 0.9), eps=1e-6, max_clamp_value=5),
+        dict(lr=3e-3, precondition_frequency=5, shampoo_beta=0.5, betas=(0.8, 0.9), eps=1e-6, max_clamp_value=5,
+             cast_dtype="float64"),
     ],
 }
 GROUP_SETTINGS["kl_soap"] = GROUP_SETTINGS["kl_shampoo"]
 
 
-@pytest.mark.parametrize("name", OPTIMIZERS)
-def test_several_param_groups_keep_their_own_hyperparameters(name: str) -> None:
-    """Groups with different hyperparameters train exactly as separate optimizers would; an lr-0 group stays put."""
+GROUP_SHAPES = [(6, 4), (5, 3), (4, 7)]
+
+
+def _group_problem(name: str) -> tuple[dict, list[dict], list[torch.Tensor], list[list[torch.Tensor]]]:
+    """(yaml hparams, per-group settings, initial values, 6 steps of gradients) for one parameter per group."""
     hparams, _ = _yaml_hparams(name)
     lr = hparams.get("lr", 1e-3)
     known = set(get_spec(name).hyperparameter_names())
     settings = [{k: v for k, v in s.items() if k in known} for s in GROUP_SETTINGS.get(name, [])]
     settings = settings or [dict(lr=lr), dict(lr=lr / 3)]
-    settings.append(dict(lr=0.0))
-    shapes = [(6, 4), (5, 3), (4, 7)]
     generator = torch.Generator().manual_seed(0)
-    init = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
-    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes] for _ in range(6)]
+    init = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in GROUP_SHAPES]
+    grads = [[torch.randn(shape, generator=generator, dtype=torch.float64) for shape in GROUP_SHAPES] for _ in range(6)]
+    return hparams, settings, init, grads
 
-    def drive(optimizer, params, indices):
-        for step_grads in grads:
-            for param, index in zip(params, indices):
-                param.grad = step_grads[index].clone()
-            optimizer.step()
 
+def _drive(optimizer, params, grads, indices) -> None:
+    for step_grads in grads:
+        for param, index in zip(params, indices):
+            param.grad = step_grads[index].clone()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_several_param_groups_keep_their_own_hyperparameters(name: str) -> None:
+    """Groups with different hyperparameters train exactly as separate optimizers would; an lr-0 group stays put."""
+    hparams, settings, init, grads = _group_problem(name)
+    settings = [*settings, dict(lr=0.0)]
     grouped = [nn.Parameter(value.clone()) for value in init]
     groups = [{"params": [param], **setting} for param, setting in zip(grouped, settings)]
-    drive(build_optimizer(name, groups, **hparams), grouped, range(3))
+    _drive(build_optimizer(name, groups, **hparams), grouped, grads, range(3))
     for index, setting in enumerate(settings[:2]):  # (the lr-0 group has no optimizer of its own: lr must be > 0)
         alone = nn.Parameter(init[index].clone())
-        drive(build_optimizer(name, [alone], **{**hparams, **setting}), [alone], [index])
+        _drive(build_optimizer(name, [alone], **{**hparams, **setting}), [alone], grads, [index])
         assert torch.equal(alone, grouped[index]), f"{name}: group {index} ({setting}) differs from its own optimizer"
     assert torch.equal(grouped[2], init[2]), f"{name} moved a group with lr 0"
     assert not torch.equal(grouped[0], init[0])
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_groups_with_their_own_settings_survive_a_state_dict_round_trip(name: str) -> None:
+    """The method-specific per-group knobs (SOAP-Muon's projection, KL's cast dtype, Shampoo's momentum …) are
+    restored with the state: a reloaded optimizer continues bit for bit."""
+    hparams, settings, init, grads = _group_problem(name)
+
+    def build(params):
+        return build_optimizer(name, [{"params": [p], **s} for p, s in zip(params, settings)], **hparams)
+
+    params = [nn.Parameter(value.clone()) for value in init[:2]]
+    optimizer = build(params)
+    _drive(optimizer, params, grads[:3], range(2))
+    saved_params, saved_optimizer = [p.detach().clone() for p in params], _round_trip(optimizer)
+    _drive(optimizer, params, grads[3:], range(2))
+    restored = [nn.Parameter(value) for value in saved_params]
+    restored_optimizer = build(restored)
+    restored_optimizer.load_state_dict(saved_optimizer)
+    _drive(restored_optimizer, restored, grads[3:], range(2))
+    for a, b in zip(params, restored):
+        assert torch.equal(a, b), f"{name}: a parameter differs after a state_dict round trip"
+    assert_identical(restored_optimizer.state_dict(), optimizer.state_dict(), f"{name} grouped state")
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from optimizers import build_optimizer
 from optimizers.refreshes import RefreshSharing, share_refreshes
+from tests.conftest import assert_identical
 
 STEPS = 9
 # Hyperparameters that make every optimizer refresh several times within STEPS, factor 1-D and merged dims, and
@@ -80,29 +81,14 @@ def _worker(rank: int, name: str, init_file: str, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _assert_identical(actual, expected, where: str) -> None:
-    if isinstance(expected, torch.Tensor):
-        assert actual.dtype == expected.dtype and torch.equal(actual, expected), where
-    elif isinstance(expected, dict):
-        assert actual.keys() == expected.keys(), where
-        for key in expected:
-            _assert_identical(actual[key], expected[key], f"{where}.{key}")
-    elif isinstance(expected, (list, tuple)):
-        assert len(actual) == len(expected), where
-        for index, (a, e) in enumerate(zip(actual, expected)):
-            _assert_identical(a, e, f"{where}[{index}]")
-    else:
-        assert actual == expected, where
-
-
 @pytest.mark.parametrize("name", sorted(SETTINGS))
 def test_two_sharing_ranks_match_one_process_bitwise(tmp_path, name) -> None:
     single_params, single_state, single_calls = _run(name, sharing=False)
     mp.spawn(_worker, args=(name, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=False) for rank in range(2)]
     for rank, (params, state, calls) in enumerate(ranks):
-        _assert_identical(params, single_params, f"rank {rank} params")
-        _assert_identical(state, single_state, f"rank {rank} state")
+        assert_identical(params, single_params, f"rank {rank} params")
+        assert_identical(state, single_state, f"rank {rank} state")
         assert 0 < calls < single_calls, f"rank {rank} made {calls} of the {single_calls} decompositions"
     assert sum(calls for _, _, calls in ranks) == single_calls
 
