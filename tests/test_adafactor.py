@@ -150,15 +150,6 @@ def test_bfloat16_params_keep_float32_state_and_track_the_float32_run():
         torch.testing.assert_close(a.float(), b.detach(), atol=2e-2, rtol=2e-2)
 
 
-def test_parameters_without_gradient_are_skipped():
-    used, unused = nn.Parameter(torch.ones(3, 2)), nn.Parameter(torch.ones(3, 2))
-    optimizer = Adafactor([used, unused], lr=1e-2)
-    used.grad = torch.ones(3, 2)
-    optimizer.step()
-    assert unused not in optimizer.state and torch.equal(unused.detach(), torch.ones(3, 2))
-    assert not torch.equal(used.detach(), torch.ones(3, 2))
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [

@@ -164,14 +164,6 @@ def test_bfloat16_params_keep_a_float32_buffer():
     assert param.dtype == torch.bfloat16 and torch.isfinite(param).all()
 
 
-def test_parameters_without_gradient_are_skipped():
-    used, unused = nn.Parameter(torch.ones(4, 3)), nn.Parameter(torch.ones(4, 3))
-    optimizer = Muon([used, unused], lr=0.02, weight_decay=0.1)
-    used.grad = torch.randn(4, 3)
-    optimizer.step()
-    assert unused not in optimizer.state and torch.equal(unused.detach(), torch.ones(4, 3))
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [

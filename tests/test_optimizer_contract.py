@@ -129,10 +129,13 @@ def test_parameters_without_gradients_are_skipped(name: str) -> None:
     unused = nn.Linear(7, 7).double()
     model.add_module("unused", unused)  # registered, never in the graph: its grad stays None
     before = copy.deepcopy(unused.state_dict())
+    hidden_before = model.hidden.weight.detach().clone()
     optimizer = _build(name, model)
     _train(model, optimizer, 5)
     for key, value in unused.state_dict().items():
         assert torch.equal(value, before[key]), f"{name} changed a parameter that had no gradient"
+    assert all(param not in optimizer.state for param in unused.parameters()), f"{name} kept state for it"
+    assert not torch.equal(model.hidden.weight, hidden_before), f"{name} did not move the parameters with gradients"
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)

@@ -233,16 +233,6 @@ def test_bf16_parameters_keep_float32_state() -> None:
     assert reloaded.state[param]["inverse_roots"][0][1].dtype == torch.float32
 
 
-def test_parameters_without_gradients_are_skipped() -> None:
-    used, unused = torch.nn.Parameter(torch.randn(4, 3)), torch.nn.Parameter(torch.randn(3, 3))
-    before = unused.detach().clone()
-    optimizer = Shampoo([used, unused], precondition_frequency=1)
-    for _ in range(3):
-        used.grad = torch.randn(4, 3)
-        optimizer.step()
-    assert torch.equal(unused, before) and unused not in optimizer.state
-
-
 def test_yaml_builds_through_the_registry_with_the_recipe_defaults() -> None:
     config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / "shampoo.yaml"))
     assert config.pop("name") == "shampoo"

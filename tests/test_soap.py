@@ -385,17 +385,6 @@ def test_bf16_parameters_keep_float32_state_across_a_state_dict_round_trip() -> 
     assert all(basis.dtype == torch.float32 for basis in reloaded.state[param]["Q"])
 
 
-def test_parameters_without_gradients_are_skipped() -> None:
-    used = torch.nn.Parameter(torch.randn(4, 3))
-    unused = torch.nn.Parameter(torch.randn(3, 3))
-    before = unused.detach().clone()
-    optimizer = SOAP([used, unused])
-    for _ in range(3):
-        used.grad = torch.randn(4, 3)
-        optimizer.step()
-    assert torch.equal(unused, before) and unused not in optimizer.state
-
-
 def test_yaml_builds_through_the_registry() -> None:
     config = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / "soap.yaml"))
     assert config.pop("name") == "soap"

@@ -253,15 +253,6 @@ def test_low_and_high_precision_params_do_not_need_a_matching_default_dtype():
         assert all(torch.isfinite(p).all() for p in params)
 
 
-def test_parameters_without_gradient_are_skipped():
-    used, unused = nn.Parameter(torch.ones(4, 3)), nn.Parameter(torch.ones(4, 3))
-    optimizer = SOAPMuon([used, unused], lr=1e-2, weight_decay=0.1)
-    for _ in range(3):
-        used.grad = torch.randn(4, 3)
-        optimizer.step()
-    assert unused not in optimizer.state and torch.equal(unused.detach(), torch.ones(4, 3))
-
-
 @pytest.mark.parametrize(
     "make_grad",
     [
