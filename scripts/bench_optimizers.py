@@ -18,8 +18,7 @@ import torch
 
 from soapbench.bench import catalog, floor, memory, peers, step_timing, throughput
 from soapbench.bench.report import collect_metadata, render_markdown, write_report
-from soapbench.bench.shapes import GradientBank, build_preset_model, param_infos
-from soapbench.environment import resolve_device
+from soapbench.bench.shapes import GradientBank, build_preset_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,13 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    available, import_failures = catalog.discover_optimizers()
-    names = catalog.select_optimizers(args.optimizers, available)
-    cfg = catalog.preset_config(args.model, args.override)
+    try:
+        inputs = catalog.resolve_inputs(args.model, args.override, args.optimizers, args.device)
+    except catalog.BenchInputError as error:
+        print(f"bench_optimizers: error: {error}", file=sys.stderr)
+        return 2
+    names, cfg, setups, device, params = inputs.names, inputs.config, inputs.setups, inputs.device, inputs.params
+    import_failures = inputs.import_failures
     model_cfg = cfg["model"]
-    setups = [catalog.optimizer_setup(name, cfg["trainer"]["weight_decay_roles"]) for name in names]
-    device = resolve_device(args.device)
-    params = sum(info.numel for info in param_infos(build_preset_model(model_cfg, "meta")))
     notes = [
         f"`{module}` failed to import, its optimizers are missing: {error}"
         for module, error in import_failures.items()

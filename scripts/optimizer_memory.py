@@ -18,8 +18,6 @@ import torch
 
 from soapbench.bench import catalog, memory
 from soapbench.bench.report import collect_metadata, memory_markdown
-from soapbench.bench.shapes import build_preset_model, param_infos
-from soapbench.environment import resolve_device
 from soapbench.results import atomic_write_text
 
 
@@ -37,12 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    available, import_failures = catalog.discover_optimizers()
-    names = catalog.select_optimizers(args.optimizers, available)
-    cfg = catalog.preset_config(args.model, args.override)
-    setups = [catalog.optimizer_setup(name, cfg["trainer"]["weight_decay_roles"]) for name in names]
-    device = resolve_device(args.device)
-    params = sum(info.numel for info in param_infos(build_preset_model(cfg["model"], "meta")))
+    try:
+        inputs = catalog.resolve_inputs(args.model, args.override, args.optimizers, args.device)
+    except catalog.BenchInputError as error:
+        print(f"optimizer_memory: error: {error}", file=sys.stderr)
+        return 2
+    cfg, setups, device, params = inputs.config, inputs.setups, inputs.device, inputs.params
+    import_failures = inputs.import_failures
     rows = memory.memory_rows(setups, cfg["model"], device=str(device), steps=args.steps,
                               materialize_limit=args.materialize_limit)  # fmt: skip
     section = {

@@ -221,3 +221,23 @@ def test_soap_floor_counts_only_preconditioned_matrices():
     floor = soap_floor([(32, 16), (32, 16), (16,), (8, 200), (4, 3, 3)], hparams, torch.device("cpu"), repeats=1)
     assert floor["matrices"] == 2 and floor["skipped_shapes"] == [[8, 200], [4, 3, 3]]
     assert floor["mean_seconds"] == floor["per_step_seconds"] + floor["per_refresh_seconds"] / 4 > 0
+
+
+@pytest.mark.parametrize(
+    ("script", "arguments", "named"),
+    [
+        ("bench_optimizers.py", ["--optimizers", "adamw,nosuch"], "nosuch"),
+        ("bench_optimizers.py", ["--override", "model.n_layer=-1", "--optimizers", "adamw"], "n_layer"),
+        ("bench_optimizers.py", ["--override", "model.nosuch=1"], "+model.nosuch"),
+        ("optimizer_memory.py", ["--model", "nosuch"], "--model"),
+    ],
+)
+def test_bad_arguments_get_one_line_and_write_nothing(tmp_path, script, arguments, named):
+    out = tmp_path / "reports"
+    extra = ["--out", str(out)] if script == "bench_optimizers.py" else ["--json", str(out / "memory.json")]
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / script), *arguments, *extra],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "error:" in lines[0] and named in lines[0], result.stderr
+    assert not out.exists()

@@ -161,3 +161,43 @@ def preset_config(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:
         available = sorted(path.stem for path in (CONFIG_DIR / "model").glob("*.yaml"))
         raise ValueError(f"--model: no preset {preset!r}; available: {', '.join(available)}")
     return compose([f"model={preset}", *overrides])
+
+
+class BenchInputError(ValueError):
+    """A benchmark argument that cannot be used; the message names it."""
+
+
+@dataclass
+class BenchInputs:
+    """What a benchmark script's arguments resolve to."""
+
+    names: list[str]
+    config: dict[str, Any]
+    setups: list[OptimizerSetup]
+    device: torch.device
+    params: int
+    import_failures: dict[str, str]
+
+
+def resolve_inputs(model: str, overrides: Sequence[str], optimizers: str, device: str) -> BenchInputs:
+    """Resolve a benchmark's arguments before anything runs or is written.
+
+    Bad input raises :class:`BenchInputError` with one line naming the argument: an unknown optimizer or
+    preset, an override Hydra rejects, a model config the model refuses, or an unavailable device.
+    """
+    from hydra.errors import HydraException
+
+    from soapbench.bench.shapes import build_preset_model, param_infos
+    from soapbench.environment import resolve_device
+    from soapbench.errors import SoapbenchError
+
+    available, import_failures = discover_optimizers()
+    try:
+        names = select_optimizers(optimizers, available)
+        config = preset_config(model, overrides)
+        setups = [optimizer_setup(name, config["trainer"]["weight_decay_roles"]) for name in names]
+        resolved_device = resolve_device(device)
+        params = sum(info.numel for info in param_infos(build_preset_model(config["model"], "meta")))
+    except (ValueError, SoapbenchError, HydraException) as error:
+        raise BenchInputError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from error
+    return BenchInputs(names, config, setups, resolved_device, params, import_failures)
