@@ -28,7 +28,8 @@ An optimizer opts in by mixing in :class:`RefreshingOptimizer` and, in ``step()`
 
 Host syncs (audit, ``tests/test_host_sync.py``): a plain step of every optimizer in the family reads no tensor
 value on the host (no ``.item()``, ``bool(tensor)``, ``.tolist()``, ``.cpu()``, no Python branch on a tensor), so on
-a GPU it only queues kernels. Reads are confined to refresh steps: each eigh/QR/root checks its output is finite
+a GPU it only queues kernels (a tensor ``lr`` is the one exception: ``stepping.group_lr`` reads it once per group
+and step). Reads are confined to refresh steps: each eigh/QR/root checks its output is finite
 (``linalg.is_finite``, one reduction read per decomposition) before it may replace the previous basis, and refresh
 sharing reads strides and health counters after its broadcasts. The trainer reads the step's loss once per step,
 after the step clock's synchronisation, so that read adds no stall of its own.
