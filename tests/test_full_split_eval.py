@@ -35,7 +35,9 @@ class Bigram(nn.Module):
 def _workload(val_tokens: int) -> LanguageModelWorkload:
     rng = np.random.default_rng(1)
     splits = TokenSplits(train=rng.integers(0, VOCAB, 200), val=rng.integers(0, VOCAB, val_tokens), vocab_size=VOCAB)
-    return LanguageModelWorkload(Bigram(), splits, seq_len=SEQ_LEN, batch_size=BATCH, eval_batches=2, seed=0, device=torch.device("cpu"))
+    return LanguageModelWorkload(
+        Bigram(), splits, seq_len=SEQ_LEN, batch_size=BATCH, eval_batches=2, seed=0, device=torch.device("cpu")
+    )
 
 
 @pytest.mark.parametrize("val_tokens", [51, 52, 55])  # the last window ends exactly, or tokens are left over

@@ -124,14 +124,16 @@ def test_a_resume_with_other_threads_adds_a_segment_and_marks_the_difference(res
         torch.set_num_threads(threads)
     assert second["run_dir"] == first["run_dir"], "threads are not part of the run's identity"
     assert second["status"] == "completed" and second["threads"] == 2
-    assert [(s["start_step"], s["end_step"], s["steps"], s["threads"]) for s in second["segments"]] == [(0, 5, 5, 1), (5, 12, 7, 2)]
+    spans = [(s["start_step"], s["end_step"], s["steps"], s["threads"]) for s in second["segments"]]
+    assert spans == [(0, 5, 5, 1), (5, 12, 7, 2)]
     assert second["segments_differ"] is True
     assert all(s["wall_seconds"] > 0 and s["cpu_seconds"] > 0 for s in second["segments"])
     assert second["segments"][1]["device"].endswith("x2 threads") and second["cpu_model"]
     shared = second["machine_shared"]
     assert set(shared) == {"shared", "slowed_fraction", "max_load", "cores", "reasons"}
     assert shared["slowed_fraction"] == sum(s["slowed_steps"] for s in second["segments"]) / 12
-    assert json.loads((results_dir / "runs" / "default" / second["run_name"] / "summary.json").read_text())["segments"] == second["segments"]
+    on_disk = json.loads((results_dir / "runs" / "default" / second["run_name"] / "summary.json").read_text())
+    assert on_disk["segments"] == second["segments"]
     train_records = [r for r in RunStore(second["run_dir"]).read_metrics() if r["event"] == "train"]
     assert all(r["train/cpu_seconds"] > 0 and "system/load1" in r for r in train_records)
 
