@@ -242,6 +242,7 @@ class Analysis:
     baseline: str
     runs: list[Run]
     workloads: list[WorkloadResult]
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # experiment -> reproduce.py's tuning.json
 
 
 def optimizer_sort_key(name: str, baseline: str) -> tuple:

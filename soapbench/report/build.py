@@ -101,6 +101,13 @@ def prepare(request: ReportRequest) -> tuple[Analysis, Reference | None]:
     analysis = analyze(runs, metric, request.baseline, request.target, request.ignore_keys)
     if not analysis.workloads:
         raise ReportError("no readable runs (every run directory lacks a parsable config.yaml)")
+    for experiment in request.experiments:
+        log = request.results_dir / "runs" / experiment / "tuning.json"
+        if log.is_file():
+            try:
+                analysis.tuning[experiment] = json.loads(log.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{log}: not valid JSON ({err}); re-run the reproduction to rewrite it") from err
     return analysis, reference
 
 

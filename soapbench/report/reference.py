@@ -358,17 +358,21 @@ def scale_note(reference: Reference, setting: str, workload: WorkloadResult) -> 
     parts = []
     if "steps" in paper and workload.full_budget:
         ratio = workload.full_budget / paper["steps"]
-        parts.append(f"{workload.full_budget} vs {paper['steps']:.0f} steps ({ratio:.2g}×)")
+        parts.append(f"{workload.full_budget} vs {paper['steps']:.0f} steps ({ratio:.2g} of the paper's)")
     params = sorted(s["params"] for s in summaries if s.get("params"))
     if "params" in paper and params:
         ours = params[len(params) // 2]
         factor = paper["params"] / ours
         parts.append(f"{_millions(ours)} vs {_millions(paper['params'])} params ("
-                     + (f"{factor:.2g}× smaller" if factor > 1 else f"{1 / factor:.2g}× larger") + ")")
+                     + (f"{_times(factor)} smaller" if factor > 1 else f"{_times(1 / factor)} larger") + ")")
     tokens = sorted(s["tokens"] / s["steps"] for s in summaries if s.get("tokens") and s.get("steps"))
     if "tokens_per_step" in paper and tokens:
         parts.append(f"{tokens[len(tokens) // 2]:.0f} vs {paper['tokens_per_step']:.0f} tokens/step")
     return "; ".join(parts)
+
+
+def _times(factor: float) -> str:
+    return f"{factor:.0f}×" if factor >= 10 else f"{factor:.1f}×"
 
 
 def _millions(count: float) -> str:

@@ -401,6 +401,33 @@ def main_table(w: WorkloadResult, reference: Reference | None) -> str:
     return "\n".join(lines)
 
 
+def tuning_lines(record: dict[str, Any]) -> list[str]:
+    """What reproduce.py's tuning did, arm by arm: the grid, edge extensions, reused lrs, the seeds."""
+    protocol = record.get("protocol", {})
+    out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
+           f"{protocol.get('factor')} apart around its yaml lr, first seed only; {protocol.get('edge_extension')} "
+           f"when the best is on an edge; then the best lr on {protocol.get('seeds')} seeds.", ""]
+    if record.get("subset"):
+        out += [f"**Subset:** {record['subset']}", ""]
+    for name, arm in record.get("arms", {}).items():
+        seeds = ", ".join(map(str, arm.get("seeds") or [])) or "none"
+        if arm.get("tuned_from"):
+            out.append(f"- `{name}`: not tuned; takes `{arm['tuned_from']}`'s tuned lr {arm.get('best_lr'):g} "
+                       f"(an expensive sibling); seeds {seeds}.")
+            continue
+        tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.4f}")
+                          for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0])))
+        line = f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; first seed: {tried or 'nothing ran yet'}."
+        if arm.get("extended"):
+            line += f" The best was on the {'upper' if arm['extended'] == 'up' else 'lower'} edge: extended by one point."
+        if arm.get("still_on_edge"):
+            line += " **Still on the edge after the extension: the optimum may lie outside.**"
+        best = arm.get("best_lr")
+        line += f" Best lr {best:g}; seeds {seeds}." if best is not None else " No usable lr (all diverged or failed)."
+        out.append(line)
+    return out
+
+
 def verdict_lines(reference: Reference | None, w: WorkloadResult) -> list[str]:
     """The paper's claims, one line each: what it says, holds / does not hold / within noise, our numbers."""
     if reference is None:
@@ -439,6 +466,8 @@ def markdown(
     for w in analysis.workloads:
         tables.append(main_table(w, reference) + ("\n\n" + "\n".join(verdict_lines(reference, w)) if reference else ""))
         out += [main_table(w, reference), "", *[f"- {n}" for n in table_notes(w)], ""]
+        if w.experiment in analysis.tuning:
+            out += ["### Tuning", "", *tuning_lines(analysis.tuning[w.experiment]), ""]
         differences = differences_rows(w)
         if differences:
             out += ["### What differs from the baseline arm", "", md_table(differences, list(differences[0])), ""]
