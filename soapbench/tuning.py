@@ -167,9 +167,11 @@ class Planner:
         on_edge = best is not None and best in (tried[0], tried[-1])
         if on_edge and log.extended is None:
             log.extended = "down" if best == tried[0] else "up"
-            step = 1 / self.design.factor if log.extended == "down" else self.design.factor
-            log.grid.append(_round(best * step))
-            return [self._job(arm, _round(best * step), 0, "edge")]
+            # one more grid point, from the centre (not from the rounded edge value, so rounding cannot drift)
+            k = round(math.log(best / log.yaml_lr) / math.log(self.design.factor)) + (-1 if log.extended == "down" else 1)
+            lr = _round(log.yaml_lr * self.design.factor**k)
+            log.grid.append(lr)
+            return [self._job(arm, lr, 0, "edge")]
         log.best_lr, log.still_on_edge = best, on_edge
         self.done_arms.add(arm.variant)
         if best is None:
