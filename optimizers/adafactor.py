@@ -42,7 +42,7 @@ import torch
 from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import closure_loss, params_with_grads
+from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
     # Same accumulation order as the reference's rank1_approximation, for bitwise parity.
@@ -104,7 +104,7 @@ class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
         loss = closure_loss(closure)
         for group, param in params_with_grads(self):
             beta1, beta2 = group["betas"]
-            lr, weight_decay, eps = group["lr"], group["weight_decay"], group["eps"]
+            lr, weight_decay, eps = group_lr(group), group["weight_decay"], group["eps"]
             state = self.state[param]
             if not state:
                 state = self._init_state(param)
@@ -152,8 +152,7 @@ def TorchAdafactor(
 ) -> torch.optim.Adafactor:
     """``torch.optim.Adafactor`` with its own keyword names and defaults (signature, not docstring:
     weight_decay defaults to 0.0)."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    check_lr(lr)
     if not beta2_decay <= 0:
         raise ValueError(f"beta2_decay must be <= 0 (beta2_t = 1 - t^beta2_decay), got {beta2_decay}")
     eps = tuple(eps)

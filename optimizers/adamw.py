@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from optimizers.registry import register_optimizer
+from optimizers.stepping import check_lr
 
 
 @register_optimizer("adamw")
@@ -36,8 +37,7 @@ def AdamW(
 
 def validate_adam_hyperparameters(*, lr: float, betas, eps: float, weight_decay: float) -> None:
     """Shared checks with messages that name the field; raise ValueError."""
-    if not lr > 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
+    check_lr(lr)
     betas = tuple(betas)
     for index, beta in enumerate(betas):
         if not 0.0 <= beta < 1.0:

@@ -64,8 +64,8 @@ Deliberate deviations from the reference (none changes a golden trajectory):
   clamping, damping and ``cast_dtype`` optimizer-wide and freezes ``shampoo_beta`` and
   ``precondition_frequency`` into the state at the first call.
 * The bases are always cast to the state dtype (the reference leaves them in the eigh dtype when the state is
-  float32, which then mixes dtypes under default float64), and ``load_state_dict`` keeps the saved state dtypes
-  (torch would cast them to the parameter dtype, turning a bf16 parameter's float32 state into bf16).
+  float32, which then mixes dtypes under default float64), and ``load_state_dict`` casts the state to the dtype
+  KL allocates (``cast_dtype``, else the parameter's; torch would turn a bf16 parameter's float32 state into bf16).
 * No ``torch.compile`` (the goldens were made in eager mode) and no prints.
 * Speed, without changing the math:
   * KL-SOAP on matrices computes ``Q_Lᵀ G`` and ``Q_Lᵀ G Q_R`` once, for both the direction and the curvature
@@ -96,6 +96,7 @@ from optimizers.linalg import (
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes
+from optimizers.stepping import group_lr
 
 CAST_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,
@@ -267,6 +268,8 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
             param_group = {**param_group, "betas": tuple(param_group["betas"])}
         super().add_param_group(param_group)
 
+    def _state_dtype(self, param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
+        return state_dtype_for(group["cast_dtype"], param.dtype)
 
     # ------------------------------------------------------------------------------------------------------------
     # One parameter
@@ -319,9 +322,10 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
         """``W ← W − η·D`` (D rescaled to RMS 1 with ``normalize_grads``), then ``W ← W − ηλW`` (the reference)."""
         if group["normalize_grads"]:
             direction = direction / (1e-30 + torch.mean(direction**2) ** 0.5)
-        param.add_(direction.reshape(param.shape), alpha=-group["lr"])
+        lr = group_lr(group)
+        param.add_(direction.reshape(param.shape), alpha=-lr)
         if group["weight_decay"] > 0.0:
-            param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+            param.add_(param, alpha=-lr * group["weight_decay"])
 
     def _apply_rotated_update(
         self, param: Tensor, eigen_direction: Tensor, bases: Sequence[Tensor], group: dict[str, Any]
@@ -341,7 +345,7 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
         if not fusable:
             self._apply_update(param, unrotate(eigen_direction, bases), group)
             return
-        lr = group["lr"]
+        lr = group_lr(group)
         decay = 1.0 - lr * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
         left, right = bases
         half = eigen_direction.mT @ left.mT

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import closure_loss, params_with_grads
+from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 from optimizers.registry import register_optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -96,8 +96,7 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
         nesterov: bool = True,
         ns_steps: int = 5,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        check_lr(lr)
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0 <= momentum < 1:
@@ -124,7 +123,7 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         for group, param in params_with_grads(self):
-            lr, momentum = group["lr"], group["momentum"]
+            lr, momentum = group_lr(group), group["momentum"]
             state = self.state[param]
             if not state:
                 state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param.dtype), device=param.device)
@@ -160,8 +159,7 @@ class TorchMuon(torch.optim.Muon):
         ns_steps: int = 5,
         adjust_lr_fn: str | None = None,
     ) -> None:
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        check_lr(lr)
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0 <= momentum < 1:

@@ -62,7 +62,7 @@ from optimizers.linalg import matrix_inverse_root, mode_gram, rotate
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import closure_loss, params_with_grads
+from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
 # Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio.
@@ -167,8 +167,7 @@ class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         grafting_epsilon: float = 1e-8,
     ):
         betas = tuple(betas)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        check_lr(lr)
         if len(betas) != 2 or not 0.0 <= betas[0] < 1.0 or not 0.0 < betas[1] <= 1.0:
             raise ValueError(f"betas must be (β1 in [0, 1), β2 in (0, 1]), got {betas}")
         if beta3 != -1.0 and not 0.0 <= beta3 < 1.0:
@@ -322,7 +321,7 @@ class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
                 direction = direction.mul(1.0 - group["dampening"]).add_(buffer, alpha=momentum)
             else:
                 direction = buffer
-        param.add_(direction, alpha=-group["lr"])
+        param.add_(direction, alpha=-group_lr(group))
 
     @staticmethod
     def _update_factors(grad: Tensor, state: dict[str, Any], layout: BlockLayout, beta2: float) -> None:

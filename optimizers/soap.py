@@ -71,6 +71,7 @@ from optimizers.linalg import (
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
 from optimizers.state import KeepsStateDtypes, state_dtype_for
+from optimizers.stepping import check_lr, group_lr
 
 DATA_FORMATS = ("channels_first", "channels_last")
 REFRESH_METHODS = ("qr", "eigh")
@@ -207,8 +208,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         bitwise_reference: bool = False,
     ):
         betas = tuple(betas)
-        if not lr > 0:
-            raise ValueError(f"lr must be > 0, got {lr}")
+        check_lr(lr)
         if len(betas) != 2 or not all(0.0 <= beta < 1.0 for beta in betas):
             raise ValueError(f"betas must be two values in [0, 1), got {betas}")
         if shampoo_beta is not None and not shampoo_beta < 1.0:
@@ -243,6 +243,20 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         )
         super().__init__(params, defaults)
 
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        # A group may name its own state_dtype, as a string too (Hydra and hand-written group dicts pass strings).
+        if "state_dtype" in param_group:
+            state_dtype = _parse_dtype(param_group["state_dtype"], "state_dtype", STATE_DTYPES)
+            param_group = {**param_group, "state_dtype": state_dtype}
+        super().add_param_group(param_group)
+
+    def _state_dtype(self, param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
+        """The dtype ``_init_state`` gives ``state[key]``: a loaded checkpoint's state is cast to it."""
+        if key in ("exp_avg", "exp_avg_sq") and group["state_dtype"] is not None:
+            return group["state_dtype"]
+        if key == "GG" and group["linalg_precision"] == "float64":
+            return torch.float64
+        return state_dtype_for(param.dtype)
 
     # ------------------------------------------------------------------------------------------------------------
     # One parameter
@@ -290,7 +304,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         normalized = exp_avg_sq.sqrt().add_(group["eps"])
         torch.div(exp_avg, normalized, out=normalized)
 
-        step_size = group["lr"]
+        step_size = group_lr(group)
         if group["correct_bias"]:
             bias_correction1 = 1.0 - beta1**step
             bias_correction2 = 1.0 - beta2**step
@@ -341,7 +355,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         The fused form folds both into the last GEMM of the back-rotation, ``W ← c·W − c·α·(X Q_Rᵀ)`` with
         ``c = 1 − ηλ``: the same math as the reference's two steps, one pass over W and no temporary.
         """
-        decay = 1.0 - group["lr"] * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
+        decay = 1.0 - group_lr(group) * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
         fusable = (
             fuse
             and not group["normalize_grads"]
@@ -363,7 +377,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             if fuse:
                 param.mul_(decay)
             else:
-                param.add_(param, alpha=-group["lr"] * group["weight_decay"])
+                param.add_(param, alpha=-group_lr(group) * group["weight_decay"])
 
     def _init_state(
         self,
@@ -420,7 +434,8 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             return
         if len(layout.shape) == 1:
             if factors[0] is not None:
-                vector = grad.to(factors[0].dtype)
+                # A ≥2-D parameter merged into one axis (merge_dims) contributes its flattened gradient.
+                vector = layout.to_factor_space(grad).to(factors[0].dtype)
                 factors[0].lerp_(torch.outer(vector, vector), weight)
             return
         viewed = layout.to_factor_space(grad)

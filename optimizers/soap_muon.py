@@ -71,6 +71,7 @@ from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
+from optimizers.stepping import group_lr
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
 SCALES = ("shape", "graft")
@@ -268,7 +269,7 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
 
     def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
         beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group["lr"], group["eps"], group["weight_decay"]
+        lr, eps, weight_decay = group_lr(group), group["eps"], group["weight_decay"]
         factor_beta = self._factor_beta(group)
         dtype = state_dtype_for(param.dtype)
         grad = param.grad.to(dtype)

@@ -5,15 +5,21 @@ low-precision training does not also make the moments, factors and bases low-pre
 
 ``torch.optim.Optimizer.load_state_dict`` casts every floating state tensor to its parameter's
 dtype, which would round a bf16 parameter's float32 state to bf16 and break bit-identical resume.
-``KeepsStateDtypes`` reloads each parameter's state exactly as it was saved.
+``KeepsStateDtypes`` instead gives each loaded state tensor the dtype the optimizer itself allocates
+for that parameter (``_state_dtype``): a bf16 parameter's float32 state loads exactly as saved, and a
+real dtype change (a float32 checkpoint loaded into float64 parameters, or the reverse) casts the
+state as torch would. torch's load_state_dict pre- and post-hooks keep their meaning: the state is
+read from what the pre-hooks return, and post-hooks see (and may change) the final state.
 """
 
 from __future__ import annotations
 
 from itertools import chain
+from numbers import Number
 from typing import Any, Mapping
 
 import torch
+from torch import Tensor
 
 
 def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
@@ -21,23 +27,59 @@ def state_dtype_for(param_dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if param_dtype == torch.float64 else torch.float32
 
 
-def _clone_to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.detach().to(device=device, copy=True)
+def _cast_copy(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """A deep copy of a state entry on ``device``, floating tensors in ``dtype`` (others keep theirs)."""
+    if isinstance(value, Tensor):
+        target = dtype if value.is_floating_point() else value.dtype
+        return value.detach().to(device=device, dtype=target, copy=True)
     if isinstance(value, Mapping):
-        return {key: _clone_to_device(item, device) for key, item in value.items()}
+        return {key: _cast_copy(item, device, dtype) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_clone_to_device(item, device) for item in value)
+        return type(value)(_cast_copy(item, device, dtype) for item in value)
     return value
 
 
+def _integer_step(step: Any) -> Any:
+    """The step counter as the Python int these optimizers keep (exact past 2^24); torch-style checkpoints and
+    older formats store it as a tensor or a float."""
+    if isinstance(step, Tensor) and step.numel() == 1:
+        step = step.item()
+    if isinstance(step, Number) and not isinstance(step, bool) and float(step).is_integer():
+        return int(step)
+    return step
+
+
 class KeepsStateDtypes:
-    """Mixin for ``torch.optim.Optimizer`` subclasses: ``load_state_dict`` keeps the saved state dtypes."""
+    """Mixin for ``torch.optim.Optimizer`` subclasses: loaded state gets the dtypes the optimizer allocates."""
+
+    def _state_dtype(self, param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
+        """The dtype of floating tensors under ``state[key]`` for ``param``; override where an option changes it."""
+        return state_dtype_for(param.dtype)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)  # param groups, hyperparameters and hooks as torch does them
+        # torch runs the user's pre-hooks, then loads; the state is re-read here from what the pre-hooks returned
+        # (captured by a pre-hook that runs last), before any user post-hook runs (restored by one that runs first).
+        processed: list[dict[str, Any]] = []
+        capture = self.register_load_state_dict_pre_hook(lambda _, loaded: processed.append(loaded))
+        restore = self.register_load_state_dict_post_hook(
+            lambda _: self._restore_state_dtypes(processed[-1]), prepend=True
+        )
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            capture.remove()
+            restore.remove()
+
+    def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
         saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
-        params = chain.from_iterable(group["params"] for group in self.param_groups)
-        for saved_id, param in zip(saved_ids, params):
-            if saved_id in state_dict["state"]:
-                self.state[param] = _clone_to_device(state_dict["state"][saved_id], param.device)
+        params = ((group, param) for group in self.param_groups for param in group["params"])
+        for saved_id, (group, param) in zip(saved_ids, params):
+            if saved_id not in state_dict["state"]:
+                continue
+            state = {
+                key: _cast_copy(value, param.device, self._state_dtype(param, group, key))
+                for key, value in state_dict["state"][saved_id].items()
+            }
+            if "step" in state:
+                state["step"] = _integer_step(state["step"])
+            self.state[param] = state

@@ -1,8 +1,9 @@
-"""The part of ``step()`` every optimizer in the suite shares: the closure, and the parameters that have a gradient."""
+"""What every optimizer in the suite shares about ``step()``: the closure, the parameters that have a gradient,
+and the learning rate as torch.optim accepts it (a float or a 1-element tensor)."""
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -25,3 +26,18 @@ def params_with_grads(optimizer: torch.optim.Optimizer) -> Iterator[tuple[dict, 
             if param.grad.is_sparse:
                 raise RuntimeError(f"{type(optimizer).__name__} does not support sparse gradients")
             yield group, param
+
+
+def check_lr(lr: float | Tensor) -> None:
+    """torch.optim's rule for ``lr``: a number or a 1-element tensor (any shape), and here also > 0."""
+    if isinstance(lr, Tensor) and lr.numel() != 1:
+        raise ValueError("Tensor lr must be 1-element")
+    if not lr > 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+
+
+def group_lr(group: dict[str, Any]) -> float:
+    """The group's lr as a Python number, read at every step: a tensor lr (which LR schedulers update in place)
+    gives exactly the trajectory of the float it holds, whatever its shape."""
+    lr = group["lr"]
+    return lr.item() if isinstance(lr, Tensor) else lr

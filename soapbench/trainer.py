@@ -324,11 +324,26 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     if status == "running":
         checkpoint()
         progress.message(f"{plan.run_dir}: stopped at step {state['step']}; the same command resumes it")
-    final = summary(status, **extra, finished_at=_now() if status != "running" else None)
+    final = summary(status, **extra, finished_at=_now() if status != "running" else None,
+                    optimizer_state_bytes=_state_bytes(optimizer))
     write_summary(final)
     tracker.finish(final)
     shutdown(ctx)
     return final
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (moments, factors, bases): its memory cost beside the model."""
+    def size(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, Mapping):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    return sum(size(state) for state in optimizer.state.values())
 
 
 def _in_main_thread() -> bool:

@@ -246,6 +246,62 @@ def test_channels_last_equals_channels_first_on_the_permuted_tensor() -> None:
     torch.testing.assert_close(param_last.permute(0, 3, 1, 2), param_first, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("data_format", ["channels_first", "channels_last"])
+def test_merge_dims_into_one_axis_is_the_1d_factor_of_the_flattened_gradient(data_format: str) -> None:
+    """The SOAP card's usage (merge_dims=True, default max_precond_dim): a matrix or conv of ≤ 10,000 elements
+    merges into one axis whose factor comes from the merged gradient, so it trains exactly as the flattened
+    parameter does under precondition_1d (channels_last convs flattened after the (N,H,W,C)→(N,C,H,W) permute)."""
+    shapes = [(24, 16), (4, 3, 3, 5)]
+    memory_format = torch.channels_last if data_format == "channels_last" else torch.contiguous_format
+    to_factor_space = {
+        "channels_first": lambda tensor: tensor.reshape(-1),
+        "channels_last": lambda tensor: tensor.permute(0, 3, 1, 2).reshape(-1) if tensor.dim() == 4 else tensor.reshape(-1),
+    }[data_format]
+    grads = _random_grads(shapes, 7, dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    init = [torch.randn(shape, generator=generator) for shape in shapes]
+    merged = [torch.nn.Parameter(value.clone().contiguous(memory_format=memory_format) if value.dim() == 4 else value.clone())
+              for value in init]
+    flat = [torch.nn.Parameter(to_factor_space(value).clone()) for value in init]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged_optimizer = SOAP(merged, lr=3e-3, weight_decay=1e-2, precondition_frequency=2, merge_dims=True,
+                                data_format=data_format)
+    flat_optimizer = SOAP(flat, lr=3e-3, weight_decay=1e-2, precondition_frequency=2, precondition_1d=True)
+    for step_grads in grads:
+        for param, flat_param, grad in zip(merged, flat, step_grads):
+            param.grad, flat_param.grad = grad.clone(), to_factor_space(grad).clone()
+        merged_optimizer.step()
+        flat_optimizer.step()
+    for param, flat_param, value in zip(merged, flat, init):
+        assert merged_optimizer.state[param]["GG"][0].shape == (param.numel(), param.numel())
+        assert torch.equal(to_factor_space(param.detach()), flat_param.detach())
+        assert not torch.equal(param.detach(), value)
+
+
+def test_state_dtype_in_a_param_group_is_parsed_like_the_constructor_argument() -> None:
+    """A group dict (or add_param_group) may give state_dtype as a string, as Hydra and hand-written groups do."""
+    shapes = [(6, 4), (5,)]
+    grads = _random_grads(shapes, 4, dtype=torch.float32)
+    grouped, _ = _run(
+        lambda ps: _with_added_group(SOAP([{"params": [ps[0]], "state_dtype": "bfloat16"}], precondition_frequency=2),
+                                     {"params": [ps[1]], "state_dtype": "torch.bfloat16"}),
+        shapes, grads, dtype=torch.float32,
+    )
+    constructed, optimizer = _run(lambda ps: SOAP(ps, state_dtype=torch.bfloat16, precondition_frequency=2), shapes,
+                                  grads, dtype=torch.float32)
+    for a, b in zip(grouped, constructed):
+        assert torch.equal(a, b)
+    assert optimizer.state[constructed[0]]["exp_avg"].dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="state_dtype"):
+        SOAP([{"params": [torch.nn.Parameter(torch.zeros(2))], "state_dtype": "float16"}])
+
+
+def _with_added_group(optimizer: SOAP, group: dict) -> SOAP:
+    optimizer.add_param_group(group)
+    return optimizer
+
+
 def test_merge_dims_warns() -> None:
     with pytest.warns(UserWarning, match="merge_dims"):
         SOAP([torch.nn.Parameter(torch.zeros(2, 2))], merge_dims=True)
