@@ -68,6 +68,7 @@ def test_bad_space_names_the_key(space, message) -> None:
 
 def test_objective_is_the_final_val_loss_and_divergence_scores_infinity() -> None:
     assert objective({"status": "completed", "final_val_loss": 1.5}) == 1.5
+    assert objective({"status": "completed", "final_val_loss": 1.5, "final_full_val_loss": 1.4}) == 1.4, "whole split"
     assert objective({"status": "diverged", "final_val_loss": 1.2}) == math.inf, "not its last finite loss"
     assert objective({"status": "completed", "final_val_loss": float("nan")}) == math.inf
     assert objective({"status": "failed", "final_val_loss": None}) is None
@@ -120,7 +121,7 @@ def test_a_killed_search_resumes_its_interrupted_trial_from_the_checkpoint(resul
 
     search = load_search(yaml, overrides=[], trials=None, sampler=None, study=None, jobs=1, results_dir=tmp_path / "ref")
     uninterrupted = train_in_process(search.trial_overrides({"optimizer.lr": float(rows[1]["optimizer.lr"])}), tmp_path)
-    assert float(rows[1]["objective"]) == uninterrupted["final_val_loss"]
+    assert float(rows[1]["objective"]) == objective(uninterrupted)
     assert rows[1]["run_name"] == uninterrupted["run_name"], "trials are named by their swept values"
     assert "-lr" in rows[1]["run_name"]
 

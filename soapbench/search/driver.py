@@ -109,14 +109,16 @@ def plan_trial(overrides: list[str]) -> Any:
 
 
 def objective(summary: Mapping[str, Any] | None) -> float | None:
-    """Final validation loss; +inf for a diverged run (or a completed one whose loss is not finite); None: failed."""
+    """Final validation loss (whole split if measured); +inf for a diverged run (or a completed one whose loss is not finite); None: failed."""
     if not summary:
         return None
     if summary.get("status") == "diverged":
         return math.inf
     if summary.get("status") != "completed":
         return None
-    value = summary.get("final_val_loss")
+    # The whole validation split when the run measured it (as the reproductions rank), else the fixed eval set.
+    value = summary.get("final_full_val_loss")
+    value = summary.get("final_val_loss") if value is None else value
     return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
 
 
