@@ -36,7 +36,7 @@ USER_MODULE = textwrap.dedent(
 
 
 def _eval_losses(summary: dict) -> list[float]:
-    return [r["val/loss"] for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval"]
+    return [r["val/loss"] for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval" and "val/loss" in r]
 
 
 def test_torch_sgd_by_import_path_trains_nanogpt_char(results_dir) -> None:

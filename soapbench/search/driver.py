@@ -57,6 +57,8 @@ class Search:
         return [
             f"experiment_name={self.study}", *self.overrides, *self.space.overrides(params),
             f"paths.results_dir={self.results_dir}", f"sweep_keys=[{keys}]",
+            # concurrent trials share the cores (the trainer's thread policy) instead of oversubscribing them
+            *([f"trainer.parallel_jobs={self.jobs}"] if self.jobs > 1 else []),
         ]  # fmt: skip
 
 
@@ -239,13 +241,9 @@ def write_trials(study, search: Search) -> Path:
     return path
 
 
-def _trial_env(search: Search) -> dict[str, str]:
+def _trial_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
-    if search.jobs > 1:  # concurrent trials share the cores instead of oversubscribing them
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        threads = str(max(1, cores // search.jobs))
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = threads
     return env
 
 
@@ -278,7 +276,7 @@ def run_search(search: Search, *, print_line=print) -> Any:
                     with log.open("a") as handle:
                         process = subprocess.Popen(
                             [sys.executable, str(REPO / "scripts" / "train.py"), *overrides], stdout=handle,
-                            stderr=subprocess.STDOUT, env=_trial_env(search), preexec_fn=_die_with_parent,
+                            stderr=subprocess.STDOUT, env=_trial_env(), preexec_fn=_die_with_parent,
                         )  # fmt: skip
                     running[trial.number] = (process, trial, plan.run_dir)
                     print_line(f"search {search.study}: trial {trial.number} -> {plan.run_name}")
