@@ -56,15 +56,18 @@ def format_result(summary: dict[str, Any]) -> str:
 
 
 def _place_sweep_job(config: dict[str, Any]) -> None:
-    import torch
-
     from soapbench.launch import concurrent_jobs_from_hydra, placement
 
     hydra_cfg = HydraConfig.get()
-    placed = placement(int(hydra_cfg.job.num), concurrent_jobs_from_hydra(hydra_cfg), str(config.get("device", "auto")))
+    concurrent_jobs = concurrent_jobs_from_hydra(hydra_cfg)
+    placed = placement(int(hydra_cfg.job.num), concurrent_jobs, str(config.get("device", "auto")))
     config["device"] = placed["device"]
-    if placed["threads"]:
-        torch.set_num_threads(placed["threads"])
+    # The trainer applies the thread policy; the sweep only fills in what the user left at its default.
+    trainer = config.setdefault("trainer", {})
+    if placed["threads"] and trainer.get("threads") is None:
+        trainer["threads"] = placed["threads"]
+    if trainer.get("parallel_jobs", 1) == 1:
+        trainer["parallel_jobs"] = concurrent_jobs
 
 
 def run_job(cfg: DictConfig) -> float | None:

@@ -8,7 +8,11 @@ Fairness: the model's initial weights depend only on the seed, batches only on
 (seed, step, micro_step), the validation set on nothing at all.
 Honest timing: ``train_seconds`` sums synchronised step times (data, forward, backward,
 clipping, optimizer, schedule, EMA) and excludes evaluation, logging and checkpointing;
-``optimizer_seconds`` is the ``optimizer.step()`` share of it.
+``optimizer_seconds`` is the ``optimizer.step()`` share of it. Torch threads are set explicitly
+(``trainer.threads``), and each step's process CPU time and the load average are kept beside its
+wall time, so ``summary.json`` can say when the machine was shared (``soapbench.machine_load``).
+Final numbers: after the last step the whole validation split is scored (``val_full/*``,
+``final_full_val_loss``); the fixed, cheaper set (``final_val_loss``) gives the curve.
 No run is lost: divergence is a result (status ``diverged``, exit 0); any other
 exception is recorded as ``failed`` and re-raised; checkpoints and summaries are
 written atomically; a resumed run continues exactly where its checkpoint left off.
@@ -20,6 +24,7 @@ import contextlib
 import math
 import signal
 import threading
+import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -33,8 +38,9 @@ from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config
 from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown
-from soapbench.environment import describe_device, git_commit, package_versions, resolve_device
+from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError
+from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
 from soapbench.results import RunStore
 from soapbench.rundir import plan_run
@@ -44,7 +50,10 @@ from soapbench.tracking import WANDB_MODES, WandbTracker
 from soapbench.workloads import build_workload
 
 # Metric keys that measure time or memory: they differ between otherwise identical runs.
-TIMING_KEYS = ("train_seconds", "train/step_seconds", "train/optimizer_seconds", "train/throughput", "train/mfu", "memory/peak_bytes")
+TIMING_KEYS = (
+    "train_seconds", "train/step_seconds", "train/optimizer_seconds", "train/cpu_seconds", "train/throughput",
+    "train/mfu", "memory/peak_bytes", "system/load1",
+)  # fmt: skip
 
 
 def _now() -> str:
@@ -96,6 +105,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     device = resolve_device(str(cfg.get("device", "auto")))
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    threads = apply_thread_policy(trainer.threads, trainer.parallel_jobs, device)  # before anything is built
     torch.manual_seed(int(cfg["seed"]))
     workload = build_workload(cfg, trainer, device, shard=ctx.shard(trainer.batch_size))
     model = workload.model
@@ -130,7 +140,8 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     state = {
         "step": 0, "train_seconds": 0.0, "optimizer_seconds": 0.0, "tokens": 0, "samples": 0,
         "metric_records": 0, "initial_loss": None, "best_val_loss": None, "final_val_loss": None,
-        "final_val_metrics": {}, "wandb_run_id": None, "started_at": _now(),
+        "final_val_metrics": {}, "final_full_val_loss": None, "final_full_val_metrics": {},
+        "final_full_eval_seconds": None, "segments": [], "wandb_run_id": None, "started_at": _now(),
     }  # fmt: skip
     if plan.action == "resume":
         checkpoint = load_checkpoint(plan.checkpoint)
@@ -150,11 +161,16 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         store.metrics_path.unlink(missing_ok=True)  # left by a run killed before its first checkpoint
     if ctx.is_main:
         store.write_config(OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+    machine = MachineLoad(
+        state["segments"], start_step=state["step"], device=describe_device(device), cpu_model=cpu_model(),
+        threads=threads, parallel_jobs=trainer.parallel_jobs,
+    )  # fmt: skip
 
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
+        "cpu_model": cpu_model(), "threads": threads,
         "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
@@ -178,6 +194,8 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "tokens": state["tokens"] if workload.unit == "tokens" else None, "samples": state["samples"],
             "final_val_loss": state["final_val_loss"], "best_val_loss": state["best_val_loss"],
             "final_val_metrics": state["final_val_metrics"], "initial_loss": state["initial_loss"],
+            "final_full_val_loss": state["final_full_val_loss"], "final_full_val_metrics": state["final_full_val_metrics"],
+            "final_full_eval_seconds": state["final_full_eval_seconds"], **machine.summary(),
             "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None, **extra,
         }  # fmt: skip
 
@@ -193,14 +211,18 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             tracker.log(record)
         state["metric_records"] += 1
 
-    def evaluate() -> None:
+    def evaluated(prefix: str, evaluate_model) -> dict[str, float]:
         model.eval()
         with torch.no_grad(), _autocast(trainer.precision, device):
             # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
-            metrics = {f"val/{k.removeprefix('val_')}": v for k, v in workload.evaluate(model).items()}
+            metrics = {f"{prefix}/{k.removeprefix('val_')}": v for k, v in evaluate_model(model).items()}
             if ema is not None:
-                metrics |= {f"val_ema/{k.removeprefix('val_')}": v for k, v in workload.evaluate(ema.module).items()}
+                metrics |= {f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()}
         model.train()
+        return metrics
+
+    def evaluate() -> None:
+        metrics = evaluated("val", workload.evaluate)
         state["final_val_loss"] = metrics["val/loss"]
         state["final_val_metrics"] = metrics
         if math.isfinite(metrics["val/loss"]) and (state["best_val_loss"] is None or metrics["val/loss"] < state["best_val_loss"]):
@@ -210,6 +232,14 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
         write_summary(summary("running"))
         progress.message(f"[{plan.run_name}] step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def evaluate_full_split() -> None:
+        started = time.perf_counter()
+        metrics = evaluated("val_full", lambda m: workload.evaluate_full(m, trainer.final_eval_batches))
+        state["final_full_eval_seconds"] = time.perf_counter() - started
+        state["final_full_val_loss"], state["final_full_val_metrics"] = metrics["val_full/loss"], metrics
+        log({"event": "eval", **metrics})
+        progress.message(f"[{plan.run_name}] whole validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
     def checkpoint() -> None:
         rng_per_rank = gather_objects(rng_state(), ctx)  # a collective: every rank takes part
@@ -275,6 +305,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             train_loss = mean_across_ranks(loss_sum / trainer.grad_accum_steps, ctx).item()
             state["step"] += 1
             steps_this_process += 1
+            machine.step(state["step"], step_seconds, step_clock.last_cpu)
             state["train_seconds"] += step_seconds
             state["optimizer_seconds"] += optimizer_seconds
             state["tokens" if workload.unit == "tokens" else "samples"] += items
@@ -305,6 +336,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     "train/optimizer_seconds": interval["optimizer_seconds"] / interval["steps"],
                     "train/throughput": interval["items"] / interval["seconds"],
                     "memory/peak_bytes": peak_memory_bytes(device),
+                    **machine.log_event(),
                 }
                 if grad_norm is not None:
                     record["train/grad_norm"] = float(grad_norm)
@@ -320,6 +352,8 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 evaluate()
             if state["step"] % trainer.checkpoint_interval == 0 or (last_step and trainer.keep_final_checkpoint):
                 checkpoint()
+        if status == "completed":  # after the last step only (also when a resume finds the steps all done)
+            evaluate_full_split()
     except BaseException as error:
         progress.close()
         failure = summary("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())

@@ -32,6 +32,8 @@ FAST = [
     "trainer.log_interval=3",
     "trainer.checkpoint_interval=6",
     "trainer.schedule.warmup_steps=2",
+    "trainer.final_eval_batches=2",
+    "trainer.threads=1",
     "logger.wandb.mode=disabled",
 ]
 
