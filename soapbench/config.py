@@ -187,7 +187,7 @@ def load_trainer_config(data: Mapping[str, Any]) -> TrainerConfig:
 
 
 # Keys that do not change what a run computes, so they stay out of its identity hash.
-_NON_IDENTITY_KEYS = ("logger", "paths", "resume", "run_name", "device")
+_NON_IDENTITY_KEYS = ("logger", "paths", "resume", "run_name", "sweep_keys", "device")
 
 
 def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> str:

@@ -34,6 +34,8 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
+from optimizers.imported import describe_source, with_label
+from optimizers.registry import split_optimizer_config
 from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config
@@ -60,26 +62,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _optimizer_hparams(optimizer_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    hparams = dict(optimizer_cfg)
-    name = hparams.pop("name", None)
-    if not name:
-        raise ConfigError("optimizer.name: missing; pick a config with optimizer=<name>")
-    build_args = {}
-    if hparams.get("companion") is not None:
-        build_args["companion"] = dict(hparams.pop("companion"))
-    else:
-        hparams.pop("companion", None)
-    if hparams.get("main_roles") is not None:
-        build_args["main_roles"] = list(hparams.pop("main_roles"))
-    else:
-        hparams.pop("main_roles", None)
-    for key, value in list(hparams.items()):
-        if isinstance(value, list):
-            hparams[key] = tuple(value)  # betas and friends: references expect tuples
-    return name, hparams, build_args
-
-
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -90,6 +72,7 @@ def _autocast(precision: str, device: torch.device):
 def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run described by a resolved config; return its summary."""
     # ------------------------------------------------------------------ validate and build
+    cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}  # an imported optimizer's label names its runs
     trainer = load_trainer_config(cfg["trainer"])
     ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
     logger_cfg = cfg.get("logger", {}).get("wandb", {})
@@ -116,7 +99,10 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     else:
         max_steps = trainer.max_steps
 
-    optimizer_name, hparams, build_args = _optimizer_hparams(cfg["optimizer"])
+    optimizer_name, hparams, build_args = split_optimizer_config(cfg["optimizer"])
+    optimizer_source = describe_source(cfg["optimizer"])
+    if optimizer_source and optimizer_source.get("warning") and ctx.is_main:
+        print(f"warning: optimizer.package: {optimizer_source['warning']}", flush=True)
     optimizer = build_optimizer(
         optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
     )
@@ -169,6 +155,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
+        "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
         "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,

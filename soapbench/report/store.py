@@ -53,6 +53,7 @@ IGNORED_SEGMENTS = frozenset(
         "wandb",
         "experiment_name",
         "run_name",
+        "sweep_keys",
         "run_dir",
         "output_dir",
         "results_dir",
