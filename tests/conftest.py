@@ -79,6 +79,17 @@ def results_dir(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One BLAS thread for tests on tiny tensors (extra threads only add overhead on busy cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_identical(actual, expected, where: str) -> None:
     """Nested state (dicts, lists, tensors, numbers) equal bit for bit, tensor dtypes included."""
     import torch  # not at module level: the thread settings above must come before torch loads
