@@ -15,25 +15,38 @@ optimizer restacks the bucket from the per-parameter tensors (one copy) before i
 
 from __future__ import annotations
 
-from typing import Any, Hashable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor
 
-# Where a state tensor sits in ``optimizer.state[p]``: ``(key,)`` for ``state[key]``, ``(key, i)`` for ``state[key][i]``.
+# Where a state tensor sits in ``optimizer.state[p]``: ``(key,)`` for ``state[key]``, ``(key, i)`` for
+# ``state[key][i]``, ``(key, i, j)`` for ``state[key][i][j]``.
 Slot = tuple[Any, ...]
 
 
+def _container(state: dict[str, Any], slot: Slot) -> Any:
+    container: Any = state
+    for key in slot[:-1]:
+        container = container[key]
+    return container
+
+
 def _get(state: dict[str, Any], slot: Slot) -> Tensor | None:
-    value = state[slot[0]]
-    return value if len(slot) == 1 else value[slot[1]]
+    return _container(state, slot)[slot[-1]]
 
 
 def _set(state: dict[str, Any], slot: Slot, value: Tensor) -> None:
-    if len(slot) == 1:
-        state[slot[0]] = value
-    else:
-        state[slot[0]][slot[1]] = value
+    _container(state, slot)[slot[-1]] = value
+
+
+def rebind(state: dict[str, Any], slot: Slot, stacked: "StackedState", index: int) -> None:
+    """After per-parameter code assigned ``state``'s entry a new tensor: copy it into the stack, point back at it."""
+    view = stacked.view(slot, index)
+    value = _get(state, slot)
+    if value is not view:
+        view.copy_(value)
+        _set(state, slot, view)
 
 
 class StackedState:
@@ -65,6 +78,9 @@ class StackedState:
     def __getitem__(self, slot: Slot) -> Tensor | None:
         return self.stacks[slot]
 
+    def view(self, slot: Slot, index: int) -> Tensor:
+        return self._views[slot][index]
+
 
 def stacked_state(
     optimizer: torch.optim.Optimizer, params: Sequence[Tensor], slots: Sequence[Slot]
@@ -90,6 +106,21 @@ def forget_stale_stacks(optimizer: torch.optim.Optimizer) -> None:
     used = optimizer.__dict__.pop("_stacks_used", set())
     for key in [key for key in cache if key not in used]:
         del cache[key]
+
+
+def group_buckets(
+    optimizer: torch.optim.Optimizer, key_of: Callable[[Tensor, dict[str, Any]], Hashable | None]
+) -> Iterator[tuple[dict[str, Any], list[Tensor]]]:
+    """``(group, bucket)`` for the parameters with a gradient: per param group, same ``key_of(param, group)``.
+
+    A None key steps alone; buckets come in order of their first member, so every rank steps them identically.
+    """
+    from optimizers.stepping import params_with_grads
+
+    entries = [(group, param, key_of(param, group)) for group, param in params_with_grads(optimizer)]
+    for group in optimizer.param_groups:
+        for bucket in buckets([(param, key) for owner, param, key in entries if owner is group]):
+            yield group, bucket
 
 
 def buckets(

@@ -10,7 +10,7 @@ differently from ``addmm_`` when BLAS runs on several threads, and the parameter
 
 Same math per matrix, same rounding: every batched kernel here (``bmm``, elementwise ops, per-matrix reductions
 and sorts, batched ``geqrf``/``householder_product``) computes each matrix of a stack exactly as it computes that
-matrix alone on CPU, so stacked SOAP is bit-identical to per-parameter SOAP (``tests/test_soap_stacked.py``, at
+matrix alone on CPU, so stacked SOAP is bit-identical to per-parameter SOAP (``tests/test_stacked_steps.py``, at
 one and at two threads). A QR failure is judged matrix by matrix (``linalg.orthonormalize_qr``), so retries,
 fallbacks and health counts are the per-parameter ones. Under refresh sharing a rank refreshes the stack of the
 members it owns. ``refresh_method="eigh"`` refreshes member by member everywhere.
@@ -27,10 +27,10 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import Tensor
 
-from optimizers.batching import buckets, forget_stale_stacks, stacked_state
+from optimizers.batching import forget_stale_stacks, group_buckets, rebind, stacked_state
 from optimizers.linalg import gram_update_, power_qr_refresh, rotate_matrix, select_along, unrotate_matrix
 from optimizers.state import state_dtype_for
-from optimizers.stepping import closure_loss, group_lr, params_with_grads
+from optimizers.stepping import closure_loss, group_lr
 
 SLOTS = (("exp_avg",), ("exp_avg_sq",), ("GG", 0), ("GG", 1), ("Q", 0), ("Q", 1))
 # Devices whose QR refresh runs on the whole stack at once. On CPU, LAPACK factorises a batch one matrix at a time
@@ -46,14 +46,11 @@ class StackedSOAPSteps:
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
         self._plan_refreshes()
-        entries = [(group, param, self._bucket_key(param, group)) for group, param in params_with_grads(self)]
-        for group_index, group in enumerate(self.param_groups):
-            members = [(param, key) for owner, param, key in entries if owner is group]
-            for bucket in buckets(members):
-                if len(bucket) == 1:
-                    self._step_param(bucket[0], group)
-                else:
-                    self._step_stack(bucket, group)
+        for group, bucket in group_buckets(self, self._bucket_key):
+            if len(bucket) == 1:
+                self._step_param(bucket[0], group)
+            else:
+                self._step_stack(bucket, group)
         forget_stale_stacks(self)
         self._synchronize_refreshes()
         return loss
@@ -125,8 +122,7 @@ class StackedSOAPSteps:
                 self._refresh_bases(state, group, self._layout(params[index], group), state["exp_avg_sq"])
                 for dim in (0, 1):
                     if state["Q"][dim] is not None:
-                        stacked[("Q", dim)][index].copy_(state["Q"][dim])
-                        state["Q"][dim] = stacked[("Q", dim)][index]
+                        rebind(state, ("Q", dim), stacked, index)
             return
         second_moment = exp_avg_sq[rows]
         for dim in (0, 1):
