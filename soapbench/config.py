@@ -80,12 +80,18 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     precision: str = "fp32"
     grad_clip_norm: float | None = None
+    grad_clip_norm_per_tensor: float | None = None
     grad_clip_value: float | None = None
+    # Static loss scale (any precision; with fp16 it replaces the dynamic GradScaler). See soapbench/gradients.py.
+    loss_scale_factor: float | None = None
     weight_decay_roles: list[str] = field(default_factory=lambda: ["matrix", "head", "input"])
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval_interval: int = 250
+    # Intermediate evaluations use a fixed set of eval_batches batches (a cheap curve); the final one after
+    # the last step uses final_eval_batches batches of the whole validation split (None: all of it).
     eval_batches: int = 20
+    final_eval_batches: int | None = None
     eval_at_start: bool = True
     log_interval: int = 10
     checkpoint_interval: int = 500
@@ -98,6 +104,10 @@ class TrainerConfig:
     share_refreshes: bool = True
     # Stop cleanly after this many steps in this process (tests and time-sliced clusters); None: run to the end.
     stop_after_steps: int | None = None
+    # Torch intra-op threads (None: the available cores // the jobs sharing the machine) and how many runs
+    # the user runs side by side on this machine. Neither changes the result, so both stay out of the run's identity.
+    threads: int | None = None
+    parallel_jobs: int = 1
 
     def validate(self, prefix: str = "trainer") -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -106,9 +116,15 @@ class TrainerConfig:
         _positive(prefix, "max_epochs", self.max_epochs, allow_none=True)
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):
             _positive(prefix, name, getattr(self, name))
-        _positive(prefix, "grad_clip_norm", self.grad_clip_norm, allow_none=True)
-        _positive(prefix, "grad_clip_value", self.grad_clip_value, allow_none=True)
-        _positive(prefix, "stop_after_steps", self.stop_after_steps, allow_none=True)
+        for name in ("grad_clip_norm", "grad_clip_norm_per_tensor", "grad_clip_value", "loss_scale_factor"):
+            _positive(prefix, name, getattr(self, name), allow_none=True)
+        if self.grad_clip_norm is not None and self.grad_clip_norm_per_tensor is not None:
+            raise ConfigError(
+                f"{prefix}.grad_clip_norm_per_tensor: set it or {prefix}.grad_clip_norm (global), not both"
+            )
+        for name in ("stop_after_steps", "final_eval_batches", "threads"):
+            _positive(prefix, name, getattr(self, name), allow_none=True)
+        _positive(prefix, "parallel_jobs", self.parallel_jobs)
         if not self.divergence_factor > 1.0:
             raise ConfigError(f"{prefix}.divergence_factor: must be > 1, got {self.divergence_factor}")
         if self.precision not in PRECISIONS:
@@ -178,16 +194,21 @@ def load_trainer_config(data: Mapping[str, Any]) -> TrainerConfig:
 
 
 # Keys that do not change what a run computes, so they stay out of its identity hash.
-_NON_IDENTITY_KEYS = ("logger", "paths", "resume", "run_name", "device")
+_NON_IDENTITY_KEYS = ("logger", "paths", "resume", "run_name", "sweep_keys", "device")
 
 
 def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> str:
     """Stable short hash of what a run computes (used to name runs and to skip finished ones)."""
     trimmed = {k: v for k, v in resolved.items() if k not in _NON_IDENTITY_KEYS + exclude}
     trainer = dict(trimmed.get("trainer", {}))
-    # Stopping early in this process, or spreading refreshes over ranks, does not change the run being computed.
-    trainer.pop("stop_after_steps", None)
-    trainer.pop("share_refreshes", None)
+    # Stopping early in this process, spreading refreshes over ranks, or the thread count (float results may
+    # round differently, but it is the same computation) does not change the run being computed.
+    for key in ("stop_after_steps", "share_refreshes", "threads", "parallel_jobs"):
+        trainer.pop(key, None)
+    # Options added later, when off, leave the identity of runs made before them unchanged.
+    for key in ("grad_clip_norm_per_tensor", "loss_scale_factor"):
+        if trainer.get(key) is None:
+            trainer.pop(key, None)
     trimmed["trainer"] = trainer
     payload = json.dumps(trimmed, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

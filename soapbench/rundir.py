@@ -1,6 +1,6 @@
 """Which directory a run writes to, and what to do when it already exists.
 
-A run is named ``<optimizer>-<model>-s<seed>-<hash>``, the hash covering everything
+A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<hash>`` (see :mod:`soapbench.naming`), the hash covering everything
 that changes what the run computes. Running the same config again therefore finds the
 same directory: a finished run (completed, diverged or failed — all results) is
 skipped, an interrupted one resumes from its checkpoint, and one killed before its
@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 from soapbench.config import config_hash
 from soapbench.errors import ConfigError
+from soapbench.naming import run_name
 from soapbench.results import CHECKPOINT_FILE, RunStore
 
 FINISHED = ("completed", "diverged", "failed")
@@ -33,7 +34,7 @@ class RunPlan:
 
 def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
     digest = config_hash(cfg)
-    name = cfg.get("run_name") or f"{cfg['optimizer']['name']}-{cfg['model']['name']}-s{cfg['seed']}-{digest}"
+    name = cfg.get("run_name") or run_name(cfg, digest)
     if "/" in name or name in ("", ".", ".."):
         raise ConfigError(f"run_name: {name!r} is not a valid directory name")
     experiment = cfg.get("experiment_name") or "default"

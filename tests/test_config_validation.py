@@ -21,6 +21,10 @@ from soapbench.errors import ConfigError
         ({"no_such_key": 1}, "trainer.no_such_key"),
         ({"weight_decay_roles": ["matrix", "bogus"]}, "trainer.weight_decay_roles"),
         ({"divergence_factor": 0.5}, "trainer.divergence_factor"),
+        ({"threads": 0}, "trainer.threads"),
+        ({"threads": "abc"}, "trainer.threads"),
+        ({"parallel_jobs": 0}, "trainer.parallel_jobs"),
+        ({"final_eval_batches": 0}, "trainer.final_eval_batches"),
     ],
 )
 def test_bad_trainer_values_name_the_field(override: dict, field: str) -> None:
@@ -38,7 +42,15 @@ def test_unknown_key_lists_valid_keys() -> None:
 
 def test_config_hash_ignores_logging_and_paths_but_not_hyperparameters() -> None:
     base = {"seed": 1, "optimizer": {"name": "adamw", "lr": 1e-3}, "trainer": {"max_steps": 5}, "logger": {"a": 1}, "paths": {"x": 1}}
-    same = {**base, "logger": {"a": 2}, "paths": {"x": 2}, "trainer": {"max_steps": 5, "stop_after_steps": 3}}
+    same = {**base, "logger": {"a": 2}, "paths": {"x": 2},
+            "trainer": {"max_steps": 5, "stop_after_steps": 3, "threads": 2, "parallel_jobs": 4}}  # fmt: skip
     other = {**base, "optimizer": {"name": "adamw", "lr": 2e-3}}
     assert config_hash(base) == config_hash(same)
     assert config_hash(base) != config_hash(other)
+
+
+def test_thread_settings_do_not_split_a_configuration_in_the_report() -> None:
+    from soapbench.report.store import is_ignored
+
+    assert is_ignored("trainer.threads") and is_ignored("trainer.parallel_jobs")
+    assert not is_ignored("trainer.final_eval_batches"), "what the final numbers are measured on is part of the run"

@@ -23,6 +23,7 @@ LM_TINY = ["model=lm_tiny", "model.n_layers=2", "model.vocab_size=128", "model.e
            "model.seq_len=32"]  # fmt: skip
 NANOGPT_TINY = [item for item in FAST if item.startswith("model")]
 RUN = ["trainer.batch_size=4", "trainer.max_steps=4", "trainer.eval_interval=4", "trainer.eval_batches=2",
+       "trainer.final_eval_batches=2", "trainer.threads=1",
        "trainer.log_interval=1", "trainer.checkpoint_interval=100", "trainer.keep_final_checkpoint=false",
        "trainer.schedule.warmup_steps=1", "logger.wandb.mode=disabled"]  # fmt: skip
 # One per architecture the trainer knows (gpt, olmo, colorization), shrunk to seconds.

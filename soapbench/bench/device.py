@@ -96,7 +96,8 @@ def tiny_plan() -> CheckPlan:
         lm_batch_size=4, lm_steps=4, lm_warmup=2, lm_required=("adamw", "soap", "shampoo"),
         lm_optional=("soap_muon", "kl_soap"), nanogpt_preset="nanogpt_char_cpu",
         nanogpt_overrides=("model.n_layer=2", "model.n_embd=32", "model.n_head=2", "model.seq_len=32",
-                           "trainer.batch_size=8", "trainer.schedule.warmup_steps=2", "optimizer.lr=1e-2"),
+                           "trainer.batch_size=8", "trainer.schedule.warmup_steps=2", "optimizer.lr=1e-2",
+                           "trainer.final_eval_batches=2"),
         nanogpt_steps=30, nanogpt_optimizers=("adamw", "soap"), precision="bf16", compile=compiler is not None,
         budget_seconds=float("inf"), notes=notes,
     )  # fmt: skip

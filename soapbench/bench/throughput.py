@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import torch
+
 from soapbench.bench.catalog import CONFIG_DIR, OptimizerSetup, compose, import_submodules
 from soapbench.bench.step_timing import window_length
 
@@ -88,6 +90,7 @@ def run_overrides(
         f"model={preset}", f"optimizer={optimizer}", f"device={options.device}",
         f"trainer.max_steps={total}", "trainer.max_epochs=null", "trainer.log_interval=1",
         f"trainer.eval_interval={total}", "trainer.eval_at_start=false", "trainer.eval_batches=1",
+        "trainer.final_eval_batches=1", f"trainer.threads={torch.get_num_threads()}",
         f"trainer.checkpoint_interval={total + 1}", "trainer.keep_final_checkpoint=false",
         "logger.wandb.mode=disabled", f"paths.results_dir={results_dir}", "experiment_name=bench",
         f"run_name=bench-{optimizer}",
