@@ -1,8 +1,9 @@
 """Training-step ratio (issue 14 item 4): the whole training step of each optimizer against AdamW's, in one process.
 
 The step is the trainer's inner step, mirrored here as nanoGPT's bench.py mirrors its loop: the workload's
-batch for (seed, step), forward and loss under the configured autocast, backward, the preset's gradient clipping,
-``optimizer.step()``, the LR schedule, ``zero_grad``; every interval closed by a device synchronisation. Each arm
+batch for (seed, step), forward and loss under the configured autocast, backward with the trainer's loss scaling,
+its gradient handling (``soapbench.gradients``: unscale, the preset's clipping), ``optimizer.step()``, the LR
+schedule, ``zero_grad``; every interval closed by a device synchronisation. Each arm
 is built exactly as ``scripts/train.py model=<preset> optimizer=<name>`` builds it (same seed: same initial weights
 and the same batch sequence) and keeps its own step counter.
 
@@ -71,9 +72,11 @@ def arm_overrides(label: str) -> tuple[str, list[str]]:
 def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.device) -> Arm:
     """The trainer's objects for ``model=<preset> optimizer=<name>`` (+ knobs), and a function that runs one step."""
     from optimizers import build_optimizer
+    from optimizers.registry import split_optimizer_config
     from soapbench.config import load_trainer_config
+    from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
     from soapbench.schedules import build_scheduler
-    from soapbench.trainer import _autocast, _optimizer_hparams
+    from soapbench.trainer import _autocast
     from soapbench.workloads import build_workload
 
     optimizer_name, knobs = arm_overrides(label)
@@ -81,12 +84,14 @@ def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.d
     trainer = load_trainer_config(cfg["trainer"])
     torch.manual_seed(int(cfg["seed"]))
     workload = build_workload(cfg, trainer, device)
-    name, hparams, build_args = _optimizer_hparams(cfg["optimizer"])
+    name, hparams, build_args = split_optimizer_config(cfg["optimizer"])
     optimizer = build_optimizer(name, workload.model, weight_decay_roles=trainer.weight_decay_roles, **build_args,
                                 **hparams)  # fmt: skip
     scheduler = build_scheduler(optimizer, trainer.schedule, trainer.max_steps)
     model = workload.model
     model.train()
+    parameters = list(model.parameters())
+    scaler = build_grad_scaler(trainer, device)
     frequency = hparams.get("precondition_frequency")
     arm = Arm(label, lambda step: (0.0, 0.0), int(frequency) if frequency else None)
 
@@ -98,15 +103,13 @@ def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.d
             batch = workload.train_batch(step, micro_step)
             with _autocast(trainer.precision, device):
                 loss = workload.loss(model, batch)
-            (loss / trainer.grad_accum_steps).backward()
+            scale_loss(loss, trainer, scaler).backward()
             loss_sum += loss.detach().float()
-        if trainer.grad_clip_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-        if trainer.grad_clip_value:
-            torch.nn.utils.clip_grad_value_(model.parameters(), trainer.grad_clip_value)
+        prepare_gradients(parameters, optimizer, scaler, trainer)
         synchronize(device)
         optimizer_start = time.perf_counter()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         synchronize(device)
         optimizer_seconds = time.perf_counter() - optimizer_start
         scheduler.step()
