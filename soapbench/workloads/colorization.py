@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data.colorization import ColorizationData, load_colorization_data, scaled_lab_to_rgb
 from data.errors import DataError
+from data.fingerprint import cached_file_sha256
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -64,6 +65,11 @@ class ColorizationWorkload:
         self.seed = seed
         self.data: ColorizationData = load_colorization_data(data_cfg, data_root, cache_dir)
         self.crop = self.data.crop
+        cached = Path(self.data.meta["cache_dir"])
+        self.data_fingerprint = {
+            "kind": "images", "crop": self.crop,
+            **{f"{split}_sha256": cached_file_sha256(cached / f"{split}.npy") for split in ("train", "val")},
+        }  # fmt: skip
         images_per_step = batch_size * grad_accum_steps
         self.steps_per_epoch = len(self.data.train) // images_per_step
         if self.steps_per_epoch == 0:
