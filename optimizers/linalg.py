@@ -205,6 +205,14 @@ def estimated_eigenvalues(factor: Tensor, basis: Tensor) -> Tensor:
     return torch.diagonal((basis.mT @ factor) @ basis, dim1=-2, dim2=-1)
 
 
+def select_columns(matrix: Tensor, permutation: Tensor) -> Tensor:
+    """``matrix[..., :, permutation]``, one permutation per matrix of a batch (``permutation`` ``...×d``)."""
+    if permutation.dim() == 1:
+        # index_select gives the same values as advanced indexing, several times faster on CPU.
+        return matrix.index_select(-1, permutation)
+    return torch.take_along_dim(matrix, permutation.unsqueeze(-2), dim=-1)
+
+
 def power_qr_refresh(
     factor: Tensor,
     basis: Tensor,
@@ -214,7 +222,7 @@ def power_qr_refresh(
     exact_estimate: bool = True,
     health: LinalgHealth | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """One power-iteration step plus QR: SOAP's ``get_orthogonal_matrix_QR`` for one ``d×d`` factor and basis.
+    """One power-iteration step plus QR: SOAP's ``get_orthogonal_matrix_QR`` for one ``d×d`` factor and basis, or a batch (``...×d×d``, one permutation per matrix).
 
     With ``sort`` (SOAP, SOAP-Muon): the columns of ``basis`` are first reordered by the estimated eigenvalues
     ``diag(Qᵀ L Q)``, descending, with torch's default (unstable) argsort as the reference; the permutation is
@@ -235,15 +243,14 @@ def power_qr_refresh(
         if exact_estimate:
             estimate = estimated_eigenvalues(factor_c, basis_c)
             permutation = torch.argsort(estimate, descending=True)
-            basis_c = basis_c.index_select(-1, permutation)
+            basis_c = select_columns(basis_c, permutation)
             power = factor_c @ basis_c
         else:
             product = factor_c @ basis_c
             estimate = (basis_c * product).sum(dim=-2)
             permutation = torch.argsort(estimate, descending=True)
-            # index_select gives the same values as advanced indexing, several times faster on CPU.
-            basis_c = basis_c.index_select(-1, permutation)
-            power = product.index_select(-1, permutation)
+            basis_c = select_columns(basis_c, permutation)
+            power = select_columns(product, permutation)
     else:
         power = factor_c @ basis_c
     refreshed = orthonormalize_qr(power, fallback=basis_c, health=health)

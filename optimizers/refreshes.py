@@ -25,6 +25,14 @@ An optimizer opts in by mixing in :class:`RefreshingOptimizer` and, in ``step()`
 * handing the refreshed tensors to :meth:`RefreshingOptimizer._publish_refresh` on *every* rank, in the same order;
 * calling :meth:`RefreshingOptimizer._synchronize_refreshes` where the refreshed state is next needed (the end of
   the step, or before the update for Shampoo, whose roots are used in the step that computes them).
+
+Host syncs (audit, ``tests/test_host_sync.py``): a plain step of every optimizer in the family reads no tensor
+value on the host (no ``.item()``, ``bool(tensor)``, ``.tolist()``, ``.cpu()``, no Python branch on a tensor), so on
+a GPU it only queues kernels (a tensor ``lr`` is the one exception: ``stepping.group_lr`` reads it once per group
+and step). Reads are confined to refresh steps: each eigh/QR/root checks its output is finite
+(``linalg.is_finite``, one reduction read per decomposition) before it may replace the previous basis, and refresh
+sharing reads strides and health counters after its broadcasts. The trainer reads the step's loss once per step,
+after the step clock's synchronisation, so that read adds no stall of its own.
 """
 
 from __future__ import annotations

@@ -42,14 +42,35 @@ class OptimizerSpec:
     main_roles: tuple[str, ...]
     # Registered name of the default companion optimizer (used only if some role is left over).
     companion: str = "adamw"
+    # Import path for an optimizer from outside the registry (optimizers.imported); None for registered ones.
+    target: str | None = None
+    # With **kwargs in the signature beside named keywords, still reject names that are not listed.
+    strict_kwargs: bool = True
+
+    def _keywords(self) -> tuple[list[str], bool]:
+        try:
+            signature = inspect.signature(self.factory)
+        except (TypeError, ValueError):  # some C-implemented callables have none
+            return [], True
+        names, var_keyword = [], False
+        for position, (name, p) in enumerate(signature.parameters.items()):
+            if p.kind is p.VAR_KEYWORD:
+                var_keyword = True
+            elif position == 0 and name in ("params", "param_groups", "parameters"):
+                continue
+            elif name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD):
+                names.append(name)
+        return names, var_keyword
 
     def hyperparameter_names(self) -> list[str]:
-        signature = inspect.signature(self.factory)
-        return [
-            name
-            for name, p in signature.parameters.items()
-            if name not in ("self", "params") and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        return self._keywords()[0]
+
+    def unknown_hyperparameters(self, hparams: Iterable[str]) -> list[str]:
+        """Names the factory does not take; none when it takes **kwargs and lists no keywords (or is not strict)."""
+        names, var_keyword = self._keywords()
+        if var_keyword and (not names or not self.strict_kwargs):
+            return []
+        return sorted(set(hparams) - set(names))
 
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
@@ -80,7 +101,8 @@ def available_optimizers() -> list[str]:
 def get_spec(name: str) -> OptimizerSpec:
     if name not in _REGISTRY:
         raise OptimizerConfigError(
-            f"optimizer.name: unknown optimizer {name!r}; valid: {', '.join(available_optimizers())}"
+            f"optimizer.name: unknown optimizer {name!r}; valid: {', '.join(available_optimizers())} "
+            "(any other class: optimizer=custom optimizer.target=pkg.module.Class)"
         )
     return _REGISTRY[name]
 
@@ -108,25 +130,65 @@ def _check_kind(default: Any, value: Any, field: str) -> None:
 
 
 def _check_kinds(spec: OptimizerSpec, hparams: Mapping[str, Any], field_prefix: str) -> None:
-    parameters = inspect.signature(spec.factory).parameters
+    try:
+        parameters = inspect.signature(spec.factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature: the factory checks its own arguments
+        return
     for name, value in hparams.items():
-        default = parameters[name].default
+        default = parameters[name].default if name in parameters else None  # **kwargs pass-through: unchecked
         if default is not inspect.Parameter.empty and default is not None:
             _check_kind(default, value, f"{field_prefix}{name}")
+def resolve_spec(name: str | None, source: Mapping[str, Any] | None = None, field: str = "optimizer") -> OptimizerSpec:
+    """The registered optimizer ``name``, or, when ``source`` has a ``target``, the class at that import path."""
+    source = dict(source or {})
+    if source.get("target"):
+        from optimizers.imported import imported_spec
+
+        return imported_spec(name=name, field=field, **source)
+    if not name:
+        raise OptimizerConfigError(f"{field}.name: missing; pick a config with optimizer=<name> or set {field}.target")
+    return get_spec(name)
+
+
+def split_optimizer_config(config: Mapping[str, Any]) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
+    """An optimizer config section -> (name, constructor hyperparameters, build_optimizer's other arguments).
+
+    Lists become tuples (betas and friends: references expect tuples)."""
+    from optimizers.imported import SOURCE_KEYS
+
+    hparams = dict(config)
+    name = hparams.pop("name", None)
+    build_args: dict[str, Any] = {}
+    source = {key: hparams.pop(key) for key in SOURCE_KEYS if key in hparams}
+    if source.get("target"):
+        build_args["source"] = source
+    for key in ("companion", "main_roles"):
+        value = hparams.pop(key, None)
+        if value is not None:
+            build_args[key] = dict(value) if key == "companion" else list(value)
+    hparams = {key: tuple(value) if isinstance(value, list) else value for key, value in hparams.items()}
+    return name, hparams, build_args
 
 
 def _construct(spec: OptimizerSpec, params: Any, hparams: Mapping[str, Any], field_prefix: str):
-    valid = spec.hyperparameter_names()
-    unknown = sorted(set(hparams) - set(valid))
+    unknown = spec.unknown_hyperparameters(hparams)
     if unknown:
+        where = spec.target or spec.name
+        passthrough = f" (or {field_prefix}strict_kwargs=false to pass it to **kwargs)" if spec._keywords()[1] else ""
         raise OptimizerConfigError(
-            f"{field_prefix}{unknown[0]}: not a hyperparameter of {spec.name}; valid: {', '.join(valid)}"
+            f"{field_prefix}{unknown[0]}: not a hyperparameter of {where}; valid: {', '.join(spec.hyperparameter_names())}"
+            + passthrough
         )
     _check_kinds(spec, hparams, field_prefix)
     try:
-        return spec.factory(params, **hparams)
+        optimizer = spec.factory(params, **hparams)
     except (ValueError, TypeError) as error:
-        raise OptimizerConfigError(f"{field_prefix.rstrip('.')} ({spec.name}): {error}") from error
+        raise OptimizerConfigError(f"{field_prefix.rstrip('.')} ({spec.target or spec.name}): {error}") from error
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise OptimizerConfigError(
+            f"{field_prefix}target: {spec.target or spec.name} returned {type(optimizer).__name__}, not a torch.optim.Optimizer"
+        )
+    return optimizer
 
 
 def _groups(
@@ -150,15 +212,17 @@ def build_optimizer(
     companion: Mapping[str, Any] | None = None,
     main_roles: Iterable[str] | None = None,
     weight_decay_roles: Iterable[str] = DEFAULT_WEIGHT_DECAY_ROLES,
+    source: Mapping[str, Any] | None = None,
     **hparams: Any,
 ) -> torch.optim.Optimizer:
-    """Build a registered optimizer.
+    """Build a registered optimizer, or with ``source={"target": "pkg.module.Class", ...}`` any class by import path
+    (``name`` is then its label; see :mod:`optimizers.imported`).
 
-    ``companion`` (models only): ``{"name": ..., **hparams}`` for the parameters outside
-    ``main_roles``; defaults to the spec's companion with its defaults, taking this
+    ``companion`` (models only): ``{"name": ..., **hparams}`` (or ``{"target": ..., **hparams}``) for the
+    parameters outside ``main_roles``; defaults to the spec's companion with its defaults, taking this
     optimizer's ``lr`` and ``weight_decay`` when not given.
     """
-    spec = get_spec(name)
+    spec = resolve_spec(name, source)
     if not isinstance(model_or_params, nn.Module):
         return _construct(spec, model_or_params, hparams, "optimizer.")
 
@@ -176,8 +240,11 @@ def build_optimizer(
     if not rest:
         return main_optimizer
 
-    companion_hparams = dict(companion or {})
-    companion_spec = get_spec(companion_hparams.pop("name", spec.companion))
+    companion = dict(companion or {})
+    if not companion.get("target"):
+        companion.setdefault("name", spec.companion)
+    companion_name, companion_hparams, companion_args = split_optimizer_config(companion)
+    companion_spec = resolve_spec(companion_name, companion_args.get("source"), "optimizer.companion")
     companion_names = companion_spec.hyperparameter_names()
     for shared in ("lr", "weight_decay"):
         if shared not in companion_hparams and shared in hparams and shared in companion_names:
@@ -190,4 +257,4 @@ def build_optimizer(
     )
     from optimizers.composite import CompositeOptimizer
 
-    return CompositeOptimizer({name: main_optimizer, f"companion_{companion_spec.name}": companion_optimizer})
+    return CompositeOptimizer({spec.name: main_optimizer, f"companion_{companion_spec.name}": companion_optimizer})

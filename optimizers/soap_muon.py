@@ -52,6 +52,10 @@ Deliberate deviations from the reference:
 * A failed eigh/QR (error or non-finite) is retried in float64, else the previous basis is kept (identity on
   the first call); counted in ``diagnostics()``. Shared code in :mod:`optimizers.linalg`.
 * An all-zero direction (e.g. a zero gradient) stays zero instead of becoming NaN in O/‖O‖_F.
+* ``scale="graft"``: entries of sqrt(v) below one rounding unit of its largest entry are raised to that level
+  before ε is added. Where the rotated gradient is zero up to rounding (a rank-deficient factor's null space), the
+  reference divides one rounding error by another plus ε = 1e-15, and the graft norm ‖N‖_F turned that into
+  float32 steps of 1e7·lr. Entries above the floor are untouched, so the goldens are bit-identical.
 * ``precondition_frequency`` and ``shampoo_beta`` are read from the param group every step (the reference
   copies them into the state once), so changing them mid-run takes effect. ``projection_type`` is fixed
   per parameter when its state is created.
@@ -104,6 +108,18 @@ def zeropower_via_newtonschulz_soap_muon(direction: Tensor, steps: int) -> Tenso
 def _unit_frobenius_(matrix: Tensor) -> Tensor:
     # Clamped so an all-zero direction stays zero (the reference divides 0 by 0); bitwise equal otherwise.
     return matrix.div_(torch.norm(matrix).clamp_min(torch.finfo(matrix.dtype).tiny))
+
+
+def _floor_at_rounding_level_(root: Tensor) -> Tensor:
+    """Raise the entries of sqrt(v) below one rounding unit of its largest entry to that level (graft scale only).
+
+    Coordinates of the eigenbasis where the gradient is zero up to rounding (a rank-deficient factor's null space)
+    have v at the rounding level, and rot(m) there is a *different* rounding error: their ratio, with the
+    reference's ε = 1e-15, is arbitrary (5e6–6e10 seen in float32) and the graft scale ‖N‖_F passes it on as a
+    huge step. Entries at or above the floor are untouched bit for bit, so well-posed runs (the float64 goldens
+    included) are unchanged.
+    """
+    return root.clamp_min_(torch.finfo(root.dtype).eps * root.max())
 
 
 def _sqrt_corrected_unit(direction: Tensor, steps: int) -> Tensor:
@@ -291,7 +307,12 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
 
         exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
         exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
-        denom = exp_avg_sq.sqrt().add_(eps)
+        is_matrix = grad_matrix.ndim == 2
+        newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
+        root = exp_avg_sq.sqrt()
+        if newton_schulz and group["scale"] == "graft":
+            _floor_at_rounding_level_(root)
+        denom = root.add_(eps)
         exp_avg_projected = _project(exp_avg, state)
 
         step_size = lr
@@ -300,8 +321,6 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             bias_correction2 = 1.0 - beta2**step
             step_size = step_size * (bias_correction2**0.5) / bias_correction1
 
-        is_matrix = grad_matrix.ndim == 2
-        newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
         if group["nestrov"] and newton_schulz:
             direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
         else:

@@ -71,16 +71,40 @@ def format_result(summary: dict[str, Any]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def _place_sweep_job(config: dict[str, Any]) -> None:
-    import torch
+def _swept_keys(hydra_cfg: Any) -> list[str]:
+    """What this multirun varies, from the sweep's own record (``multirun.yaml``, which Hydra writes before any job):
+    dotted keys for value sweeps, ``group=choice`` (this job's choice) for swept config groups."""
+    from pathlib import Path
 
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    record = Path(hydra_cfg.sweep.dir) / "multirun.yaml"
+    if not record.is_file():
+        return []
+    sweep = OmegaConf.load(record).hydra
+    arguments = list(sweep.overrides.task) + [f"{k}={v}" for k, v in (sweep.sweeper.get("params") or {}).items()]
+    choices = hydra_cfg.runtime.choices
+    keys = []
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_sweep_override():
+            key = override.get_key_element().lstrip("+~")
+            keys.append(f"{key}={choices[key]}" if key in choices else key)
+    return list(dict.fromkeys(keys))
+
+
+def _place_sweep_job(config: dict[str, Any]) -> None:
     from soapbench.launch import concurrent_jobs_from_hydra, placement
 
     hydra_cfg = HydraConfig.get()
-    placed = placement(int(hydra_cfg.job.num), concurrent_jobs_from_hydra(hydra_cfg), str(config.get("device", "auto")))
+    concurrent_jobs = concurrent_jobs_from_hydra(hydra_cfg)
+    placed = placement(int(hydra_cfg.job.num), concurrent_jobs, str(config.get("device", "auto")))
     config["device"] = placed["device"]
-    if placed["threads"]:
-        torch.set_num_threads(placed["threads"])
+    # The trainer applies the thread policy; the sweep only fills in what the user left at its default.
+    trainer = config.setdefault("trainer", {})
+    if placed["threads"] and trainer.get("threads") is None:
+        trainer["threads"] = placed["threads"]
+    if trainer.get("parallel_jobs", 1) == 1:
+        trainer["parallel_jobs"] = concurrent_jobs
 
 
 def _signal_exit_code(name: str) -> int:
@@ -100,6 +124,8 @@ def run_job(cfg: DictConfig) -> float | None:
         config = resolve(cfg)
         if multirun:
             _place_sweep_job(config)
+            if config.get("sweep_keys") is None:
+                config["sweep_keys"] = _swept_keys(HydraConfig.get())
         summary = train(config)
     except USER_ERRORS as error:
         outcome, code, line = "bad input", EXIT_BAD_INPUT, f"error: {error}"

@@ -83,7 +83,10 @@ class TrainerConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     eval_interval: int = 250
+    # Intermediate evaluations use a fixed set of eval_batches batches (a cheap curve); the final one after
+    # the last step uses final_eval_batches batches of the whole validation split (None: all of it).
     eval_batches: int = 20
+    final_eval_batches: int | None = None
     eval_at_start: bool = True
     log_interval: int = 10
     checkpoint_interval: int = 500
@@ -96,6 +99,10 @@ class TrainerConfig:
     share_refreshes: bool = True
     # Stop cleanly after this many steps in this process (tests and time-sliced clusters); None: run to the end.
     stop_after_steps: int | None = None
+    # Torch intra-op threads (None: the available cores // the jobs sharing the machine) and how many runs
+    # the user runs side by side on this machine. Neither changes the result, so both stay out of the run's identity.
+    threads: int | None = None
+    parallel_jobs: int = 1
 
     def validate(self, prefix: str = "trainer") -> None:
         if self.max_steps is None and self.max_epochs is None:
@@ -106,7 +113,9 @@ class TrainerConfig:
             _positive(prefix, name, getattr(self, name))
         _positive(prefix, "grad_clip_norm", self.grad_clip_norm, allow_none=True)
         _positive(prefix, "grad_clip_value", self.grad_clip_value, allow_none=True)
-        _positive(prefix, "stop_after_steps", self.stop_after_steps, allow_none=True)
+        for name in ("stop_after_steps", "final_eval_batches", "threads"):
+            _positive(prefix, name, getattr(self, name), allow_none=True)
+        _positive(prefix, "parallel_jobs", self.parallel_jobs)
         if not self.divergence_factor > 1.0:
             raise ConfigError(f"{prefix}.divergence_factor: must be > 1, got {self.divergence_factor}")
         if self.precision not in PRECISIONS:
@@ -177,7 +186,7 @@ def load_trainer_config(data: Mapping[str, Any]) -> TrainerConfig:
 
 # The top level of configs/train.yaml; a key beyond these (``+foo=1``) would be silently ignored.
 TOP_LEVEL_KEYS = (
-    "experiment_name", "seed", "device", "run_name", "resume", "allow_identity_mismatch",
+    "experiment_name", "seed", "device", "run_name", "sweep_keys", "resume", "allow_identity_mismatch",
     "paths", "trainer", "logger", "data", "model", "optimizer",
 )  # fmt: skip
 PATHS_KEYS = ("data_root", "results_dir", "cache_dir")

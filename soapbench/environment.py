@@ -1,7 +1,9 @@
-"""What a run records about where it ran: device, package versions, git commit."""
+"""What a run records about where it ran: device (CPU model and threads on CPU), package versions, git commit."""
 
 from __future__ import annotations
 
+import functools
+import os
 import platform
 import subprocess
 from importlib import metadata
@@ -24,9 +26,46 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def describe_device(device: torch.device) -> str:
+    """``cuda:<GPU name>``, or ``cpu:<arch> <CPU model> (<widest vector ISA>) x<threads> threads``."""
     if device.type == "cuda":
         return f"cuda:{torch.cuda.get_device_name(device)}"
-    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+    isa = f" ({cpu_vector_isa()})" if cpu_vector_isa() else ""
+    return f"cpu:{platform.machine()} {cpu_model()}{isa} x{torch.get_num_threads()} threads"
+
+
+@functools.cache
+def _cpuinfo_field(name: str) -> str | None:
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (/proc/cpuinfo "model name"; elsewhere what the platform reports)."""
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine() or "unknown CPU"
+
+
+def cpu_vector_isa() -> str | None:
+    """AVX-512 or AVX2 when the CPU has it: float32 linear algebra rounds differently on the two."""
+    flags = (_cpuinfo_field("flags") or "").split()
+    if "avx512f" in flags:
+        return "AVX-512"
+    if "avx2" in flags:
+        return "AVX2"
+    return None
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its affinity mask, e.g. under taskset or a SLURM allocation)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def package_versions() -> dict[str, str]:

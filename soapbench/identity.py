@@ -21,6 +21,8 @@ IDENTITY_SECTIONS = ("optimizer", "model", "data", "trainer", "seed")
 NON_IDENTITY_KEYS = (
     "trainer.stop_after_steps",  # stopping early in this process
     "trainer.share_refreshes",  # spreading refreshes over ranks: bit-identical
+    "trainer.threads",  # the same computation (float results may round differently)
+    "trainer.parallel_jobs",
     "trainer.checkpoint_interval",
     "trainer.keep_final_checkpoint",
     "data.download",  # how the file got there; the fingerprint covers what it holds

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from soapbench.environment import available_cores
+
 
 def placement(job_num: int, concurrent_jobs: int, device: str) -> dict[str, Any]:
     """Return ``{"device": ..., "threads": ...}`` for a sweep job (threads None: leave torch's default)."""
@@ -20,8 +22,7 @@ def placement(job_num: int, concurrent_jobs: int, device: str) -> dict[str, Any]
     if device == "auto" and gpus > 1:
         return {"device": f"cuda:{job_num % gpus}", "threads": None}
     if concurrent_jobs > 1 and (device == "cpu" or (device == "auto" and gpus == 0)):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return {"device": device, "threads": max(1, cores // concurrent_jobs)}
+        return {"device": device, "threads": max(1, available_cores() // concurrent_jobs)}
     return {"device": device, "threads": None}
 
 

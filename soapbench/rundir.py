@@ -1,13 +1,13 @@
 """Which directory a run writes to, who may write it, and what to do when it already exists.
 
-A run is named ``<optimizer>-<model>-s<seed>-<identity hash>`` (see ``soapbench.identity``):
-running the same config on the same data again finds the same directory. One process at a
-time trains a directory: it holds an exclusive ``flock`` on ``.lock`` inside it, which the OS
-releases when the process dies, so a killed run never blocks the next one. Under the lock:
-a finished run (completed, diverged or failed — all results) is skipped, an interrupted one
-resumes from its checkpoint (the previous one if the latest is unreadable), and one killed
-before its first checkpoint starts over. A stored result whose identity differs from the
-config asking for it is never skipped to or resumed from silently.
+A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<identity hash>`` (see
+:mod:`soapbench.naming` and :mod:`soapbench.identity`): running the same config on the same data
+again finds the same directory. One process at a time trains a directory: it holds an exclusive
+``flock`` on ``.lock`` inside it, which the OS releases when the process dies, so a killed run
+never blocks the next one. Under the lock: a finished run (completed, diverged or failed — all
+results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
+is unreadable), and one killed before its first checkpoint starts over. A stored result whose
+identity differs from the config asking for it is never skipped to or resumed from silently.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any, Mapping
 
 from soapbench.errors import ConfigError, RunBusyError, SoapbenchError
 from soapbench.identity import RunIdentity, describe_differences
+from soapbench.naming import run_name as descriptive_name
 from soapbench.results import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, RunStore, remove_stale_temp_files
 
 FINISHED = ("completed", "diverged", "failed")
@@ -42,8 +43,8 @@ class RunPlan:
 
 
 def run_name(cfg: Mapping[str, Any], identity_hash: str) -> str:
-    """The directory name: ``run_name`` if set, else what the run is plus its identity hash."""
-    name = cfg.get("run_name") or f"{cfg['optimizer']['name']}-{cfg['model']['name']}-s{cfg['seed']}-{identity_hash}"
+    """The directory name: ``run_name`` if set, else what the run is (and what its sweep varies) plus its identity hash."""
+    name = cfg.get("run_name") or descriptive_name(cfg, identity_hash)
     if "/" in name or name in ("", ".", ".."):
         raise ConfigError(f"run_name: {name!r} is not a valid directory name")
     return name

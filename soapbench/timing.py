@@ -1,5 +1,6 @@
 """Honest timing: every interval is closed by a device synchronisation, so queued GPU work is counted
-where it happens rather than leaking into whichever later call happens to block."""
+where it happens rather than leaking into whichever later call happens to block. The process CPU time
+over the same span is kept beside it (``soapbench.machine_load`` compares the two)."""
 
 from __future__ import annotations
 
@@ -16,21 +17,28 @@ def synchronize(device: torch.device) -> None:
 
 
 class Stopwatch:
-    """Accumulates synchronised durations of one kind of work (a training step, an optimizer step)."""
+    """Accumulates synchronised durations of one kind of work (a training step, an optimizer step).
+
+    ``last_cpu`` is the process CPU time (all threads) over the last interval, read right after the
+    same synchronisations as the wall clock."""
 
     def __init__(self, device: torch.device):
         self.device = device
         self.total = 0.0
         self.last = 0.0
+        self.last_cpu = 0.0
         self._start: float | None = None
+        self._start_cpu = 0.0
 
     def start(self) -> None:
         synchronize(self.device)
         self._start = time.perf_counter()
+        self._start_cpu = time.process_time()
 
     def stop(self) -> float:
         synchronize(self.device)
         self.last = time.perf_counter() - self._start
+        self.last_cpu = time.process_time() - self._start_cpu
         self.total += self.last
         self._start = None
         return self.last

@@ -8,7 +8,11 @@ Fairness: the model's initial weights depend only on the seed, batches only on
 (seed, step, micro_step), the validation set on nothing at all.
 Honest timing: ``train_seconds`` sums synchronised step times (data, forward, backward,
 clipping, optimizer, schedule, EMA) and excludes evaluation, logging and checkpointing;
-``optimizer_seconds`` is the ``optimizer.step()`` share of it.
+``optimizer_seconds`` is the ``optimizer.step()`` share of it. Torch threads are set explicitly
+(``trainer.threads``), and each step's process CPU time and the load average are kept beside its
+wall time, so ``summary.json`` can say when the machine was shared (``soapbench.machine_load``).
+Final numbers: after the last step the whole validation split is scored (``val_full/*``,
+``final_full_val_loss``); the fixed, cheaper set (``final_val_loss``) gives the curve.
 No run is lost or mislabelled: the run directory is named by the run's identity (config
 and data fingerprint) and locked while it trains; divergence is a result (``diverged``);
 an exception of the training code is ``failed`` (kept, skipped by re-runs); a signal or an
@@ -25,6 +29,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import traceback
 from datetime import datetime, timezone
 from typing import Any, Mapping
@@ -34,15 +39,18 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
+from optimizers.imported import describe_source, with_label
+from optimizers.registry import split_optimizer_config
 from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
 from soapbench.distributed import (
     any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
 )
-from soapbench.environment import describe_device, git_commit, package_versions, resolve_device
+from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError, RunInterrupted, SoapbenchError
 from soapbench.identity import run_identity
+from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
 from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
@@ -52,31 +60,14 @@ from soapbench.tracking import WANDB_MODES, WandbTracker
 from soapbench.workloads import build_workload
 
 # Metric keys that measure time or memory: they differ between otherwise identical runs.
-TIMING_KEYS = ("train_seconds", "train/step_seconds", "train/optimizer_seconds", "train/throughput", "train/mfu", "memory/peak_bytes")
+TIMING_KEYS = (
+    "train_seconds", "train/step_seconds", "train/optimizer_seconds", "train/cpu_seconds", "train/throughput",
+    "train/mfu", "memory/peak_bytes", "system/load1",
+)  # fmt: skip
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _optimizer_hparams(optimizer_cfg: Mapping[str, Any]) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    hparams = dict(optimizer_cfg)
-    name = hparams.pop("name", None)
-    if not name:
-        raise ConfigError("optimizer.name: missing; pick a config with optimizer=<name>")
-    build_args = {}
-    if hparams.get("companion") is not None:
-        build_args["companion"] = dict(hparams.pop("companion"))
-    else:
-        hparams.pop("companion", None)
-    if hparams.get("main_roles") is not None:
-        build_args["main_roles"] = list(hparams.pop("main_roles"))
-    else:
-        hparams.pop("main_roles", None)
-    for key, value in list(hparams.items()):
-        if isinstance(value, list):
-            hparams[key] = tuple(value)  # betas and friends: references expect tuples
-    return name, hparams, build_args
 
 
 def _autocast(precision: str, device: torch.device):
@@ -95,6 +86,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]:
     # ------------------------------------------------------------------ validate and build
     validate_run_config(cfg)
+    cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}  # an imported optimizer's label names its runs
     trainer = load_trainer_config(cfg["trainer"])
     ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
     logger_cfg = cfg.get("logger", {}).get("wandb", {})
@@ -103,6 +95,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     device = resolve_device(str(cfg.get("device", "auto")))
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
+    threads = apply_thread_policy(trainer.threads, trainer.parallel_jobs, device)  # before anything is built
     torch.manual_seed(int(cfg["seed"]))
     workload = build_workload(cfg, trainer, device, shard=ctx.shard(trainer.batch_size))
     model = workload.model
@@ -113,7 +106,10 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     else:
         max_steps = trainer.max_steps
 
-    optimizer_name, hparams, build_args = _optimizer_hparams(cfg["optimizer"])
+    optimizer_name, hparams, build_args = split_optimizer_config(cfg["optimizer"])
+    optimizer_source = describe_source(cfg["optimizer"])
+    if optimizer_source and optimizer_source.get("warning") and ctx.is_main:
+        print(f"warning: optimizer.package: {optimizer_source['warning']}", flush=True)
     optimizer = build_optimizer(
         optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
     )
@@ -155,7 +151,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     state = {
         "step": 0, "train_seconds": 0.0, "optimizer_seconds": 0.0, "tokens": 0, "samples": 0,
         "metric_records": 0, "initial_loss": None, "best_val_loss": None, "final_val_loss": None,
-        "final_val_metrics": {}, "wandb_run_id": None, "started_at": _now(),
+        "final_val_metrics": {}, "final_full_val_loss": None, "final_full_val_metrics": {},
+        "final_full_eval_seconds": None, "segments": [], "wandb_run_id": None, "started_at": _now(),
         # The current log window's sums: checkpointed, so a resume at any step logs what an uninterrupted run logs.
         "log_window": {"loss": 0.0, "steps": 0, "seconds": 0.0, "optimizer_seconds": 0.0, "items": 0},
     }  # fmt: skip
@@ -199,12 +196,18 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         store.metrics_path.unlink(missing_ok=True)  # left by a run killed before its first checkpoint
     if ctx.is_main:
         store.write_config(OmegaConf.to_yaml(OmegaConf.create(dict(cfg))))
+    machine = MachineLoad(
+        state["segments"], start_step=state["step"], device=describe_device(device), cpu_model=cpu_model(),
+        threads=threads, parallel_jobs=trainer.parallel_jobs,
+    )  # fmt: skip
 
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
         "identity": identity.as_record(), "resumed_from": resumed_from,
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
+        "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
+        "cpu_model": cpu_model(), "threads": threads,
         "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
@@ -229,6 +232,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             "tokens": state["tokens"] if workload.unit == "tokens" else None, "samples": state["samples"],
             "final_val_loss": state["final_val_loss"], "best_val_loss": state["best_val_loss"],
             "final_val_metrics": state["final_val_metrics"], "initial_loss": state["initial_loss"],
+            "final_full_val_loss": state["final_full_val_loss"], "final_full_val_metrics": state["final_full_val_metrics"],
+            "final_full_eval_seconds": state["final_full_eval_seconds"], **machine.summary(),
             "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None,
             "failures": failures, "last_failure": failures[-1] if failures else None, **extra,
         }  # fmt: skip
@@ -245,14 +250,18 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             tracker.log(record)
         state["metric_records"] += 1
 
-    def evaluate() -> None:
+    def evaluated(prefix: str, evaluate_model) -> dict[str, float]:
         model.eval()
         with torch.no_grad(), _autocast(trainer.precision, device):
             # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
-            metrics = {f"val/{k.removeprefix('val_')}": v for k, v in workload.evaluate(model).items()}
+            metrics = {f"{prefix}/{k.removeprefix('val_')}": v for k, v in evaluate_model(model).items()}
             if ema is not None:
-                metrics |= {f"val_ema/{k.removeprefix('val_')}": v for k, v in workload.evaluate(ema.module).items()}
+                metrics |= {f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()}
         model.train()
+        return metrics
+
+    def evaluate() -> None:
+        metrics = evaluated("val", workload.evaluate)
         state["final_val_loss"] = metrics["val/loss"]
         state["final_val_metrics"] = metrics
         if math.isfinite(metrics["val/loss"]) and (state["best_val_loss"] is None or metrics["val/loss"] < state["best_val_loss"]):
@@ -263,6 +272,13 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         write_summary(summary("running"))
         progress.message(f"[{plan.run_name}] step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
+    def evaluate_full_split() -> None:
+        started = time.perf_counter()
+        metrics = evaluated("val_full", lambda m: workload.evaluate_full(m, trainer.final_eval_batches))
+        state["final_full_eval_seconds"] = time.perf_counter() - started
+        state["final_full_val_loss"], state["final_full_val_metrics"] = metrics["val_full/loss"], metrics
+        log({"event": "eval", **metrics})
+        progress.message(f"[{plan.run_name}] whole validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     checkpointed_at = [state["step"] if plan.action == "resume" else None]
 
     def checkpoint() -> None:
@@ -339,6 +355,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             train_loss = mean_across_ranks(loss_sum / trainer.grad_accum_steps, ctx).item()
             state["step"] += 1
             steps_this_process += 1
+            machine.step(state["step"], step_seconds, step_clock.last_cpu)
             state["train_seconds"] += step_seconds
             state["optimizer_seconds"] += optimizer_seconds
             state["tokens" if workload.unit == "tokens" else "samples"] += items
@@ -369,6 +386,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
                     "train/optimizer_seconds": interval["optimizer_seconds"] / interval["steps"],
                     "train/throughput": interval["items"] / interval["seconds"],
                     "memory/peak_bytes": peak_memory_bytes(device),
+                    **machine.log_event(),
                 }
                 if grad_norm is not None:
                     record["train/grad_norm"] = float(grad_norm)
@@ -384,6 +402,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
                 evaluate()
             if state["step"] % trainer.checkpoint_interval == 0 or (last_step and trainer.keep_final_checkpoint):
                 checkpoint()
+        if status == "completed":  # after the last step only (also when a resume finds the steps all done)
+            evaluate_full_split()
     except BaseException as error:
         progress.close()
         failed_status = "interrupted" if _environmental(error) else "failed"
@@ -408,11 +428,26 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     elif status == "interrupted":
         failures.append({"status": "interrupted", "error": extra["signal"], "step": state["step"], "at": _now()})
         progress.message(f"{plan.run_dir}: {extra['signal']} at step {state['step']}; checkpointed, the same command resumes it")
-    final = summary(status, **extra, finished_at=_now() if status in FINISHED else None)
+    final = summary(status, **extra, finished_at=_now() if status in FINISHED else None,
+                    optimizer_state_bytes=_state_bytes(optimizer))
     write_summary(final)
     tracker.finish(final)
     shutdown(ctx)
     return final
+
+
+def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors (moments, factors, bases): its memory cost beside the model."""
+    def size(value: Any) -> int:
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, Mapping):
+            return sum(size(v) for v in value.values())
+        if isinstance(value, (list, tuple)):
+            return sum(size(v) for v in value)
+        return 0
+
+    return sum(size(state) for state in optimizer.state.values())
 
 
 def _in_main_thread() -> bool:

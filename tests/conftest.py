@@ -32,6 +32,8 @@ FAST = [
     "trainer.log_interval=3",
     "trainer.checkpoint_interval=6",
     "trainer.schedule.warmup_steps=2",
+    "trainer.final_eval_batches=2",
+    "trainer.threads=1",
     "logger.wandb.mode=disabled",
 ]
 
@@ -75,6 +77,17 @@ def results_dir(tmp_path: Path) -> Path:
     path = tmp_path / "results"
     path.mkdir()
     return path
+
+
+@pytest.fixture
+def one_thread():
+    """One BLAS thread for tests on tiny tensors (extra threads only add overhead on busy cores)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def assert_identical(actual, expected, where: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -89,14 +90,18 @@ def test_multirun_sweeps_a_grid_a_failure_does_not_stop_it_and_the_exit_code_say
 
 def test_local_parallel_launcher_runs_jobs_in_worker_processes_sharing_the_cores(results_dir) -> None:
     result = run_cli(
-        ["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "seed=1,2", "trainer.max_steps=3", "trainer.eval_interval=3"],
+        ["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "seed=1,2", "trainer.max_steps=3",
+         "trainer.eval_interval=3", "trainer.threads=null"],  # the launcher's share, not FAST's one thread
         results_dir,
     )
     assert result.returncode == 0, result.stderr
     summaries = [json.loads(p.read_text()) for p in (results_dir / "runs").glob("*/*/summary.json")]
     assert sorted(s["seed"] for s in summaries) == [1, 2]
     assert all(s["status"] == "completed" for s in summaries)
-    assert all(s["device"].endswith("x1 threads") for s in summaries), "two jobs on two cores: one thread each"
+    cores = len(os.sched_getaffinity(0))
+    assert all(s["threads"] == max(1, cores // 2) for s in summaries), "two jobs: half the cores each"
+    assert all(s["device"].endswith(f"x{max(1, cores // 2)} threads") for s in summaries)
+    assert all(s["segments"][0]["jobs"] == 2 for s in summaries), "the load is judged against both jobs"
 
 
 def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(results_dir) -> None:

@@ -159,3 +159,18 @@ def test_shards_partition_the_micro_batch(cache_dir) -> None:
     grey, ab = whole.train_batch(2, 0)
     parts = [h.train_batch(2, 0) for h in halves]
     assert torch.equal(torch.cat([p[0] for p in parts]), grey) and torch.equal(torch.cat([p[1] for p in parts]), ab)
+
+
+def test_final_evaluation_scores_every_validation_image(cache_dir) -> None:
+    torch.manual_seed(0)
+    model = ColorizationNet().eval()
+    workload = ColorizationWorkload(model, TINY, DATA_ROOT, cache_dir, batch_size=3, seed=0, device="cpu", eval_batches=1)
+    assert len(workload.val) == 3, "the fixed set: one batch"
+    val = torch.from_numpy(np.asarray(workload.data.val, dtype=np.float32))
+    crops = val[:, :, 4:36, 4:36]  # centre 32 px of the 40 px images
+    with torch.no_grad():
+        expected = torch.cat([(model(image[None, :1]).float() - image[None, 1:]).square().flatten() for image in crops]).mean()
+        full = workload.evaluate_full(model)
+        two = workload.evaluate_full(model, max_batches=2)
+    assert len(crops) == 8 and full["val_loss"] == full["val_mse"] == pytest.approx(expected.item(), rel=1e-5)
+    assert two["val_loss"] != full["val_loss"], "a budget of 2 batches scores 6 of the 8 images"

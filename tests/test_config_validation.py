@@ -21,6 +21,10 @@ from soapbench.errors import ConfigError
         ({"no_such_key": 1}, "trainer.no_such_key"),
         ({"weight_decay_roles": ["matrix", "bogus"]}, "trainer.weight_decay_roles"),
         ({"divergence_factor": 0.5}, "trainer.divergence_factor"),
+        ({"threads": 0}, "trainer.threads"),
+        ({"threads": "abc"}, "trainer.threads"),
+        ({"parallel_jobs": 0}, "trainer.parallel_jobs"),
+        ({"final_eval_batches": 0}, "trainer.final_eval_batches"),
     ],
 )
 def test_bad_trainer_values_name_the_field(override: dict, field: str) -> None:
@@ -43,10 +47,17 @@ def test_identity_ignores_logging_paths_and_execution_knobs_but_not_hyperparamet
             "paths": {"data_root": "/here"}, "model": {}, "data": {"name": "d"}}  # fmt: skip
     data = {"train_sha256": "aa", "val_sha256": "bb"}
     same = {**base, "logger": {"a": 2}, "paths": {"data_root": "/there"}, "device": "cpu",
-            "trainer": {"max_steps": 5, "stop_after_steps": 3, "checkpoint_interval": 7}}  # fmt: skip
+            "trainer": {"max_steps": 5, "stop_after_steps": 3, "checkpoint_interval": 7, "threads": 2, "parallel_jobs": 4}}  # fmt: skip
     other = {**base, "optimizer": {"name": "adamw", "lr": 2e-3}}
     assert run_identity(base, data).hash == run_identity(same, data).hash
     assert run_identity(base, data).hash != run_identity(other, data).hash
     assert run_identity(base, data).hash != run_identity(base, {**data, "train_sha256": "cc"}).hash
     stored = run_identity(base, data).as_record()
     assert run_identity(other, data).differing_keys(stored) == ["optimizer.lr"]
+
+
+def test_thread_settings_do_not_split_a_configuration_in_the_report() -> None:
+    from soapbench.report.store import is_ignored
+
+    assert is_ignored("trainer.threads") and is_ignored("trainer.parallel_jobs")
+    assert not is_ignored("trainer.final_eval_batches"), "what the final numbers are measured on is part of the run"

@@ -44,6 +44,8 @@ def _overrides(experiment: str, results_dir) -> list[str]:
         "trainer.grad_accum_steps=2",
         "trainer.eval_interval=2",
         "trainer.eval_batches=1",
+        "trainer.final_eval_batches=1",
+        "trainer.threads=1",
         "trainer.log_interval=1",
         "trainer.checkpoint_interval=2",
         "trainer.schedule.warmup_steps=1",

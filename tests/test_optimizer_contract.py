@@ -1,8 +1,10 @@
-"""The contract every registered optimizer meets, built as the trainer builds it (from its yaml).
+"""The contract every registered optimizer meets.
 
-A user's drop-in optimizer is held to the same checks: state_dict round trip continues
-bit-identically, bf16 parameters, grad-less parameters, LR scheduler changes, several
-param groups, ill-conditioned gradients, and a falling loss in a real short run.
+First the generic contract (``soapbench.contract``: torch's OptimizerInfo machinery, one test per optimizer and
+category, every input of the optimizer's entry, float32 and float64). Then the checks on the optimizer as the
+trainer builds it (from its yaml, companions included): state_dict round trip continues bit-identically, bf16
+parameters, grad-less parameters, LR scheduler changes, several param groups, ill-conditioned gradients, and a
+falling loss in a real short run.
 """
 
 from __future__ import annotations
@@ -17,10 +19,21 @@ from torch import nn
 
 from optimizers import available_optimizers, build_optimizer
 from optimizers.registry import get_spec
+from soapbench.contract import CATEGORIES, registered_info, run_contract
 from soapbench.results import RunStore
 from tests.conftest import CONFIG_DIR, assert_identical, train_in_process
 
 OPTIMIZERS = available_optimizers()
+
+
+@pytest.mark.parametrize("category", CATEGORIES)
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_generic_contract(name: str, category: str, one_thread) -> None:
+    results = run_contract(registered_info(name), categories=[category])
+    failures = [f"{result.name}: {result.reason}" for result in results if result.status == "fail"]
+    assert not failures, f"{name} breaks the {category} contract:\n" + "\n".join(failures)
+    if all(result.status == "skip" for result in results):
+        pytest.skip("; ".join(sorted({result.reason for result in results})))
 
 
 def _yaml_hparams(name: str) -> tuple[dict, dict]:
@@ -267,5 +280,32 @@ def test_short_training_run_lowers_the_validation_loss(name: str, results_dir) -
         results_dir,
     )
     assert summary["status"] == "completed"
-    records = [r for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval"]
+    records = [r for r in RunStore(summary["run_dir"]).read_metrics() if "val/loss" in r]
     assert records[-1]["val/loss"] < records[0]["val/loss"] - 0.05, f"{name}: {records[0]['val/loss']} -> {records[-1]['val/loss']}"
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("adamw", "adafactor_torch", "muon_torch")])
+def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors(name: str) -> None:
+    """Our optimizers count steps in Python ints (exact past 2^24); a torch-style checkpoint with tensor steps
+    (or float ones) loads back into ints, and the run continues exactly as from an int checkpoint."""
+    hparams, _ = _yaml_hparams(name)
+    _, _, init, grads = _group_problem(name)
+    results = []
+    for as_stored in (lambda step: step, lambda step: torch.tensor(float(step)), float):
+        params = [nn.Parameter(value.clone()) for value in init]
+        optimizer = build_optimizer(name, params, **hparams)
+        _drive(optimizer, params, grads[:3], range(3))
+        saved = _round_trip(optimizer)
+        for state in saved["state"].values():
+            if "step" in state:
+                state["step"] = as_stored(state["step"])
+        restored = [nn.Parameter(p.detach().clone()) for p in params]
+        restored_optimizer = build_optimizer(name, restored, **hparams)
+        restored_optimizer.load_state_dict(saved)
+        steps = [state["step"] for state in restored_optimizer.state.values() if "step" in state]
+        assert all(type(step) is int for step in steps), f"{name}: loaded steps {steps}"
+        _drive(restored_optimizer, restored, grads[3:], range(3))
+        results.append(restored)
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            assert torch.equal(a, b), f"{name}: a tensor/float step continued differently from an int step"

@@ -139,8 +139,11 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
     stdout = capsys.readouterr().out
     assert "| soap |" in stdout and "283" in stdout and "diverged (1/1 seeds)" in stdout
     for name in ("report.md", "report.csv", "configurations.csv", "sources.json", "loss_curves.png",
-                 "lr_sensitivity.png", "efficiency.png", "performance_profile.png"):
+                 "lr_sensitivity.png", "efficiency.png", "train_loss.png"):
         assert (out / name).stat().st_size > 0, name
+    # one workload: no performance profile (a fraction of one workload), and the report says why
+    assert not (out / "performance_profile.png").exists()
+    assert "No performance profile" in (out / "report.md").read_text()
     for png in out.glob("*.png"):
         sidecar = json.loads((out / f"{png.stem}.sources.json").read_text())
         assert sidecar["experiment"] == "exp" and sidecar["runs"], png.name

@@ -196,6 +196,27 @@ def test_graft_scale_takes_the_adam_direction_norm():
     assert torch.linalg.norm(param.detach()).item() == pytest.approx(lr * 60**0.5, rel=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("grad_scale", [1e-6, 1.0])
+def test_graft_step_stays_adam_sized_where_the_rotated_gradient_is_zero_up_to_rounding(grad_scale, dtype):
+    """A wide matrix's right factor from one gradient is rank-deficient, and the next call's gradient (the same one,
+    as in a deterministic problem) is zero up to rounding in that null space, where rot(m) is another rounding
+    error: ε = 1e-15 does not stop their ratio, and the graft scale ‖N‖_F made float32 steps of 1e7·lr. Adam's
+    step on a constant gradient moves each coordinate by about lr; the rounding-level coordinates may come out a
+    little larger (float64 reaches 1.04·lr·sqrt(mn), faithfully), so the grafted step must stay within twice that."""
+    lr = 1e-2
+    for seed in range(10):
+        wide = nn.Parameter(torch.zeros(3, 7, dtype=dtype))
+        optimizer = SOAPMuon([wide], lr=lr, betas=(0.95, 0.98), scale="graft", precondition_frequency=2)
+        grad = grad_scale * torch.randn(3, 7, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+        for step in range(4):
+            before = wide.detach().clone()
+            wide.grad = grad.clone()
+            optimizer.step()
+            movement = torch.linalg.norm(wide.detach() - before).item()
+            assert movement <= 2 * lr * 21**0.5, f"seed {seed}, step {step}: moved {movement:.3g} (lr {lr})"
+
+
 @pytest.mark.parametrize("scale", ["shape", "graft"])
 def test_matrices_with_a_dim_of_10000_or_more(scale):
     lr, betas = 0.01, (0.95, 0.95)

@@ -22,6 +22,8 @@ def test_grid_reruns_skip_finished_runs_and_the_report_shows_the_diverged_arm(re
     assert first.returncode == 0, first.stderr
     summaries = _summaries(results_dir)
     assert sorted(s["status"] for s in summaries.values()) == ["completed", "diverged"]
+    names = sorted(summaries)  # the run directory (and W&B name) carries the swept value, not only a hash
+    assert [name.rsplit("-", 1)[0] for name in names] == ["adamw-nanogpt_char_cpu-lr10-s1337", "adamw-nanogpt_char_cpu-lr1e-3-s1337"]
 
     second = run_cli(GRID, results_dir)
     assert second.returncode == 0, second.stderr

@@ -32,7 +32,7 @@ def test_run_writes_config_metrics_summary_and_checkpoint(results_dir) -> None:
     assert on_disk["tokens"] == 12 * 4 * 32
     records = RunStore(run_dir).read_metrics()
     assert all({"step", "train_seconds", "tokens", "samples"} <= set(r) for r in records)
-    evals = [r for r in records if r["event"] == "eval"]
+    evals = [r for r in records if "val/loss" in r]  # the fixed set; the whole split is val_full/*
     assert [r["step"] for r in evals] == [0, 6, 12]
     assert on_disk["final_val_loss"] == evals[-1]["val/loss"]
     assert on_disk["best_val_loss"] == min(r["val/loss"] for r in evals)
@@ -42,20 +42,26 @@ def test_run_writes_config_metrics_summary_and_checkpoint(results_dir) -> None:
 def test_timing_fields_are_consistent_and_exclude_evaluation(results_dir, monkeypatch) -> None:
     from soapbench.workloads.language_model import LanguageModelWorkload
 
-    original = LanguageModelWorkload.evaluate
+    original, original_full = LanguageModelWorkload.evaluate, LanguageModelWorkload.evaluate_full
 
     def slow_evaluate(self, model):
         time.sleep(0.4)
         return original(self, model)
 
+    def slow_evaluate_full(self, model, max_batches=None):
+        time.sleep(0.4)
+        return original_full(self, model, max_batches)
+
     monkeypatch.setattr(LanguageModelWorkload, "evaluate", slow_evaluate)
+    monkeypatch.setattr(LanguageModelWorkload, "evaluate_full", slow_evaluate_full)
     started = time.perf_counter()
     summary = train_in_process([], results_dir)
     elapsed = time.perf_counter() - started
     records = RunStore(_only_run(results_dir)).read_metrics()
     train_records = [r for r in records if r["event"] == "train"]
-    # 3 evaluations sleep 1.2 s in all; none of it may be counted as training time.
-    assert summary["train_seconds"] < elapsed - 1.2
+    # 3 evaluations on the fixed set and 1 on the whole split sleep 1.6 s in all; none of it is training time.
+    assert summary["train_seconds"] < elapsed - 1.6
+    assert summary["final_full_eval_seconds"] >= 0.4
     assert 0 < summary["optimizer_seconds"] < summary["train_seconds"]
     assert all(r["train/step_seconds"] > 0 and r["train/throughput"] > 0 for r in train_records)
     assert all(0 < r["train/optimizer_seconds"] < r["train/step_seconds"] for r in train_records)
@@ -99,7 +105,7 @@ def test_reduced_precision_runs_on_cpu(results_dir, precision) -> None:
 def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) -> None:
     train_in_process(["trainer.ema.enabled=true", "trainer.ema.decay=0.5", "trainer.ema.overwrite_interval=6"], results_dir)
     run_dir = _only_run(results_dir)
-    evals = [r for r in RunStore(run_dir).read_metrics() if r["event"] == "eval"]
+    evals = [r for r in RunStore(run_dir).read_metrics() if "val/loss" in r]
     assert all("val_ema/loss" in r for r in evals)
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     # Step 12 is an overwrite step: the model's weights are the EMA's.

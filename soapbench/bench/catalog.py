@@ -118,13 +118,13 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 def optimizer_setup(name: str, weight_decay_roles: Sequence[str] = ("matrix", "head", "input")) -> OptimizerSetup:
     """The settings a run with ``optimizer=<name>`` uses (its yaml), or constructor defaults when it has no yaml."""
     from optimizers import get_spec
-    from soapbench.trainer import _optimizer_hparams  # the trainer's parser: tuples for lists, companion split off
+    from optimizers.registry import split_optimizer_config  # the trainer's parser: tuples for lists, companion split off
 
     spec = get_spec(name)
     path = CONFIG_DIR / "optimizer" / f"{name}.yaml"
     if path.exists():
         raw = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-        registry_name, hparams, build_args = _optimizer_hparams(raw)
+        registry_name, hparams, build_args = split_optimizer_config(raw)
         if registry_name != name:
             raise ValueError(f"{path}: name is {registry_name!r}, expected {name!r}")
         source = str(path.relative_to(REPO))

@@ -27,7 +27,8 @@ from optimizers.soap import factor_layout
 from soapbench.timing import synchronize
 
 
-def _best_of(function, repeats: int, device: torch.device) -> float:
+def median_seconds(function, repeats: int, device: torch.device) -> float:
+    """Median wall time of ``repeats`` synchronised calls, after one untimed call (kernels, workspaces)."""
     function()
     synchronize(device)
     samples = []
@@ -67,7 +68,7 @@ def _matrix_floor(rows: int, cols: int, device: torch.device, repeats: int) -> t
         householder_q(right_factor @ right)
         rotate(unrotate(moment))
 
-    return _best_of(per_step, repeats, device), _best_of(per_refresh, repeats, device)
+    return median_seconds(per_step, repeats, device), median_seconds(per_refresh, repeats, device)
 
 
 def soap_floor(

@@ -19,18 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from soapbench.environment import git_commit, package_versions
+from soapbench.environment import cpu_model, git_commit, package_versions
 from soapbench.results import atomic_write_text
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def describe_hardware(device: torch.device) -> str:

@@ -8,11 +8,14 @@ outside its step clock), no checkpoints, W&B disabled, in a temporary results di
 the first step); the rest, ``steps`` rounded up to whole periods of the optimizer's ``precondition_frequency`` (so
 the amortised refresh is in), give
 
-    step time        mean of ``train/step_seconds`` (synchronised: data, forward, backward, clipping, optimizer, schedule)
+    step time        mean (and median) of ``train/step_seconds`` (synchronised: data, forward, backward, clipping,
+                     optimizer, schedule)
     optimizer share  mean ``train/optimizer_seconds`` / mean step time
     tokens/s         Σ tokens / Σ step seconds (tokens = ``train/throughput`` × ``train/step_seconds`` per step)
     MFU              mean ``train/mfu``: the trainer reports it only on a GPU whose peak bf16 FLOP/s
                      :func:`soapbench.timing.device_peak_flops` knows; on CPU it is "n/a"
+    peak memory      the largest ``memory/peak_bytes`` (GPU: peak allocated since the last reset of the peak
+                     statistics; CPU: the process's peak resident set, which only grows)
 
 The data is the composed config's (shakespeare_char unless overridden): throughput does not depend on token values.
 Presets above ``LARGE_MODEL_PARAMS`` run on a GPU only, with bf16 autocast, optional ``torch.compile`` and gradient
@@ -27,6 +30,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import torch
 
 from soapbench.bench.catalog import CONFIG_DIR, OptimizerSetup, compose, import_submodules
 from soapbench.bench.step_timing import window_length
@@ -57,9 +62,11 @@ class ThroughputRow:
     tokens_per_step: float | None = None
     tokens_per_second: float | None = None
     step_seconds: float | None = None
+    step_seconds_median: float | None = None
     optimizer_seconds: float | None = None
     optimizer_share: float | None = None
     mfu: float | None = None
+    peak_memory_bytes: int | None = None
     overrides: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -83,6 +90,7 @@ def run_overrides(
         f"model={preset}", f"optimizer={optimizer}", f"device={options.device}",
         f"trainer.max_steps={total}", "trainer.max_epochs=null", "trainer.log_interval=1",
         f"trainer.eval_interval={total}", "trainer.eval_at_start=false", "trainer.eval_batches=1",
+        "trainer.final_eval_batches=1", f"trainer.threads={torch.get_num_threads()}",
         f"trainer.checkpoint_interval={total + 1}", "trainer.keep_final_checkpoint=false",
         "logger.wandb.mode=disabled", f"paths.results_dir={results_dir}", "experiment_name=bench",
         f"run_name=bench-{optimizer}",
@@ -113,10 +121,12 @@ def summarise_metrics(records: Sequence[Mapping[str, Any]], warmup: int) -> dict
     optimizer = [float(r["train/optimizer_seconds"]) for r in steps]
     tokens = [float(r["train/throughput"]) * float(r["train/step_seconds"]) for r in steps]
     mfu = [float(r["train/mfu"]) for r in steps if "train/mfu" in r]
+    memory = [int(r["memory/peak_bytes"]) for r in steps if "memory/peak_bytes" in r]
     step_mean, optimizer_mean = statistics.fmean(seconds), statistics.fmean(optimizer)
     return {
         "steps_measured": len(steps), "tokens_per_step": statistics.fmean(tokens),
         "tokens_per_second": sum(tokens) / sum(seconds), "step_seconds": step_mean,
+        "step_seconds_median": statistics.median(seconds), "peak_memory_bytes": max(memory) if memory else None,
         "optimizer_seconds": optimizer_mean, "optimizer_share": optimizer_mean / step_mean if step_mean else None,
         "mfu": statistics.fmean(mfu) if mfu else None,
     }  # fmt: skip

@@ -34,11 +34,28 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_seconds
+from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_full_final, run_seconds
 from soapbench.report.efficiency import BudgetPoint, ScheduleEfficiency, schedule_efficiency
-from soapbench.report.store import Run, config_key, status_counts, swept_keys
+from soapbench.report.stats import Comparison, Estimate, estimate, welch
+from soapbench.report.store import Run, config_key, is_ignored, status_counts, swept_keys
 
 OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon", "kl_soap", "kl_shampoo")
+
+# Swept keys whose last segment is one of these are *tuned* within an arm (the best value is picked);
+# every other swept optimizer key (precondition_frequency, projection_type, ...) defines the arm itself.
+TUNED_SEGMENTS = frozenset({"lr", "learning_rate", "betas", "beta1", "beta2", "eps", "weight_decay", "momentum",
+                            "shampoo_beta"})
+_SHORT_KEYS = {"precondition_frequency": "f"}
+
+
+def is_tuned_key(key: str) -> bool:
+    return key.split(".")[-1] in TUNED_SEGMENTS
+
+
+def arm_label(optimizer: str, arm_values: Mapping[str, Any]) -> str:
+    """``soap f=10``: the optimizer and the settings that make this arm (not the tuned ones)."""
+    parts = [f"{_SHORT_KEYS.get(k.split('.')[-1], k.removeprefix('optimizer.'))}={v}" for k, v in arm_values.items()]
+    return " ".join([optimizer, *parts])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -61,15 +78,21 @@ class ConfigResult:
 
     def __post_init__(self) -> None:
         finals = [run_final(r, self.metric) for r in self.runs]
-        self.finals = [f for f in finals if f is not None]
         self.completed = [r for r, f in zip(self.runs, finals) if f is not None and math.isfinite(f)]
         self.counts = status_counts(self.runs)
-        finite = np.array([f for f in self.finals if math.isfinite(f)])
-        self.n = int(finite.size)
-        self.mean = float(finite.mean()) if finite.size else math.nan
-        self.std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
-        self.min = float(finite.min()) if finite.size else math.nan
-        self.max = float(finite.max()) if finite.size else math.nan
+        # The fixed evaluation set is what the curves (and so the target and its crossings) use; final
+        # numbers come from the whole validation split when every completed seed measured it.
+        self.curve_values = [f for f in finals if f is not None and math.isfinite(f)]
+        whole = [run_full_final(r, self.metric) for r in self.completed]
+        if self.completed and all(v is not None for v in whole):
+            self.values, self.final_set = [float(v) for v in whole], "whole validation split"
+        else:
+            self.values, self.final_set = list(self.curve_values), "fixed validation set"
+        self.estimate: Estimate = estimate(self.values)
+        self.curve_estimate: Estimate = estimate(self.curve_values)
+        self.n, self.mean, self.std = self.estimate.n, self.estimate.mean, self.estimate.std
+        self.min = min(self.values) if self.values else math.nan
+        self.max = max(self.values) if self.values else math.nan
         self.curve = mean_curve([run_curve(r, self.metric) for r in self.completed])
         self.seconds = float(np.nanmean([run_seconds(r) for r in self.completed])) if self.completed else math.nan
 
@@ -83,6 +106,13 @@ class ConfigResult:
         if self.diverged or self.n == 0:
             return math.inf
         return self.mean
+
+    @property
+    def curve_score(self) -> float:
+        """Mean final loss on the curves' fixed evaluation set (+inf as ``score``): what a target is made of."""
+        if self.diverged or self.curve_estimate.n == 0:
+            return math.inf
+        return self.curve_estimate.mean
 
     def value(self, key: str) -> Any:
         return self.runs[0].flat.get(key)
@@ -138,6 +168,8 @@ def _matches(config: ConfigResult, match: Mapping[str, Any]) -> bool:
 
 @dataclass
 class OptimizerResult:
+    """One arm: an optimizer with the settings that define it (e.g. ``soap f=10``), its lr tuned."""
+
     optimizer: str
     runs: list[Run]
     configs: list[ConfigResult]  # at the workload's full budget
@@ -152,6 +184,13 @@ class OptimizerResult:
     efficiency_steps_bound: float | None = None  # upper bound when the target is not reached
     efficiency_time_bound: float | None = None
     schedule: ScheduleEfficiency | None = None
+    arm: str = ""
+    arm_values: dict[str, Any] = field(default_factory=dict)
+    versus_baseline: Comparison | None = None
+    differences: list[tuple[str, Any, Any, bool]] = field(default_factory=list)  # key, ours, baseline's, confound
+
+    def __post_init__(self) -> None:
+        self.arm = self.arm or self.optimizer
 
     def family_points(self) -> list[BudgetPoint]:
         """Budget points (one per schedule length) of the best configuration's family."""
@@ -162,7 +201,7 @@ class OptimizerResult:
         for c in sorted(family, key=lambda c: c.max_steps or 0):
             if c.max_steps is None or (c.n == 0 and not c.diverged):
                 continue  # nothing measured at this budget (failed, running or never started)
-            loss = math.inf if c.diverged else c.mean
+            loss = c.curve_score  # the fixed evaluation set, like the target
             points.append(
                 BudgetPoint(float(c.max_steps), c.seconds, loss, c.n, tuple(r.source for r in c.runs))
             )
@@ -178,7 +217,23 @@ class WorkloadResult:
     baseline: str
     target: float | None
     target_source: str
-    optimizers: dict[str, OptimizerResult]
+    optimizers: dict[str, OptimizerResult]  # by arm label, baseline arm first
+
+    def arms_of(self, optimizer: str) -> list[OptimizerResult]:
+        return [o for o in self.optimizers.values() if o.optimizer == optimizer or o.arm == optimizer]
+
+    def configs_of(self, optimizer: str) -> list[ConfigResult]:
+        """Full-budget configurations of every arm of ``optimizer`` (or of the arm with that label)."""
+        return [c for o in self.arms_of(optimizer) for c in o.configs]
+
+    def best_arm(self, optimizer: str) -> OptimizerResult | None:
+        arms = [o for o in self.arms_of(optimizer) if o.best is not None]
+        return min(arms, key=lambda o: (o.best.score, o.arm)) if arms else None
+
+    @property
+    def eval_interval(self) -> int | None:
+        values = {r.flat.get("trainer.eval_interval") for r in self.runs} - {None}
+        return int(values.pop()) if len(values) == 1 else None
 
 
 @dataclass
@@ -187,6 +242,7 @@ class Analysis:
     baseline: str
     runs: list[Run]
     workloads: list[WorkloadResult]
+    tuning: dict[str, dict[str, Any]] = field(default_factory=dict)  # experiment -> reproduce.py's tuning.json
 
 
 def optimizer_sort_key(name: str, baseline: str) -> tuple:
@@ -211,44 +267,92 @@ def _ratio(base: float | None, this: float | None) -> float | None:
     return base / this
 
 
+def _arm_keys(configs: list[ConfigResult], extra_ignored: Iterable[str]) -> list[str]:
+    runs = [r for c in configs for r in c.runs]
+    return [k for k in swept_keys(runs, extra_ignored) if not is_tuned_key(k)]
+
+
 def analyze_workload(
     workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = ()
 ) -> WorkloadResult:
     configs = group_configurations(runs, metric, extra_ignored)
     budgets = [c.max_steps for c in configs if c.max_steps is not None]
     full = max(budgets) if budgets else None
-    by_opt: dict[str, OptimizerResult] = {}
+    arms: list[OptimizerResult] = []
     for name in sorted({r.optimizer for r in runs}, key=lambda n: optimizer_sort_key(n, baseline)):
         mine = [c for c in configs if c.optimizer == name]
         at_full = [c for c in mine if c.max_steps == full or c.max_steps is None]
-        shorter = [c for c in mine if c not in at_full]
-        full_runs = [r for c in at_full for r in c.runs]
-        swept = swept_keys(full_runs, extra_ignored)
+        keys = _arm_keys(at_full, extra_ignored)
+        groups: dict[tuple, list[ConfigResult]] = {}
         for c in mine:
-            c.hyperparameters = {k: c.value(k) for k in swept}
-        opt_runs = [r for r in runs if r.optimizer == name]
-        by_opt[name] = OptimizerResult(
-            optimizer=name,
-            runs=opt_runs,
-            configs=at_full,
-            shortened=shorter,
-            swept=swept,
-            best=best_of(at_full),
-            counts=status_counts(opt_runs),
-        )
-
-    base = by_opt.get(baseline)
+            groups.setdefault(tuple(repr(c.value(k)) for k in keys), []).append(c)
+        for members in sorted(groups.values(), key=lambda cs: [_sortable(cs[0].value(k)) for k in keys]):
+            arm_values = {k: members[0].value(k) for k in keys}
+            arm_full = [c for c in members if c in at_full]
+            arm_runs = [r for c in members for r in c.runs]
+            swept = swept_keys([r for c in arm_full for r in c.runs], extra_ignored)
+            for c in members:
+                c.hyperparameters = {k: c.value(k) for k in swept}
+            arms.append(
+                OptimizerResult(
+                    optimizer=name,
+                    runs=arm_runs,
+                    configs=arm_full,
+                    shortened=[c for c in members if c not in arm_full],
+                    swept=swept,
+                    best=best_of(arm_full),
+                    counts=status_counts(arm_runs),
+                    arm=arm_label(name, arm_values),
+                    arm_values=arm_values,
+                )
+            )
+    by_arm = {a.arm: a for a in arms}
+    base = by_arm.get(baseline) or _best_arm_of(arms, baseline)
     if target is not None:
         target_source = "given with --target"
-    elif base is not None and base.best is not None and math.isfinite(base.best.score):
-        target = base.best.score
-        target_source = f"best-tuned {baseline} mean final {metric}"
+    elif base is not None and base.best is not None and math.isfinite(base.best.curve_score):
+        target = base.best.curve_score
+        target_source = f"best-tuned {base.arm} mean final {metric} on the fixed evaluation set the curves use"
     else:
         target_source = f"none: baseline {baseline!r} has no completed configuration without divergence"
-    result = WorkloadResult(workload, runs[0].experiment, runs, full, baseline, target, target_source, by_opt)
+    if base is not None:  # the baseline arm first, then the others in their order
+        by_arm = {base.arm: base, **{k: v for k, v in by_arm.items() if k != base.arm}}
+    result = WorkloadResult(workload, runs[0].experiment, runs, full, base.arm if base else baseline, target,
+                            target_source, by_arm)
+    _compare_with_baseline(result, extra_ignored)
     if target is not None:
         _fill_targets(result)
     return result
+
+
+def _sortable(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, repr(value))
+
+
+def _best_arm_of(arms: list[OptimizerResult], optimizer: str) -> OptimizerResult | None:
+    candidates = [a for a in arms if a.optimizer == optimizer and a.best is not None]
+    return min(candidates, key=lambda a: (a.best.score, a.arm)) if candidates else None
+
+
+def _compare_with_baseline(result: WorkloadResult, extra_ignored: Iterable[str]) -> None:
+    """Significance of each arm's gap to the baseline arm, and every setting in which it differs."""
+    base = result.optimizers.get(result.baseline)
+    if base is None or base.best is None:
+        return
+    base_flat = {k: v for k, v in base.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
+    for arm in result.optimizers.values():
+        if arm is base or arm.best is None:
+            continue
+        arm.versus_baseline = welch(arm.best.values, base.best.values) if not arm.best.diverged else None
+        flat = {k: v for k, v in arm.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
+        for key in sorted(set(flat) | set(base_flat)):
+            ours, theirs = flat.get(key), base_flat.get(key)
+            if ours == theirs:
+                continue
+            # The optimizer's own settings are what is being compared; everything else (the trainer, the data,
+            # the model, and the AdamW companion that trains embeddings and head) must match, or it is a confound.
+            confound = not key.startswith("optimizer.") or key.startswith("optimizer.companion.")
+            arm.differences.append((key, ours, theirs, confound))
 
 
 def _fill_targets(result: WorkloadResult) -> None:
@@ -299,6 +403,22 @@ def analyze(
     return Analysis(metric=metric, baseline=baseline, runs=runs, workloads=workloads)
 
 
+def machine_shared(runs: Iterable[Run]) -> str | None:
+    """Why wall-clock numbers from these runs are unreliable (a shared machine), or None if they look clean.
+
+    The trainer marks a run ``machine_shared`` in its summary when its steps' wall time outran their CPU
+    time or the load average exceeded what the run itself explains (see ``soapbench.machine_load``).
+    """
+    shared = [(r, (r.summary or {}).get("machine_shared") or {}) for r in runs]
+    shared = [(r, m) for r, m in shared if m.get("shared")]
+    if not shared:
+        return None
+    worst = max(float(m.get("slowed_fraction") or 0.0) for _, m in shared)
+    load = max(float(m.get("max_load") or 0.0) for _, m in shared)
+    return (f"machine shared: {worst:.0%} of steps slowed >1.5× in the worst of {len(shared)} run(s)"
+            + (f", load up to {load:.1f}" if load else ""))
+
+
 def fairness_warnings(workload: WorkloadResult) -> list[str]:
     """Things a reader must know before trusting the comparison (shown under the main table)."""
     notes = []
@@ -307,10 +427,10 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
         best = opt.best
         if best is None or not math.isfinite(best.score):
             continue
-        seeds[opt.optimizer] = best.n
+        seeds[opt.arm] = best.n
         pending = best.counts["running"] + best.counts["no_summary"] + best.counts["failed"]
         if pending:
-            notes.append(f"{opt.optimizer}: {pending} seed(s) of the best configuration did not complete "
+            notes.append(f"{opt.arm}: {pending} seed(s) of the best configuration did not complete "
                          f"(running, failed or no summary); its mean uses n={best.n}.")
         # Only learning rates: an edge value of e.g. precondition_frequency = 1 is a hard floor, not a tuning gap.
         for key in (k for k in opt.swept if k.split(".")[-1] in ("lr", "learning_rate")):
@@ -318,8 +438,16 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
                             and not isinstance(v, bool)})
             # With three or more values tried, a best value on the edge means the optimum may lie outside.
             if len(tried) >= 3 and best.value(key) in (tried[0], tried[-1]):
-                notes.append(f"{opt.optimizer}: best {key} = {best.value(key)} is at the edge of the values "
+                notes.append(f"{opt.arm}: best {key} = {best.value(key)} is at the edge of the values "
                              f"tried ({', '.join(map(str, tried))}); the optimum may lie outside the grid.")
+        confounds = [k for k, _, _, confound in opt.differences if confound]
+        if confounds:
+            notes.append(f"{opt.arm}: confound: differs from the baseline arm {workload.baseline} in "
+                         f"non-optimizer settings ({', '.join(confounds)}); see the arms table.")
+        differing = [r.name for r in best.completed if (r.summary or {}).get("segments_differ")]
+        if differing:
+            notes.append(f"{opt.arm}: resumed on a different device, CPU or thread count part-way "
+                         f"({', '.join(differing)}): its wall-clock mixes segments that are not comparable.")
     if len(set(seeds.values())) > 1:
         notes.append("best configurations average different numbers of seeds: "
                      + ", ".join(f"{k} n={v}" for k, v in seeds.items()) + ".")
@@ -328,6 +456,9 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
     if len(devices) > 1:
         notes.append(f"the best configurations ran on different devices ({'; '.join(devices)}): "
                      "wall-clock numbers are not comparable.")
+    shared = machine_shared(r for o in workload.optimizers.values() if o.best for r in o.best.completed)
+    if shared:
+        notes.append(f"{shared}: every wall-clock number from those runs is marked unreliable.")
     return notes
 
 
@@ -337,21 +468,22 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     Used to put our numbers beside a paper's claims against a baseline other than the report's. The
     target is ``versus``'s mean final loss; curve ratios always, the schedule fit when possible.
     """
-    mine = workload.optimizers.get(optimizer)
-    theirs = workload.optimizers.get(versus)
+    mine = workload.configs_of(optimizer)
+    theirs = workload.best_arm(versus)
     out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None}
-    if not mine or not theirs or theirs.best is None or not math.isfinite(theirs.best.score):
+    if not mine or not theirs or theirs.best is None or not math.isfinite(theirs.best.curve_score):
         return out
-    config = best_of(mine.configs, match)
+    config = best_of(mine, match)
     if config is None or config.curve is None:
         return out
-    target = theirs.best.score
+    arm = next(o for o in workload.optimizers.values() if config in o.configs)
+    target = theirs.best.curve_score
     hit_mine, hit_theirs = crossing(config.curve, target, "mean"), crossing(theirs.best.curve, target, "mean")
     if hit_mine and hit_theirs:
         out["steps"], out["time"] = hit_theirs[0] / hit_mine[0], hit_theirs[1] / hit_mine[1]
-    family = [c for c in mine.configs + mine.shortened if c.family == config.family and c.max_steps]
+    family = [c for c in arm.configs + arm.shortened if c.family == config.family and c.max_steps]
     points = [
-        BudgetPoint(float(c.max_steps), c.seconds, math.inf if c.diverged else c.mean, c.n)
+        BudgetPoint(float(c.max_steps), c.seconds, c.curve_score, c.n)
         for c in family
         if c.max_steps is not None and (c.n > 0 or c.diverged)
     ]

@@ -74,10 +74,12 @@ def draw_figures(analysis: Analysis, out_dir: Path) -> list[figs.SavedFigure]:
         suffix = f"_{_slug(w.workload)}" if several else ""
         saved += [
             figs.loss_curves(w, analysis.metric, out_dir, f"loss_curves{suffix}"),
+            figs.train_loss_curves(w, out_dir, f"train_loss{suffix}"),
             figs.lr_sensitivity(w, analysis.metric, out_dir, f"lr_sensitivity{suffix}"),
             figs.frequency_ablation(w, analysis.metric, out_dir, f"frequency_ablation{suffix}"),
             figs.efficiency_fit(w, analysis.metric, out_dir, f"efficiency_fit{suffix}"),
             figs.efficiency_bars(w, out_dir, f"efficiency{suffix}"),
+            figs.cost_bars(w, out_dir, f"cost{suffix}"),
             figs.image_grid(w, out_dir, f"images{suffix}"),
         ]
     name = "+".join(sorted({w.experiment for w in analysis.workloads}))
@@ -99,6 +101,13 @@ def prepare(request: ReportRequest) -> tuple[Analysis, Reference | None]:
     analysis = analyze(runs, metric, request.baseline, request.target, request.ignore_keys)
     if not analysis.workloads:
         raise ReportError("no readable runs (every run directory lacks a parsable config.yaml)")
+    for experiment in request.experiments:
+        log = request.results_dir / "runs" / experiment / "tuning.json"
+        if log.is_file():
+            try:
+                analysis.tuning[experiment] = json.loads(log.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{log}: not valid JSON ({err}); re-run the reproduction to rewrite it") from err
     return analysis, reference
 
 

@@ -60,6 +60,25 @@ def run_final(run: Run, metric: str) -> float | None:
     return value if math.isfinite(value) else math.inf
 
 
+def whole_split_metric(metric: str) -> str:
+    """``val/loss`` -> ``val_full/loss``: the same metric measured on the whole validation split."""
+    return "val_full/" + metric.split("/", 1)[-1]
+
+
+def run_full_final(run: Run, metric: str) -> float | None:
+    """A completed run's final ``metric`` on the whole validation split (the trainer's last evaluation), if measured."""
+    if run.status != "completed":
+        return None
+    key = whole_split_metric(metric)
+    frame = run.metrics
+    if not frame.empty and key in frame.columns:
+        values = frame[key].dropna()
+        if not values.empty:
+            return float(values.iloc[-1])
+    value = ((run.summary or {}).get("final_full_val_metrics") or {}).get(key)
+    return float(value) if value is not None else None
+
+
 def run_seconds(run: Run) -> float:
     """Training seconds at the end of a run (summary, else last metrics record)."""
     value = (run.summary or {}).get("train_seconds")

@@ -77,9 +77,25 @@ def _colors(names: Sequence[str]) -> dict[str, tuple]:
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
 
-def _label(config: ConfigResult) -> str:
+def _label(arm: str, config: ConfigResult) -> str:
     params = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in config.hyperparameters.items())
-    return f"{config.optimizer}" + (f" ({params})" if params else "") + f", n={config.n}"
+    return f"{arm}" + (f" ({params})" if params else "") + f", n={config.n}"
+
+
+def _x_scale(ax: plt.Axes, values: Iterable[float]) -> None:
+    """A log axis only where there are at least three distinct positive values to spread out."""
+    distinct = {v for v in values if v is not None and v > 0}
+    if len(distinct) >= 3:
+        ax.set_xscale("log")
+    if 0 < len(distinct) <= 6:
+        ax.set_xticks(sorted(distinct), [f"{v:g}" for v in sorted(distinct)])
+
+
+def _band_note(configs: Iterable[ConfigResult]) -> str:
+    ns = sorted({c.n for c in configs})
+    if ns == [1]:
+        return "n = 1 seed per arm: no band"
+    return "mean over seeds, min–max band" + (" (arms with n = 1 have none)" if 1 in ns else "")
 
 
 def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
@@ -92,7 +108,7 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
     for opt_name, config in bests.items():
         curve = config.curve
         for ax, x in zip(axes, ("step", "seconds")):
-            ax.plot(curve[x], curve["mean"], color=colors[opt_name], label=_label(config))
+            ax.plot(curve[x], curve["mean"], color=colors[opt_name], label=_label(opt_name, config))
             if config.n > 1:
                 ax.fill_between(curve[x], curve["min"], curve["max"], color=colors[opt_name], alpha=0.2, lw=0)
         values = curve["mean"].to_numpy(float)
@@ -111,82 +127,166 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
             ax.set_ylim(min(lows) - pad, max(highs) + pad)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(_title(workload, f"{metric} of each optimizer's best configuration (mean, min–max over seeds)"))
+    band = _band_note(bests.values())
+    fig.suptitle(_title(workload, f"{metric} of each arm's best configuration ({band})"))
     caption = (
-        f"{workload.experiment}: {metric} vs steps and vs training seconds, best configuration per optimizer, "
-        "mean over seeds with min–max band; dashed: target."
+        f"{workload.experiment}: {metric} (fixed evaluation set) vs steps and vs training seconds, best "
+        f"configuration per arm, {band}; dashed: target."
     )
     runs = [r for c in bests.values() for r in c.completed]
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
 
 
-def _sweep_profile(configs: Sequence[ConfigResult], key: str) -> dict[float, ConfigResult]:
-    """For each value of ``key``: the best configuration with that value (the others tuned)."""
-    values = sorted({c.value(key) for c in configs if isinstance(c.value(key), (int, float))})
-    return {float(v): best_of(configs, {key: v}) for v in values}
+def _errorbar(ax: plt.Axes, xs: Sequence[float], configs: Sequence[ConfigResult], color, label: str) -> None:
+    """Mean with ± std bars where n > 1; seeds of an n = 1 point are said in the label, never drawn as ± nan."""
+    ax.errorbar(xs, [c.mean for c in configs], yerr=[c.std if c.n > 1 else 0.0 for c in configs],
+                marker="o", capsize=3 if any(c.n > 1 for c in configs) else 0, color=color, label=label)
 
 
-def _sweep_figure(
-    workload: WorkloadResult, metric: str, key: str, out_dir: Path, name: str, with_time: bool
-) -> SavedFigure | None:
-    swept = {
-        n: _sweep_profile(o.configs, key)
-        for n, o in workload.optimizers.items()
-        if len({c.value(key) for c in o.configs if c.value(key) is not None}) > 1
-    }
-    if not swept:
-        return None
-    colors = _colors(list(workload.optimizers))
-    short = key.split(".")[-1]
-    fig, axes = plt.subplots(1, 2 if with_time else 1, figsize=(12 if with_time else 7.5, 4.8), squeeze=False,
-                             layout="constrained")
-    loss_ax = axes[0][0]
-    top = blended_transform_factory(loss_ax.transData, loss_ax.transAxes)
-    runs: list[Run] = []
-    for opt_name, profile in swept.items():
-        xs = np.array([v for v, c in profile.items() if math.isfinite(c.score)])
-        ok = [c for c in profile.values() if math.isfinite(c.score)]
-        diverged = [v for v, c in profile.items() if not math.isfinite(c.score) and c.diverged]
-        missing = [v for v, c in profile.items() if not math.isfinite(c.score) and not c.diverged]
-        loss_ax.errorbar(xs, [c.mean for c in ok], yerr=[0 if math.isnan(c.std) else c.std for c in ok],
-                         marker="o", capsize=3, color=colors[opt_name], label=opt_name)
-        if diverged:
-            loss_ax.scatter(diverged, [0.97] * len(diverged), marker="x", s=60, color=colors[opt_name], transform=top,
-                            label=f"{opt_name}: diverged")
-        if missing:
-            loss_ax.scatter(missing, [0.97] * len(missing), marker="o", s=40, facecolors="none",
-                            edgecolors=colors[opt_name], transform=top, label=f"{opt_name}: no completed seed")
-        if with_time:
-            axes[0][1].plot(xs, [c.seconds for c in ok], marker="o", color=colors[opt_name], label=opt_name)
-        runs += [r for c in profile.values() for r in c.runs]
-    base = workload.optimizers.get(workload.baseline)
-    if base is not None and base.best is not None and math.isfinite(base.best.score) and workload.baseline not in swept:
-        loss_ax.axhline(base.best.score, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
-        if with_time:
-            axes[0][1].axhline(base.best.seconds, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
-        runs += base.best.runs
-    for ax, ylabel in zip(axes[0], (f"final {metric}", "training seconds")):
-        ax.set_xscale("log")
-        ax.set_xlabel(short)
-        ax.set_ylabel(ylabel)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    what = "final loss" + (" and training time" if with_time else "") + f" vs {short}"
-    what_long = f"{what} (best configuration per value, mean ± std over seeds)"
-    fig.suptitle(_title(workload, what_long, 100 if with_time else 70))
-    caption = (
-        f"{workload.experiment}: {what}; for each {short}, the best configuration with that value "
-        "(other swept hyperparameters tuned); × at the top = diverged, ○ at the top = no completed seed."
-    )
-    return _save(fig, out_dir, name, caption, workload.experiment, runs)
+def _mark_missing(ax: plt.Axes, xs_diverged, xs_missing, color, name: str) -> None:
+    top = blended_transform_factory(ax.transData, ax.transAxes)
+    if xs_diverged:
+        ax.scatter(xs_diverged, [0.97] * len(xs_diverged), marker="x", s=60, color=color, transform=top,
+                   label=f"{name}: diverged")
+    if xs_missing:
+        ax.scatter(xs_missing, [0.97] * len(xs_missing), marker="o", s=40, facecolors="none", edgecolors=color,
+                   transform=top, label=f"{name}: no completed seed")
 
 
 def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
-    return _sweep_figure(workload, metric, "optimizer.lr", out_dir, name, with_time=False)
+    """Final loss vs lr, per arm (only the lr changes along a line: the arm's other settings are fixed)."""
+    key = "optimizer.lr"
+    arms = {n: o for n, o in workload.optimizers.items() if len({c.value(key) for c in o.configs} - {None}) > 1}
+    if not arms:
+        return None
+    colors = _colors(list(workload.optimizers))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    runs: list[Run] = []
+    all_x: list[float] = []
+    for arm_name, arm in arms.items():
+        by_lr = {float(c.value(key)): c for c in arm.configs if isinstance(c.value(key), (int, float))}
+        ok = sorted((x, c) for x, c in by_lr.items() if math.isfinite(c.score))
+        _errorbar(ax, [x for x, _ in ok], [c for _, c in ok], colors[arm_name], arm_name)
+        _mark_missing(ax, [x for x, c in by_lr.items() if not math.isfinite(c.score) and c.diverged],
+                      [x for x, c in by_lr.items() if not math.isfinite(c.score) and not c.diverged],
+                      colors[arm_name], arm_name)
+        all_x += list(by_lr)
+        runs += [r for c in arm.configs for r in c.runs]
+    _x_scale(ax, all_x)
+    ax.set_xlabel("lr")
+    ax.set_ylabel(f"final {metric}")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.suptitle(_title(workload, "final loss vs lr per arm (mean ± std over seeds where n > 1)", 70))
+    caption = (f"{workload.experiment}: final {metric} vs lr, one line per arm (nothing else changes along a "
+               "line); × at the top = diverged, ○ = no completed seed.")
+    return _save(fig, out_dir, name, caption, workload.experiment, runs)
 
 
 def frequency_ablation(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
-    return _sweep_figure(workload, metric, "optimizer.precondition_frequency", out_dir, name, with_time=True)
+    """Final loss and training time vs precondition frequency: one line per optimizer through its arms."""
+    key = "optimizer.precondition_frequency"
+    by_optimizer: dict[str, list] = {}
+    for arm in workload.optimizers.values():
+        if arm.best is not None and isinstance(arm.best.value(key), (int, float)):
+            by_optimizer.setdefault(arm.optimizer, []).append(arm)
+    by_optimizer = {k: v for k, v in by_optimizer.items() if len(v) > 1}
+    if not by_optimizer:
+        return None
+    colors = _colors(list(by_optimizer))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
+    runs: list[Run] = []
+    all_x: list[float] = []
+    same_lr = True
+    for optimizer, arms in by_optimizer.items():
+        points = sorted((float(a.best.value(key)), a.best) for a in arms)
+        ok = [(x, c) for x, c in points if math.isfinite(c.score)]
+        _errorbar(axes[0], [x for x, _ in ok], [c for _, c in ok], colors[optimizer], optimizer)
+        _mark_missing(axes[0], [x for x, c in points if c.diverged], [x for x, c in points if not c.diverged
+                                                                        and not math.isfinite(c.score)],
+                      colors[optimizer], optimizer)
+        axes[1].plot([x for x, _ in ok], [c.seconds for _, c in ok], marker="o", color=colors[optimizer], label=optimizer)
+        same_lr &= len({repr(c.value("optimizer.lr")) for _, c in points}) == 1
+        all_x += [x for x, _ in points]
+        runs += [r for _, c in points for r in c.runs]
+    base = workload.optimizers.get(workload.baseline)
+    if base is not None and base.best is not None and math.isfinite(base.best.score) and base.optimizer not in by_optimizer:
+        axes[0].axhline(base.best.score, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
+        axes[1].axhline(base.best.seconds, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
+        runs += base.best.runs
+    for ax, ylabel in zip(axes, (f"final {metric}", "training seconds")):
+        _x_scale(ax, all_x)
+        ax.set_xlabel("precondition_frequency")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    lr_note = "the same lr at every frequency" if same_lr else "each frequency with its own tuned lr"
+    fig.suptitle(_title(workload, f"final loss and training time vs precondition frequency ({lr_note})"))
+    caption = (f"{workload.experiment}: final {metric} and training time vs precondition_frequency, each "
+               f"optimizer's arms ({lr_note}); mean ± std where n > 1.")
+    return _save(fig, out_dir, name, caption, workload.experiment, runs)
+
+
+def train_loss_curves(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure | None:
+    """Training loss (logged window means) vs steps, each arm's best configuration, mean over seeds."""
+    colors = _colors(list(workload.optimizers))
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
+    runs: list[Run] = []
+    for arm_name, arm in workload.optimizers.items():
+        if arm.best is None:
+            continue
+        frames = [r.metrics for r in arm.best.completed if not r.metrics.empty and "train/loss" in r.metrics.columns]
+        series = [f[f["train/loss"].notna()].drop_duplicates("step", keep="last").set_index("step")["train/loss"]
+                  for f in frames]
+        if not series:
+            continue
+        common = sorted(set.intersection(*(set(x.index) for x in series)))
+        if not common:
+            continue
+        mean = np.mean([x.loc[common].to_numpy(float) for x in series], axis=0)
+        ax.plot(common, mean, color=colors[arm_name], label=f"{arm_name}, n={len(series)}")
+        runs += arm.best.completed
+    if not runs:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("optimizer steps")
+    ax.set_ylabel("train loss (mean over each log window)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.suptitle(_title(workload, "training loss of each arm's best configuration (mean over seeds)", 70))
+    caption = f"{workload.experiment}: training loss vs steps, best configuration per arm, mean over seeds."
+    return _save(fig, out_dir, name, caption, workload.experiment, runs)
+
+
+def cost_bars(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure | None:
+    """Per arm: the optimizer.step() share of training time and the optimizer state's memory."""
+    arms = [a for a in workload.optimizers.values() if a.best is not None and a.best.completed]
+    shares, memory = [], []
+    for arm in arms:
+        summaries = [r.summary or {} for r in arm.best.completed]
+        ratio = [s["optimizer_seconds"] / s["train_seconds"] for s in summaries
+                 if s.get("train_seconds") and s.get("optimizer_seconds") is not None]
+        shares.append(100 * float(np.mean(ratio)) if ratio else math.nan)
+        state = [s["optimizer_state_bytes"] for s in summaries if s.get("optimizer_state_bytes") is not None]
+        memory.append(max(state) / 2**20 if state else math.nan)
+    if not arms or all(math.isnan(v) for v in shares + memory):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
+    x = np.arange(len(arms))
+    for ax, values, ylabel, fmt in ((axes[0], shares, "optimizer.step() share of training time [%]", "{:.1f}%"),
+                                    (axes[1], memory, "optimizer state [MiB]", "{:.2f}")):
+        ax.bar(x, [0 if math.isnan(v) else v for v in values])
+        for xi, v in zip(x, values):
+            ax.text(xi, 0 if math.isnan(v) else v, "not recorded" if math.isnan(v) else fmt.format(v),
+                    ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(x, [a.arm for a in arms], rotation=30)
+        ax.set_ylabel(ylabel)
+    shared = any((r.summary or {}).get("machine_shared", {}).get("shared") for a in arms for r in a.best.completed)
+    fig.suptitle(_title(workload, "optimizer time share and state memory per arm"
+                        + (" (time share from runs on a shared machine: unreliable)" if shared else "")))
+    caption = (f"{workload.experiment}: optimizer.step() seconds / training seconds (mean over seeds) and the "
+               "optimizer state's size, best configuration per arm.")
+    return _save(fig, out_dir, name, caption, workload.experiment, [r for a in arms for r in a.best.completed])
 
 
 def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
@@ -236,21 +336,25 @@ def efficiency_bars(workload: WorkloadResult, out_dir: Path, name: str) -> Saved
         fit = [getattr(o.schedule, axis).efficiency if o.schedule else None for o in opts]
         fit_why = [("no fit" if getattr(o.schedule, axis).outcome.reason else "not\nreached") if o.schedule
                    else "no short\nruns" for o in opts]
-        bars = ((-0.2, curve, curve_why, "curve crossing"), (0.2, fit, fit_why, "schedule fit"))
+        has_fit = any(o.schedule is not None for o in opts)
+        bars = ((-0.2, curve, curve_why, "curve crossing"), (0.2, fit, fit_why, "schedule fit")) if has_fit else (
+            (0.0, curve, curve_why, "curve crossing"),)
         for offset, values, why, label in bars:
             heights = [v if v is not None else 0.0 for v in values]
-            ax.bar(x + offset, heights, width=0.4, label=label)
+            ax.bar(x + offset, heights, width=0.4 if has_fit else 0.6, label=label)
             for xi, v, w in zip(x + offset, values, why):
                 ax.text(xi, v if v is not None else 0.02, f"{v:.2f}" if v is not None else w,
                         ha="center", va="bottom", fontsize=7)
         ax.axhline(1.0, color="k", lw=1)
-        ax.set_xticks(x, [o.optimizer for o in opts], rotation=30)
+        ax.set_xticks(x, [o.arm for o in opts], rotation=30)
         ax.set_ylabel(f"efficiency vs {workload.baseline} ({axis}); >1 is better")
         ax.legend(fontsize=7)
     fig.suptitle(_title(workload, f"efficiency vs {workload.baseline} in steps and in wall-clock"))
+    shared = any((r.summary or {}).get("machine_shared", {}).get("shared") for o in opts for r in o.best.completed)
     caption = (
-        f"{workload.experiment}: {workload.baseline}'s steps (time) to target / each optimizer's, "
-        "from the mean curves and from the schedule fit."
+        f"{workload.experiment}: {workload.baseline}'s steps (time) to target / each arm's, from the mean curves"
+        + (" and from the schedule fit" if any(o.schedule for o in opts) else "") + "."
+        + (" Time ratios come from runs on a shared machine: unreliable." if shared else "")
     )
     runs = [r for o in opts for c in o.configs + o.shortened for r in c.runs]
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
@@ -273,7 +377,7 @@ def image_grid(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigur
         for run in opt.best.completed or opt.best.runs:
             image = latest_image(run)
             if image is not None:
-                panels.append((opt.optimizer, run, *image))
+                panels.append((opt.arm, run, *image))
                 break
     if not panels:
         return None
@@ -291,7 +395,9 @@ def image_grid(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigur
 
 
 def profile_figure(analysis: Analysis, out_dir: Path, name: str, experiment: str) -> SavedFigure | None:
-    if not any(w.target is not None for w in analysis.workloads):
+    # A profile is a fraction of workloads: over one workload it is a step from 0 to 1 that says nothing the
+    # table does not (the report says so instead of drawing it).
+    if len(analysis.workloads) < 2 or not any(w.target is not None for w in analysis.workloads):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     for ax, axis in zip(axes, ("steps", "time")):

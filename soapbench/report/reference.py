@@ -18,6 +18,14 @@ A reference file holds the numbers of one paper comparison, each with its source
         source: <paper, table/figure>   tag: <paper_specs tag and section>
     orderings:                       # qualitative claims: final loss, lowest first
       - {setting: <id>, order: [kl_shampoo, soap, kl_soap], source: ..., tag: ...}
+    claims:                          # what the paper concludes, checked against our seeds
+      - {setting: <id>, kind: spread, arms: [adamw, soap f=1, ...], value: 0.013, text: ..., source: ..., tag: ...}
+      - {setting: <id>, kind: best, arm: shampoo f=1, among: [...], text: ..., source: ..., tag: ...}
+      - {setting: <id>, kind: order, order: [shampoo f=1, shampoo f=10], text: ..., source: ..., tag: ...}
+    scale: {<setting id>: {steps: 5000, params: 10.65e6, tokens_per_step: 16384}}  # the paper's budget
+    legend: <one line explaining the source tags>
+
+Names in orderings and claims are arms (``soap f=10``) or optimizers (their best arm).
 
 Our side of each comparison: ``final_loss`` = mean final loss of our best configuration among those
 matching ``match``; ``best_loss`` = mean over its seeds of the lowest eval loss; ``step_saving`` =
@@ -35,6 +43,7 @@ from typing import Any
 import yaml
 
 from soapbench.report.analysis import WorkloadResult, best_of, pairwise, run_curve
+from soapbench.report.stats import difference_interval, estimate, welch
 from soapbench.report.store import ReportError
 
 QUANTITIES = ("final_loss", "best_loss", "step_saving", "time_saving", "final_gap")
@@ -66,6 +75,20 @@ class Ordering:
     tag: str
 
 
+CLAIM_KINDS = ("spread", "best", "order")
+
+
+@dataclass(frozen=True)
+class Claim:
+    setting: str
+    kind: str  # spread | best | order
+    names: tuple[str, ...]  # spread: the arms; best: the arm first, then the others; order: lowest first
+    value: float | None
+    text: str
+    source: str
+    tag: str
+
+
 @dataclass(frozen=True)
 class Reference:
     name: str
@@ -75,6 +98,9 @@ class Reference:
     settings: dict[str, str]
     entries: tuple[ReferenceEntry, ...]
     orderings: tuple[Ordering, ...]
+    claims: tuple[Claim, ...] = ()
+    scale: dict[str, dict[str, float]] | None = None
+    legend: str = ""
 
 
 def _require(mapping: dict, key: str, where: str) -> Any:
@@ -141,6 +167,28 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
         orderings.append(
             Ordering(setting, tuple(_require(raw, "order", where)), str(raw.get("source", "")), str(raw.get("tag", "")))
         )
+    claims = []
+    for i, raw in enumerate(data.get("claims") or []):
+        where = f"{path.name} claims[{i}]"
+        kind = str(_require(raw, "kind", where))
+        setting = str(_require(raw, "setting", where))
+        if kind not in CLAIM_KINDS:
+            raise ReportError(f"{where}: kind {kind!r} is not one of {', '.join(CLAIM_KINDS)}")
+        if setting not in settings:
+            raise ReportError(f"{where}: setting {setting!r} is not declared under 'settings'")
+        if kind == "spread":
+            names, value = tuple(_require(raw, "arms", where)), float(_require(raw, "value", where))
+        elif kind == "best":
+            names, value = (str(_require(raw, "arm", where)), *_require(raw, "among", where)), None
+        else:
+            names, value = tuple(_require(raw, "order", where)), None
+        if only and setting != only:
+            continue
+        claims.append(Claim(setting, kind, tuple(map(str, names)), value, str(raw.get("text", "")),
+                            str(raw.get("source", "")), str(raw.get("tag", ""))))
+    scale = data.get("scale") or {}
+    if not isinstance(scale, dict) or any(k not in settings for k in scale):
+        raise ReportError(f"{path.name}: 'scale' must map declared settings to their budgets")
     return Reference(
         name=spec,
         path=path,
@@ -149,6 +197,9 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
         settings={k: v for k, v in settings.items() if not only or k == only},
         entries=tuple(entries),
         orderings=tuple(orderings),
+        claims=tuple(claims),
+        scale={str(k): {str(a): float(b) for a, b in (v or {}).items()} for k, v in scale.items()},
+        legend=str(data.get("legend") or ""),
     )
 
 
@@ -158,10 +209,10 @@ def _saving(efficiency: float | None) -> float | None:
 
 def ours_for(entry: ReferenceEntry, workload: WorkloadResult) -> tuple[float | None, str]:
     """Our number for a reference entry and a note on how it was obtained (or why it is missing)."""
-    opt = workload.optimizers.get(entry.optimizer)
-    if opt is None:
+    configs = workload.configs_of(entry.optimizer)
+    if not configs:
         return None, f"no {entry.optimizer} runs"
-    config = best_of(opt.configs, entry.match)
+    config = best_of(configs, entry.match)
     if config is None:
         return None, f"no {entry.optimizer} configuration with {entry.match}"
     if entry.quantity == "final_loss":
@@ -173,7 +224,7 @@ def ours_for(entry: ReferenceEntry, workload: WorkloadResult) -> tuple[float | N
         return (sum(lows) / len(lows), f"n={len(lows)}") if lows else (None, "no completed seed")
     assert entry.versus is not None
     if entry.quantity == "final_gap":
-        other = workload.optimizers.get(entry.versus)
+        other = workload.best_arm(entry.versus)
         if other is None or other.best is None or not math.isfinite(other.best.score):
             return None, f"no usable {entry.versus} configuration"
         if not math.isfinite(config.score):
@@ -212,28 +263,120 @@ def compare(reference: Reference, workload: WorkloadResult) -> list[dict[str, An
                 "ours": None if ours is None else ours,
                 "ours_how": how,
                 "check": check(entry.relation, ours, entry.value) if ours is not None else "n/a",
+                "our scale vs paper's": scale_note(reference, entry.setting, workload) or "–",
                 "source": f"{entry.source}; {entry.tag}",
             }
         )
     return rows
 
 
+def _arm_values(workload: WorkloadResult, name: str) -> tuple[str, list[float] | None]:
+    arm = workload.best_arm(name)
+    if arm is None or arm.best is None or not math.isfinite(arm.best.score):
+        return name, None
+    return arm.arm, arm.best.values
+
+
+def _order_verdict(workload: WorkloadResult, order: tuple[str, ...]) -> tuple[str, str]:
+    """(verdict, our numbers) for 'lowest first' along ``order``: holds / does not hold / within noise."""
+    found = [_arm_values(workload, n) for n in order]
+    missing = [n for n, v in found if v is None]
+    ours = ", ".join(f"{n} {estimate(v).mean:.4f}" for n, v in found if v is not None)
+    if missing:
+        return "n/a (missing: " + ", ".join(missing) + ")", ours
+    pairs = [welch(later, earlier) for (_, earlier), (_, later) in zip(found, found[1:])]
+    if any(p.verdict == "better" for p in pairs):  # a later arm significantly lower: reversed
+        return "does not hold", ours
+    if all(p.verdict == "worse" for p in pairs):
+        return "holds", ours
+    if any(p.verdict == "n/a" for p in pairs):
+        agrees = all(p.delta >= 0 for p in pairs)
+        return ("holds" if agrees else "does not hold") + " (n = 1: no noise estimate)", ours
+    agrees = all(p.delta >= 0 for p in pairs)
+    return "within noise (" + ("same order, gaps not significant" if agrees else "reversed, not significant") + ")", ours
+
+
 def check_orderings(reference: Reference, workload: WorkloadResult) -> list[dict[str, Any]]:
     rows = []
     for ordering in reference.orderings:
-        scores = []
-        for name in ordering.order:
-            opt = workload.optimizers.get(name)
-            score = opt.best.score if opt is not None and opt.best is not None else None
-            scores.append(score if score is not None and math.isfinite(score) else None)
-        if any(s is None for s in scores):
-            verdict = "n/a (missing: " + ", ".join(n for n, s in zip(ordering.order, scores) if s is None) + ")"
-        else:
-            verdict = "holds" if all(a <= b for a, b in zip(scores, scores[1:])) else "does not hold"
-        ours = ", ".join(f"{n} {s:.4f}" if s is not None else f"{n} –" for n, s in zip(ordering.order, scores))
+        verdict, ours = _order_verdict(workload, ordering.order)
         rows.append({"setting": ordering.setting, "claim": " ≤ ".join(ordering.order), "ours": ours,
                      "check": verdict, "source": f"{ordering.source}; {ordering.tag}"})
     return rows
+
+
+def _spread_verdict(workload: WorkloadResult, claim: Claim) -> tuple[str, str]:
+    found = [_arm_values(workload, n) for n in claim.names]
+    missing = [n for n, v in found if v is None]
+    if missing:
+        return "n/a (missing: " + ", ".join(missing) + ")", ""
+    means = [(estimate(v).mean, n, v) for n, v in found]
+    (low, low_name, low_values), (high, high_name, high_values) = min(means), max(means)
+    ours = f"spread {high - low:.4f} ({high_name} {high:.4f} − {low_name} {low:.4f})"
+    interval = difference_interval(high_values, low_values)
+    if interval is None:
+        verdict = "holds" if high - low <= claim.value else "does not hold"
+        return verdict + " (n = 1: no noise estimate)", ours
+    ours += f"; 95% CI of the gap [{interval[0]:.4f}, {interval[1]:.4f}]"
+    if interval[1] <= claim.value:
+        return "holds", ours
+    if interval[0] > claim.value:
+        return "does not hold", ours
+    return "within noise", ours
+
+
+def check_claims(reference: Reference, workload: WorkloadResult) -> list[dict[str, Any]]:
+    """One row per paper claim: holds / does not hold / within noise, with our numbers."""
+    rows = []
+    for claim in reference.claims:
+        if claim.kind == "spread":
+            verdict, ours = _spread_verdict(workload, claim)
+            what = f"final losses of {', '.join(claim.names)} within {claim.value:g}"
+        elif claim.kind == "best":
+            # "X is best" = X below each other arm: the order X ≤ other, pair by pair.
+            verdicts = [_order_verdict(workload, (claim.names[0], other)) for other in claim.names[1:]]
+            texts = [v for v, _ in verdicts]
+            verdict = next((v for v in texts if v.startswith(("n/a", "does not hold"))), None) or next(
+                (v for v in texts if not v.startswith("holds")), texts[0] if texts else "n/a")
+            found = [_arm_values(workload, n) for n in claim.names]
+            ours = ", ".join(f"{n} {estimate(v).mean:.4f}" for n, v in found if v is not None)
+            what = f"{claim.names[0]} lowest among {', '.join(claim.names)}"
+        else:
+            verdict, ours = _order_verdict(workload, claim.names)
+            what = " ≤ ".join(claim.names)
+        rows.append({"setting": claim.setting, "claim": claim.text or what, "ours": ours, "check": verdict,
+                     "source": claim.source})
+    return rows
+
+
+def scale_note(reference: Reference, setting: str, workload: WorkloadResult) -> str:
+    """'ours 1000 vs paper 5000 steps (0.2×); 0.8M vs 10.65M params (13× smaller)': budget and scale mismatch."""
+    paper = (reference.scale or {}).get(setting)
+    if not paper:
+        return ""
+    summaries = [r.summary or {} for r in workload.runs if r.status == "completed"]
+    parts = []
+    if "steps" in paper and workload.full_budget:
+        ratio = workload.full_budget / paper["steps"]
+        parts.append(f"{workload.full_budget} vs {paper['steps']:.0f} steps ({ratio:.2g} of the paper's)")
+    params = sorted(s["params"] for s in summaries if s.get("params"))
+    if "params" in paper and params:
+        ours = params[len(params) // 2]
+        factor = paper["params"] / ours
+        parts.append(f"{_millions(ours)} vs {_millions(paper['params'])} params ("
+                     + (f"{_times(factor)} smaller" if factor > 1 else f"{_times(1 / factor)} larger") + ")")
+    tokens = sorted(s["tokens"] / s["steps"] for s in summaries if s.get("tokens") and s.get("steps"))
+    if "tokens_per_step" in paper and tokens:
+        parts.append(f"{tokens[len(tokens) // 2]:.0f} vs {paper['tokens_per_step']:.0f} tokens/step")
+    return "; ".join(parts)
+
+
+def _times(factor: float) -> str:
+    return f"{factor:.0f}×" if factor >= 10 else f"{factor:.1f}×"
+
+
+def _millions(count: float) -> str:
+    return f"{count / 1e6:.2g}M"
 
 
 def paper_final_for(reference: Reference, workload: WorkloadResult, optimizer: str) -> str:
@@ -244,7 +387,7 @@ def paper_final_for(reference: Reference, workload: WorkloadResult, optimizer: s
     best = opt.best
     found = []
     for entry in reference.entries:
-        if entry.optimizer != optimizer or entry.quantity != "final_loss":
+        if entry.optimizer != opt.optimizer or entry.quantity != "final_loss":
             continue
         if best_of([best], entry.match) is None:
             continue

@@ -15,10 +15,10 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from soapbench.report.analysis import Analysis, ConfigResult, WorkloadResult, fairness_warnings
+from soapbench.report.analysis import Analysis, ConfigResult, OptimizerResult, WorkloadResult, fairness_warnings, machine_shared
 from soapbench.report.efficiency import AxisEfficiency
 from soapbench.report.figures import SavedFigure
-from soapbench.report.reference import Reference, check_orderings, compare, paper_final_for
+from soapbench.report.reference import Reference, check_claims, check_orderings, compare, paper_final_for
 from soapbench.report.store import STATUSES, Run, status_counts
 
 
@@ -47,15 +47,51 @@ def hyperparameter_text(config: ConfigResult | None) -> str:
     return ", ".join(f"{k.removeprefix('optimizer.')}={v}" for k, v in params.items()) or "(single configuration)"
 
 
+def _rounded(value: float | None, digits: int = 4) -> float | None:
+    """The CSVs carry the report's precision, and no nan where a number does not exist (n = 1)."""
+    if value is None or not math.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
 def final_text(config: ConfigResult | None) -> str:
+    """``1.7296 ± 0.0040 [1.7197, 1.7395] (n=3)``: mean ± std and 95% interval over seeds; n = 1 said as such."""
     if config is None:
         return "no runs"
     if config.diverged:
         return f"diverged ({config.diverged}/{config.diverged + config.n} seeds)"
     if config.n == 0:
         return "no completed seed"
-    std = "" if math.isnan(config.std) else f" ± {config.std:.4f}"
-    return f"{config.mean:.4f}{std} (n={config.n})"
+    est = config.estimate
+    if est.n < 2:
+        return f"{est.mean:.4f} (n = 1: no spread)"
+    return f"{est.mean:.4f} ± {est.std:.4f} [{est.low:.4f}, {est.high:.4f}] (n={est.n})"
+
+
+def verdict_text(arm: OptimizerResult, workload: WorkloadResult) -> str:
+    if arm.arm == workload.baseline:
+        return "baseline"
+    c = arm.versus_baseline
+    if c is None:
+        return "–" if arm.best is None or not arm.best.diverged else "diverged"
+    if c.verdict == "n/a":
+        return f"Δ {c.delta:+.4f}; no test ({c.reason})"
+    return f"Δ {c.delta:+.4f}, p={c.p_value:.2g}: **{c.verdict}**"
+
+
+def tuned_text(arm: OptimizerResult) -> str:
+    """The tuned value(s) of the best configuration and the grid tried, e.g. ``lr=0.003 of {0.001, 0.003, 0.01}``."""
+    best = arm.best
+    if best is None:
+        return "–"
+    if not arm.swept:
+        lr = best.value("optimizer.lr")
+        return f"lr={lr:g} (not tuned)" if isinstance(lr, (int, float)) else "(single configuration)"
+    parts = []
+    for key in arm.swept:
+        tried = sorted({repr(c.value(key)) for c in arm.configs})
+        parts.append(f"{key.removeprefix('optimizer.')}={best.value(key)} of {{{', '.join(tried)}}}")
+    return "; ".join(parts)
 
 
 def counts_text(counts: dict[str, int]) -> str:
@@ -64,12 +100,12 @@ def counts_text(counts: dict[str, int]) -> str:
     return ", ".join(parts) or "none"
 
 
-def _to_target(value: float | None, has_target: bool, has_curve: bool, fmt: str) -> str:
+def _to_target(value: float | None, has_target: bool, has_curve: bool, fmt: str, unreliable: bool = False) -> str:
     if not has_target:
         return "n/a (no target)"
     if value is None:
         return "not reached" if has_curve else "no completed seed"
-    return fmt.format(value)
+    return fmt.format(value) + (" (unreliable: machine shared)" if unreliable else "")
 
 
 def _eff(value: float | None, bound: float | None, has_target: bool, has_curve: bool = True) -> str:
@@ -90,26 +126,61 @@ def _fit_eff(axis: AxisEfficiency | None) -> str:
     return f"{axis.efficiency:.2f}×" + (" (extrapolated)" if axis.extrapolated else "")
 
 
+def _share(arm: OptimizerResult) -> str:
+    runs = arm.best.completed if arm.best else []
+    shares = [r.summary["optimizer_seconds"] / r.summary["train_seconds"] for r in runs
+              if (r.summary or {}).get("train_seconds") and (r.summary or {}).get("optimizer_seconds") is not None]
+    return f"{100 * sum(shares) / len(shares):.1f}%" if shares else "–"
+
+
+def _state_memory(arm: OptimizerResult) -> str:
+    values = [r.summary["optimizer_state_bytes"] for r in (arm.best.completed if arm.best else [])
+              if (r.summary or {}).get("optimizer_state_bytes") is not None]
+    return f"{max(values) / 2**20:.2f} MiB" if values else "–"
+
+
 def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> list[dict[str, Any]]:
+    """One row per arm (every variant, each with its own tuned hyperparameters)."""
     has_target = workload.target is not None
+    has_fit = any(opt.schedule is not None for opt in workload.optimizers.values())
     rows = []
     for opt in workload.optimizers.values():
         curve = opt.best is not None and opt.best.curve is not None
+        shared = opt.best is not None and machine_shared(opt.best.completed) is not None
+        final_set = opt.best.final_set if opt.best else ""
         row = {
-            "optimizer": opt.optimizer,
-            "best hyperparameters": hyperparameter_text(opt.best),
-            "final (mean ± std, n)": final_text(opt.best),
-            "steps to target": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
-            "time to target [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}"),
+            "arm": opt.arm,
+            "tuned (best of grid)": tuned_text(opt),
+            "final: mean ± std [95% CI] (n)": final_text(opt.best) + (" †" if final_set == "fixed validation set" else ""),
+            f"vs {workload.baseline}": verdict_text(opt, workload),
+            "steps to target*": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
+            "time to target* [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}", shared),
             "eff. steps": _eff(opt.efficiency_steps, opt.efficiency_steps_bound, has_target, curve),
-            "eff. time": _eff(opt.efficiency_time, opt.efficiency_time_bound, has_target, curve),
-            "fit eff. steps": _fit_eff(opt.schedule.steps if opt.schedule else None),
-            "fit eff. time": _fit_eff(opt.schedule.time if opt.schedule else None),
+            "eff. time": _eff(opt.efficiency_time, opt.efficiency_time_bound, has_target, curve)
+            + (" (unreliable)" if shared and opt.efficiency_time is not None else ""),
+            "optimizer time share": _share(opt),
+            "state memory": _state_memory(opt),
             "runs": counts_text(opt.counts),
         }
+        if has_fit:  # the SOAP-paper schedule method only where shortened runs exist
+            row["fit eff. steps"] = _fit_eff(opt.schedule.steps if opt.schedule else None)
+            row["fit eff. time"] = _fit_eff(opt.schedule.time if opt.schedule else None)
         if reference is not None:
-            row["paper"] = paper_final_for(reference, workload, opt.optimizer) or "–"
+            row["paper"] = paper_final_for(reference, workload, opt.arm) or "–"
         rows.append(row)
+    return rows
+
+
+def differences_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
+    """Per arm, every setting of its best configuration that differs from the baseline arm's."""
+    rows = []
+    for opt in workload.optimizers.values():
+        if opt.arm == workload.baseline or opt.best is None:
+            continue
+        optimizer_keys = [f"{k.removeprefix('optimizer.')}={v}" for k, v, _, confound in opt.differences if not confound]
+        confounds = [f"{k}: {v} (baseline {b})" for k, v, b, confound in opt.differences if confound]
+        rows.append({"arm": opt.arm, "optimizer settings (what is compared)": ", ".join(optimizer_keys) or "–",
+                     "other differences (confounds)": "**" + "; ".join(confounds) + "**" if confounds else "none"})
     return rows
 
 
@@ -179,12 +250,16 @@ def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "workload": workload.workload,
+                    "arm": opt.arm,
                     "optimizer": opt.optimizer,
                     "max_steps": config.max_steps,
                     "hyperparameters": hyperparameter_text(config),
                     "best": config is opt.best,
-                    "final_mean": config.mean,
-                    "final_std": config.std,
+                    "final_mean": _rounded(config.mean),
+                    "final_std": _rounded(config.std),
+                    "final_ci95_low": _rounded(config.estimate.low),
+                    "final_ci95_high": _rounded(config.estimate.high),
+                    "final_set": config.final_set,
                     "n": config.n,
                     "train_seconds_mean": config.seconds,
                     **{f"runs_{s}": config.counts.get(s, 0) for s in STATUSES},
@@ -201,15 +276,24 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
             best = opt.best
             sched = opt.schedule
             fit_s = sched.steps.outcome.fit if sched and sched.steps.outcome.reason is None else None
+            comparison = opt.versus_baseline
             rows.append(
                 {
                     "workload": w.workload,
+                    "arm": opt.arm,
                     "optimizer": opt.optimizer,
                     "metric": analysis.metric,
-                    "best_hyperparameters": json.dumps(best.hyperparameters if best else None, default=str),
-                    "final_mean": best.mean if best else None,
-                    "final_std": best.std if best else None,
+                    "best_hyperparameters": hyperparameter_text(best),
+                    "final_mean": _rounded(best.mean) if best else None,
+                    "final_std": _rounded(best.std) if best else None,
+                    "final_ci95_low": _rounded(best.estimate.low) if best else None,
+                    "final_ci95_high": _rounded(best.estimate.high) if best else None,
+                    "final_set": best.final_set if best else None,
                     "n_seeds": best.n if best else 0,
+                    "delta_vs_baseline": _rounded(comparison.delta) if comparison else None,
+                    "p_value_vs_baseline": comparison.p_value if comparison else None,
+                    "verdict_vs_baseline": comparison.verdict if comparison else ("baseline" if opt.arm == w.baseline else None),
+                    "wallclock_unreliable": machine_shared(best.completed) if best else None,
                     "best_diverged_seeds": best.diverged if best else 0,
                     "target": w.target,
                     "target_source": w.target_source,
@@ -227,7 +311,7 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "fit_note_steps": sched.steps.reason if sched else "no shortened-schedule runs",
                     "fit_note_time": sched.time.reason if sched else "no shortened-schedule runs",
                     **{f"runs_{s}": opt.counts.get(s, 0) for s in STATUSES},
-                    "paper_final": paper_final_for(reference, w, opt.optimizer) if reference else None,
+                    "paper_final": paper_final_for(reference, w, opt.arm) if reference else None,
                 }
             )
     return rows
@@ -277,38 +361,94 @@ def _provenance(analysis: Analysis) -> list[str]:
     return [f"- git commits of the runs: {unique('git_commit')}", f"- devices: {unique('device')}"]
 
 
-_TABLE_NOTE = (
-    "Efficiency = the baseline's steps (seconds) to target / this optimizer's, on the best configuration's mean "
-    "curve; >1 is better. 'fit eff.' is the SOAP-paper schedule method (next table). 'runs' counts every run of "
-    "the optimizer in this workload, shortened schedules included."
-)
-_COMPARE_COLUMNS = ["setting", "optimizer", "quantity", "paper", "ours", "ours_how", "check", "source"]
-_CONFIG_COLUMNS = ["optimizer", "max_steps", "hyperparameters", "best", "final_mean", "final_std", "n", "runs"]
+def table_notes(w: WorkloadResult) -> list[str]:
+    """What the main table's columns mean, with the numbers that qualify them (eval spacing, the final set)."""
+    spacing = f"every {w.eval_interval} steps" if w.eval_interval else "at each run's evaluation steps"
+    sets = {o.best.final_set for o in w.optimizers.values() if o.best is not None and o.best.n}
+    notes = [
+        "Each arm is one optimizer setting (e.g. precondition frequency) with its own tuned hyperparameters; "
+        "'final' is the best configuration's mean over seeds with its sample std and 95% t-interval.",
+        f"'vs {w.baseline}': Δ = arm − baseline in mean final loss, Welch's t-test over seeds (two-sided, α = 0.05); "
+        "**tie** = the gap is not significant.",
+        f"*Steps and time to target are interpolated linearly between evaluations ({spacing}) on the mean curve "
+        "over seeds of the fixed evaluation set; efficiency = the baseline's steps (seconds) to target / the arm's "
+        "(>1 is better).",
+    ]
+    if "fixed validation set" in sets:
+        notes.append("† final on the fixed evaluation set (these runs did not measure the whole validation split).")
+    if "whole validation split" in sets:
+        notes.append("Final losses are on the whole validation split; the target uses the fixed evaluation set "
+                     "of the curves, so that crossings and target are on the same data.")
+    notes.append("'optimizer time share' = optimizer.step() seconds / training seconds; 'state memory' = the "
+                 "optimizer's state tensors at the end of training; 'runs' counts every run of the arm.")
+    return notes
+
+
+_COMPARE_COLUMNS = ["setting", "optimizer", "quantity", "paper", "ours", "ours_how", "check", "our scale vs paper's",
+                    "source"]
+_CONFIG_COLUMNS = ["arm", "max_steps", "hyperparameters", "best", "final_mean", "final_std", "n", "runs"]
 
 
 def main_table(w: WorkloadResult, reference: Reference | None) -> str:
-    """Heading, target, the per-optimizer table and its warnings: what is also printed to stdout."""
+    """Heading, target, the per-arm table and its warnings: what is also printed to stdout."""
     target = f"{w.target:.4f}" if w.target is not None else "none"
     rows = optimizer_rows(w, reference)
     lines = [f"## {w.workload}", "", f"Target: **{target}** ({w.target_source}); full budget: {w.full_budget} steps.",
-             "", md_table(rows, list(rows[0]) if rows else ["optimizer"])]
+             "", md_table(rows, list(rows[0]) if rows else ["arm"])]
     warnings = fairness_warnings(w)
     if warnings:
         lines += [""] + [f"- **warning:** {note}" for note in warnings]
     return "\n".join(lines)
 
 
+def tuning_lines(record: dict[str, Any]) -> list[str]:
+    """What reproduce.py's tuning did, arm by arm: the grid, edge extensions, reused lrs, the seeds."""
+    protocol = record.get("protocol", {})
+    out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
+           f"{protocol.get('factor')} apart around its yaml lr, first seed only; {protocol.get('edge_extension')} "
+           f"when the best is on an edge; then the best lr on {protocol.get('seeds')} seeds.", ""]
+    if record.get("subset"):
+        out += [f"**Subset:** {record['subset']}", ""]
+    for name, arm in record.get("arms", {}).items():
+        seeds = ", ".join(map(str, arm.get("seeds") or [])) or "none"
+        if arm.get("tuned_from"):
+            out.append(f"- `{name}`: not tuned; takes `{arm['tuned_from']}`'s tuned lr {arm.get('best_lr'):g} "
+                       f"(an expensive sibling); seeds {seeds}.")
+            continue
+        tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.4f}")
+                          for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0])))
+        line = f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; first seed: {tried or 'nothing ran yet'}."
+        if arm.get("extended"):
+            line += f" The best was on the {'upper' if arm['extended'] == 'up' else 'lower'} edge: extended by one point."
+        if arm.get("still_on_edge"):
+            line += " **Still on the edge after the extension: the optimum may lie outside.**"
+        best = arm.get("best_lr")
+        line += f" Best lr {best:g}; seeds {seeds}." if best is not None else " No usable lr (all diverged or failed)."
+        out.append(line)
+    return out
+
+
+def verdict_lines(reference: Reference | None, w: WorkloadResult) -> list[str]:
+    """The paper's claims, one line each: what it says, holds / does not hold / within noise, our numbers."""
+    if reference is None:
+        return []
+    rows = check_claims(reference, w) + check_orderings(reference, w)
+    return [f"- [{row['setting']}] {row['claim']}: **{row['check']}** ({row['ours']})" for row in rows]
+
+
 def reference_section(reference: Reference, w: WorkloadResult, metric: str) -> list[str]:
     differs = "" if reference.metric == metric else f" (**differs from ours, `{metric}`**)"
     out = [f"### Paper reference: {reference.paper}", "",
-           f"File `{reference.path}`; paper metric `{reference.metric}`{differs}.", ""]
+           f"File `{reference.path.name}`; paper metric `{reference.metric}`{differs}.", ""]
     out += [f"- setting `{k}`: {v}" for k, v in reference.settings.items()] + [""]
+    claims = verdict_lines(reference, w)
+    if claims:
+        out += ["Paper claims, checked against our seeds:", "", *claims, ""]
     comparisons = compare(reference, w)
     if comparisons:
         out += [md_table(comparisons, _COMPARE_COLUMNS), ""]
-    orderings = check_orderings(reference, w)
-    if orderings:
-        out += [md_table(orderings, ["setting", "claim", "ours", "check", "source"]), ""]
+    if reference.legend:
+        out += [f"Source tags: {reference.legend}", ""]
     return out
 
 
@@ -324,11 +464,17 @@ def markdown(
            *_provenance(analysis), ""]
     tables = []
     for w in analysis.workloads:
-        tables.append(main_table(w, reference))
-        out += [tables[-1], "", _TABLE_NOTE, ""]
+        tables.append(main_table(w, reference) + ("\n\n" + "\n".join(verdict_lines(reference, w)) if reference else ""))
+        out += [main_table(w, reference), "", *[f"- {n}" for n in table_notes(w)], ""]
+        if w.experiment in analysis.tuning:
+            out += ["### Tuning", "", *tuning_lines(analysis.tuning[w.experiment]), ""]
+        differences = differences_rows(w)
+        if differences:
+            out += ["### What differs from the baseline arm", "", md_table(differences, list(differences[0])), ""]
         efficiency = efficiency_rows(w)
-        fits = md_table(efficiency, list(efficiency[0])) if efficiency else "No optimizer has shortened-schedule runs."
-        out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "", fits, ""]
+        if efficiency:
+            out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "",
+                    md_table(efficiency, list(efficiency[0])), ""]
         if reference is not None:
             out += reference_section(reference, w, analysis.metric)
         out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS), ""]
@@ -339,6 +485,9 @@ def markdown(
         out += [f"- `{f.path.name}`: {f.caption} Sources: `{f.path.stem}.sources.json`." for f in figures]
     else:
         out += ["None drawn (`--no-figures`, or nothing to plot)."]
+    if len(analysis.workloads) == 1:
+        out += ["- No performance profile: it is the fraction of workloads an arm solves within a factor τ of the "
+                "fastest, which over a single workload says nothing the table does not."]
     out += ["", "Every run directory used is listed with its status and config hash in `sources.json`."]
     return "\n".join(out) + "\n", "\n\n".join(tables) + "\n"
 

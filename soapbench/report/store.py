@@ -43,7 +43,7 @@ STATUSES = ("completed", "diverged", "failed", "running", "interrupted", "no_sum
 # A key is ignored if any of its dotted segments is one of these (``seed``, ``data.seed``,
 # ``paths.results_dir``, ``logger.wandb.project``, ``trainer.stop_after_steps``, ...): they do not
 # change what is trained (stop_after_steps only splits a run across processes; eval_at_start only
-# adds an eval at step 0).
+# adds an eval at step 0; threads and parallel_jobs only set how many cores compute it).
 IGNORED_SEGMENTS = frozenset(
     {
         "seed",
@@ -53,6 +53,7 @@ IGNORED_SEGMENTS = frozenset(
         "wandb",
         "experiment_name",
         "run_name",
+        "sweep_keys",
         "run_dir",
         "output_dir",
         "results_dir",
@@ -63,6 +64,8 @@ IGNORED_SEGMENTS = frozenset(
         "checkpoint_dir",
         "keep_final_checkpoint",
         "stop_after_steps",
+        "threads",
+        "parallel_jobs",
         "eval_at_start",
         "resume",
         "num_workers",

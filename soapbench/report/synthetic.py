@@ -67,6 +67,7 @@ def write_run(
     error: str | None = None,
     diverged_step: int | None = None,
     images: dict[int, bytes] | None = None,
+    summary_extra: dict[str, Any] | None = None,
 ) -> Path:
     """One run directory. ``evals`` = [(step, train_seconds, loss)]; status None writes no summary.
 
@@ -132,6 +133,7 @@ def write_run(
         "versions": {"torch": "2.13.0"},
         "started_at": "2025-01-01T00:00:00Z",
         "finished_at": None if status == "running" else "2025-01-01T00:10:00Z",
+        **(summary_extra or {}),
     }
     (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True), encoding="utf-8")
     return run_dir

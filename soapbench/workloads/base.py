@@ -37,6 +37,10 @@ class Workload(Protocol):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Metrics on the fixed validation set; must include ``val_loss``. Called under no_grad, eval mode."""
 
+    def evaluate_full(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+        """The same metrics on the whole validation split (or ``max_batches`` batches spread over it),
+        for the final numbers: the fixed set is cheap but small enough to carry an optimizer-dependent offset."""
+
     def flops_per_item(self) -> float | None:
         """Training FLOPs (forward+backward) per token/sample for MFU, or None when unknown."""
 

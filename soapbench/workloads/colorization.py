@@ -10,8 +10,9 @@ SOAP 0.0029, Shampoo 0.0035). This workload feeds it the photos of ``data/colori
   The last incomplete global batch of an epoch is dropped, as ``DataLoader(drop_last=True)`` would;
 * loss: ``F.mse_loss(model(L), ab)``, the mean over pixels and both ab channels (``nn.MSELoss`` as
   in the reference code);
-* evaluation: the same MSE over the centre crops of the validation images (all of them, or the first
-  ``eval_batches x batch_size``), reported as ``val_loss`` = ``val_mse``;
+* evaluation: the same MSE over the centre crops of the validation images (all of them, or
+  ``eval_batches x batch_size`` evenly spaced ones), reported as ``val_loss`` = ``val_mse``; the final
+  evaluation takes all of them (or ``final_eval_batches x batch_size``);
 * artifacts: a PNG grid of (grey input, prediction, ground truth) for a fixed set of validation images.
 """
 
@@ -77,17 +78,19 @@ class ColorizationWorkload:
                 f"data.max_train_images: {len(self.data.train)} training images are fewer than one step's "
                 f"{images_per_step} (trainer.batch_size x trainer.grad_accum_steps); use more images or a smaller batch"
             )
-        # Centre crops of the validation set, kept in memory as float16 (a few hundred images).
-        offset = (self.data.val.shape[-1] - self.crop) // 2
-        # eval_batches x batch_size images at most (None: all), evenly spaced so every source stays in.
-        count = len(self.data.val) if eval_batches is None else min(len(self.data.val), eval_batches * batch_size)
-        index = np.linspace(0, len(self.data.val) - 1, count).round().astype(int)
-        val = np.asarray(self.data.val[index])[:, :, offset : offset + self.crop, offset : offset + self.crop]
-        val = np.ascontiguousarray(val)
-        self.val = torch.from_numpy(val)
+        self.val = self._centre_crops(eval_batches)
         count = min(int(data_cfg.get("preview_images", 8)), len(self.val))
         self.preview_index = np.linspace(0, len(self.val) - 1, count).round().astype(int).tolist() if count else []
         self._flops: float | None = None
+
+    def _centre_crops(self, max_batches: int | None) -> torch.Tensor:
+        """Centre crops of ``max_batches x batch_size`` validation images (None: all), evenly spaced so every
+        source stays in; kept in memory as float16 (a few hundred images)."""
+        offset = (self.data.val.shape[-1] - self.crop) // 2
+        count = len(self.data.val) if max_batches is None else min(len(self.data.val), max_batches * self.batch_size)
+        index = np.linspace(0, len(self.data.val) - 1, count).round().astype(int)
+        val = np.asarray(self.data.val[index])[:, :, offset : offset + self.crop, offset : offset + self.crop]
+        return torch.from_numpy(np.ascontiguousarray(val))
 
     # --- training ---------------------------------------------------------------------------------
 
@@ -121,19 +124,24 @@ class ColorizationWorkload:
 
     # --- evaluation -------------------------------------------------------------------------------
 
-    def _val_batches(self, index: list[int] | None = None):
-        data = self.val if index is None else self.val[index]
+    def _val_batches(self, index: list[int] | None = None, images: torch.Tensor | None = None):
+        data = self.val if images is None else images
+        data = data if index is None else data[index]
         for start in range(0, len(data), self.batch_size):
             chunk = data[start : start + self.batch_size].to(self.device, torch.float32)
             yield chunk[:, :1], chunk[:, 1:]
 
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
+    def evaluate(self, model: nn.Module, images: torch.Tensor | None = None) -> dict[str, float]:
         total, count = 0.0, 0
-        for grey, ab in self._val_batches():
+        for grey, ab in self._val_batches(images=images):
             total += F.mse_loss(model(grey).float(), ab, reduction="sum").item()
             count += ab.numel()
         mse = total / count
         return {"val_loss": mse, "val_mse": mse}
+
+    def evaluate_full(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+        """The same MSE over the centre crops of all validation images (or ``max_batches`` batches of them)."""
+        return self.evaluate(model, images=self._centre_crops(max_batches))
 
     def flops_per_item(self) -> float | None:
         """Forward + backward FLOPs per training image, counted once by PyTorch's FlopCounterMode on a meta copy."""

@@ -4,7 +4,10 @@ Training windows of ``seq_len + 1`` tokens start at uniformly random positions d
 from a generator seeded by (seed, step, micro_step) — nanoGPT's sampling, made a pure
 function of the step so every optimizer sees the same batches and a resumed run
 continues with the very batches it would have seen. The validation set is a fixed
-list of windows drawn with a constant seed: identical for every run and seed.
+list of windows drawn with a constant seed: identical for every run and seed. The final
+evaluation instead scores the whole validation split once: consecutive non-overlapping
+windows (every token after the first is a target exactly once, up to the last partial window),
+so final numbers carry no sampling offset of the small fixed set.
 """
 
 from __future__ import annotations
@@ -88,7 +91,29 @@ class LanguageModelWorkload:
             inputs, targets = self._windows(self.splits.val, starts)
             logits = model(inputs)
             total += nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1)).item()
-        val_loss = total / len(self.val_starts)
+        return self._metrics(total / len(self.val_starts))
+
+    def full_split_starts(self, max_batches: int | None = None) -> np.ndarray:
+        """Starts of the non-overlapping windows tiling the validation split; with ``max_batches``,
+        that many batches' worth of them, evenly spaced over the split."""
+        starts = np.arange(0, len(self.splits.val) - self.seq_len, self.seq_len)
+        if max_batches is not None and max_batches * self.batch_size < len(starts):
+            starts = starts[np.linspace(0, len(starts) - 1, max_batches * self.batch_size).round().astype(int)]
+        return starts
+
+    @torch.no_grad()
+    def evaluate_full(self, model: nn.Module, max_batches: int | None = None) -> dict[str, float]:
+        """Token-weighted mean loss over :meth:`full_split_starts`, in batches of ``batch_size`` windows."""
+        starts = self.full_split_starts(max_batches)
+        total = 0.0
+        for first in range(0, len(starts), self.batch_size):
+            inputs, targets = self._windows(self.splits.val, starts[first : first + self.batch_size])
+            logits = model(inputs)
+            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), reduction="sum").item()
+        return self._metrics(total / (len(starts) * self.seq_len))
+
+    @staticmethod
+    def _metrics(val_loss: float) -> dict[str, float]:
         return {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 700.0))}
 
     def flops_per_item(self) -> float | None:

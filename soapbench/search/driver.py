@@ -1,0 +1,322 @@
+"""Hyperparameter search beyond grids: Optuna TPE / random, or quasi-random (Halton, Sobol) as AlgoPerf does.
+
+A search (``configs/hparams_search/<name>.yaml``) names the run being tuned (train overrides), a space and a
+sampler. Every trial is an ordinary run of ``scripts/train.py`` in ``results/runs/<study>/``, named by its
+sampled values, so the report reads trials like any other runs. The objective is the final validation loss;
+a diverged run scores +inf (a result, not a failure), a run that failed or was rejected is a failed trial.
+
+The study lives in ``results/searches/<study>/study.db`` (Optuna's SQLite storage) beside ``trials.csv``
+and one log per trial. It is resumable: the same command continues it until ``trials`` have finished. A
+trial whose driver was killed is still RUNNING in the study; the next driver (one at a time, by a lock)
+marks it failed and re-asks its parameters, so the same run directory resumes from its last checkpoint and
+ends as an uninterrupted run would. Trial processes die with their driver (Linux), so none is orphaned.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from soapbench.errors import ConfigError
+from soapbench.search.space import SearchSpace, parse_space
+
+REPO = Path(__file__).resolve().parents[2]
+SEARCH_DIR = REPO / "configs" / "hparams_search"
+SAMPLERS = ("tpe", "random", "halton", "sobol")
+QUASI_RANDOM = ("halton", "sobol")
+_SEARCH_KEYS = ("study", "sampler", "trials", "seed", "overrides", "space")
+
+
+@dataclass
+class Search:
+    study: str
+    sampler: str
+    trials: int
+    seed: int
+    overrides: list[str]
+    space: SearchSpace
+    jobs: int = 1
+    results_dir: Path = field(default_factory=lambda: Path(os.environ.get("SOAPBENCH_RESULTS", "results")))
+
+    @property
+    def directory(self) -> Path:
+        return self.results_dir / "searches" / self.study
+
+    def trial_overrides(self, params: Mapping[str, Any]) -> list[str]:
+        keys = ",".join(self.space.keys)
+        return [
+            f"experiment_name={self.study}", *self.overrides, *self.space.overrides(params),
+            f"paths.results_dir={self.results_dir}", f"sweep_keys=[{keys}]",
+            # concurrent trials share the cores (the trainer's thread policy) instead of oversubscribing them
+            *([f"trainer.parallel_jobs={self.jobs}"] if self.jobs > 1 else []),
+        ]  # fmt: skip
+
+
+def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, sampler: str | None, study: str | None,
+                jobs: int, results_dir: Path | None) -> Search:  # fmt: skip
+    from omegaconf import OmegaConf
+
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SEARCH_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        available = ", ".join(sorted(p.stem for p in SEARCH_DIR.glob("*.yaml")))
+        raise ConfigError(f"search: no search {name_or_path!r} ({path}); available: {available}, or a path to a yaml")
+    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    unknown = sorted(set(data) - set(_SEARCH_KEYS))
+    if unknown:
+        raise ConfigError(f"{path.name}: {unknown[0]}: unknown key; valid: {', '.join(_SEARCH_KEYS)}")
+    chosen_sampler = sampler or data.get("sampler", "tpe")
+    if chosen_sampler not in SAMPLERS:
+        raise ConfigError(f"sampler: unknown {chosen_sampler!r}; valid: {', '.join(SAMPLERS)}")
+    count = trials if trials is not None else data.get("trials")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ConfigError(f"trials: must be a positive integer, got {count!r}")
+    if jobs < 1:
+        raise ConfigError(f"jobs: must be >= 1, got {jobs}")
+    return Search(
+        study=study or data.get("study") or path.stem, sampler=chosen_sampler, trials=count,
+        seed=int(data.get("seed", 0)), overrides=[*map(str, data.get("overrides") or []), *overrides],
+        space=parse_space(data.get("space"), f"{path.name}: space"), jobs=jobs,
+        results_dir=results_dir or Path(os.environ.get("SOAPBENCH_RESULTS", "results")),
+    )  # fmt: skip
+
+
+def plan_trial(overrides: list[str]) -> Any:
+    """Compose and validate a trial's config as scripts/train.py would; return its run plan (directory, name)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from optimizers.imported import with_label
+    from soapbench.cli import resolve
+    from soapbench.rundir import plan_run
+
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            config = resolve(compose(config_name="train", overrides=overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from error
+    return plan_run({**config, "optimizer": with_label(config["optimizer"])})
+
+
+def objective(summary: Mapping[str, Any] | None) -> float | None:
+    """Final validation loss (whole split if measured); +inf for a diverged run (or a completed one whose loss is not finite); None: failed."""
+    if not summary:
+        return None
+    if summary.get("status") == "diverged":
+        return math.inf
+    if summary.get("status") != "completed":
+        return None
+    # The whole validation split when the run measured it (as the reproductions rank), else the fixed eval set.
+    value = summary.get("final_full_val_loss")
+    value = summary.get("final_val_loss") if value is None else value
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else math.inf
+
+
+class _Lock:
+    """One driver per study: a second one would mistake the first one's running trials for killed ones."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = open(self.path, "w")
+        try:
+            fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            raise ConfigError(f"search: another driver is running this study ({self.path}); wait for it or stop it") from error
+        return self
+
+    def __exit__(self, *_):
+        fcntl.flock(self.handle, fcntl.LOCK_UN)
+        self.handle.close()
+
+
+def _die_with_parent() -> None:
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _sampler(search: Search):
+    import optuna
+
+    if search.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=search.seed, constant_liar=search.jobs > 1)
+    return optuna.samplers.RandomSampler(seed=search.seed)  # random, and the fallback for enqueued quasi-random points
+
+
+def open_study(search: Search):
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    search.directory.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(
+        study_name=search.study, storage=f"sqlite:///{(search.directory / 'study.db').resolve()}",
+        sampler=_sampler(search), direction="minimize", load_if_exists=True,
+    )  # fmt: skip
+    identity = {"overrides": search.overrides, "space": {k: repr(v) for k, v in search.space.distributions().items()}}
+    recorded = study.user_attrs.get("identity")
+    if recorded is None:
+        study.set_user_attr("identity", identity)
+    elif recorded != identity:
+        changed = "overrides" if recorded["overrides"] != identity["overrides"] else "space"
+        raise ConfigError(
+            f"search: study {search.study!r} was started with other {changed} ({recorded[changed]}); "
+            f"use --study <new name> for a different search, or delete {search.directory}"
+        )
+    return study
+
+
+def _retries(study) -> int:
+    return sum(1 for t in study.get_trials(deepcopy=False) if "retry_of" in t.user_attrs)
+
+
+def finished_trials(study) -> int:
+    from optuna.trial import TrialState
+
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL))
+    return len(done) - _retries(study)
+
+
+def retry_interrupted(study) -> list[int]:
+    """Trials left RUNNING by a killed driver: failed, and their parameters asked again (their runs resume)."""
+    from optuna.trial import TrialState
+
+    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=TrialState.FAIL)
+        attrs = {k: v for k, v in trial.user_attrs.items() if k not in ("run_dir", "run_name", "error")}
+        study.enqueue_trial(trial.params, user_attrs={**attrs, "retry_of": trial.number}, skip_if_exists=False)
+    return [t.number for t in stale]
+
+
+def _next_trial(study, search: Search):
+    from optuna.trial import TrialState
+
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    if search.sampler in QUASI_RANDOM and not waiting:
+        used = [t.user_attrs.get("quasi_random_index", -1) for t in study.get_trials(deepcopy=False)]
+        index = max(used, default=-1) + 1
+        params = search.space.quasi_random_params(index, search.sampler, search.seed)
+        study.enqueue_trial(params, user_attrs={"quasi_random_index": index}, skip_if_exists=False)
+    return study.ask(search.space.distributions())
+
+
+def _error_line(log: Path) -> str | None:
+    if not log.is_file():
+        return None
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.startswith("error:")]
+    return lines[-1] if lines else None
+
+
+def write_trials(study, search: Search) -> Path:
+    """``trials.csv``: one row per trial (number, state, objective, the config values tried, its run)."""
+    keys = [d.key if d.index is None else f"{d.key}.{d.index}" for d in search.space.dimensions]
+    path = search.directory / "trials.csv"
+    temporary = path.with_suffix(".csv.tmp")
+    with temporary.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trial", "state", "objective", *keys, "run_name", "retry_of", "error"])
+        for t in study.get_trials(deepcopy=False):
+            writer.writerow([
+                t.number, t.state.name.lower(), "" if t.value is None else t.value,
+                *(search.space.config_values(t.params).get(k, "") for k in keys),
+                t.user_attrs.get("run_name", ""), t.user_attrs.get("retry_of", ""), t.user_attrs.get("error", ""),
+            ])  # fmt: skip
+    temporary.replace(path)
+    return path
+
+
+def _trial_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_search(search: Search, *, print_line=print) -> Any:
+    """Run (or continue) the search until ``search.trials`` trials have finished; return the study."""
+    from optuna.trial import TrialState
+
+    with _Lock(search.directory / "driver.lock"):
+        study = open_study(search)
+        retried = retry_interrupted(study)
+        if retried:
+            print_line(f"search {search.study}: trials {retried} were interrupted; their runs resume")
+        running: dict[int, tuple[subprocess.Popen, Any, Path]] = {}
+        stop = []
+        previous = {sig: signal.signal(sig, lambda *_: stop.append(True)) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop and (running or finished_trials(study) < search.trials):
+                while not stop and len(running) < search.jobs and finished_trials(study) + len(running) < search.trials:
+                    trial = _next_trial(study, search)
+                    overrides = search.trial_overrides(trial.params)
+                    try:
+                        plan = plan_trial(overrides)
+                    except ConfigError as error:
+                        trial.set_user_attr("error", str(error))
+                        study.tell(trial, state=TrialState.FAIL)
+                        print_line(f"error: trial {trial.number}: {error}")
+                        continue
+                    trial.set_user_attr("run_name", plan.run_name)
+                    log = search.directory / f"trial_{trial.number:04d}.log"
+                    with log.open("a") as handle:
+                        process = subprocess.Popen(
+                            [sys.executable, str(REPO / "scripts" / "train.py"), *overrides], stdout=handle,
+                            stderr=subprocess.STDOUT, env=_trial_env(), preexec_fn=_die_with_parent,
+                        )  # fmt: skip
+                    running[trial.number] = (process, trial, plan.run_dir)
+                    print_line(f"search {search.study}: trial {trial.number} -> {plan.run_name}")
+                for number, (process, trial, run_dir) in list(running.items()):
+                    if process.poll() is None:
+                        continue
+                    del running[number]
+                    summary_path = run_dir / "summary.json"
+                    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+                    value = objective(summary) if process.returncode in (0,) else None
+                    if value is None:
+                        error = _error_line(search.directory / f"trial_{number:04d}.log") or f"exit code {process.returncode}"
+                        trial.set_user_attr("error", error)
+                        study.tell(trial, state=TrialState.FAIL)
+                        print_line(f"search {search.study}: trial {number} failed: {error}")
+                    else:
+                        study.tell(trial, value)
+                        print_line(f"search {search.study}: trial {number} = {value:.4f} ({summary['status']})")
+                    write_trials(study, search)
+                if running:
+                    time.sleep(0.5)
+        finally:
+            for process, _, _ in running.values():  # stopped: each run checkpoints on SIGTERM and resumes next time
+                process.send_signal(signal.SIGTERM)
+            for process, _, _ in running.values():
+                process.wait()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            write_trials(study, search)
+    return study
+
+
+def best_line(study, search: Search) -> str:
+    from optuna.trial import TrialState
+
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    finite = [t for t in complete if math.isfinite(t.value)]
+    if not finite:
+        return f"no finite objective yet ({len(complete)} completed trials diverged)" if complete else "no completed trial yet"
+    best = min(finite, key=lambda t: t.value)
+    values = search.space.config_values(best.params)
+    params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+    return f"best: trial {best.number}, final val loss {best.value:.4f} ({params}) -> {best.user_attrs.get('run_name')}"

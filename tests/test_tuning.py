@@ -1,0 +1,174 @@
+"""Tuned, seeded reproductions: the tuning protocol, the report's statistics and verdicts, interruption.
+
+The protocol is checked on synthetic results (no training); one tiny reproduction runs end to end
+through ``scripts/reproduce.py`` (2 lr points x 2 seeds, 12 steps), interrupted once and resumed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import FAST, REPO
+from soapbench.report import synthetic as syn
+from soapbench.report.analysis import analyze
+from soapbench.report.render import markdown
+from soapbench.report.stats import estimate, welch
+from soapbench.report.store import load_experiment
+from soapbench.tuning import Arm, Design, Planner, log_grid
+
+
+def _drive(planner: Planner, final_of) -> list:
+    """Run a planner to the end with a synthetic final loss per (arm, lr, seed); return every job run."""
+    queue, ran = list(planner.initial()), []
+    while queue:
+        job = queue.pop(0)
+        ran.append(job)
+        queue += planner.finished(job, final_of(job))
+    return ran
+
+
+def test_grid_is_centred_on_the_yaml_lr_a_half_decade_apart() -> None:
+    assert log_grid(1e-3, 3, math.sqrt(10)) == [3.16e-4, 1e-3, 3.16e-3]
+    assert log_grid(3e-3, 2, math.sqrt(10)) == [9.49e-4, 3e-3]
+
+
+def test_planner_extends_an_edge_once_seeds_the_best_and_lends_it_to_siblings() -> None:
+    design = Design("exp", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=3)
+    planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3})
+    # adamw improves with lr without bound (best always on the upper edge); soap_f10's optimum is inside
+    best = {"soap_f10": 3e-3, "soap_f1": 3e-3}
+    ran = _drive(planner, lambda j: -math.log10(j.lr) if j.arm == "adamw" else abs(math.log10(j.lr / best[j.arm])))
+    adamw = planner.logs["adamw"]
+    assert adamw.grid == [3.16e-4, 1e-3, 3.16e-3, 1e-2] and adamw.extended == "up"
+    assert adamw.best_lr == 1e-2 and adamw.still_on_edge  # said, not hidden
+    soap = planner.logs["soap_f10"]
+    assert soap.extended is None and soap.best_lr == 3e-3 and not soap.still_on_edge
+    sibling = planner.logs["soap_f1"]
+    assert sibling.tuned_from == "soap_f10" and sibling.best_lr == 3e-3
+    seeds = {(j.arm, j.seed) for j in ran if j.stage in ("seed", "sibling")}
+    assert seeds == {("adamw", 1), ("adamw", 2), ("soap_f10", 1), ("soap_f10", 2),
+                     ("soap_f1", 0), ("soap_f1", 1), ("soap_f1", 2)}
+    assert all(j.lr == 1e-2 for j in ran if j.arm == "adamw" and j.stage == "seed")
+    assert len(ran) == 4 + 3 + 2 + 2 + 3  # adamw grid + edge, soap grid, seeds, sibling seeds
+
+
+def test_planner_does_not_seed_an_arm_whose_every_lr_diverged() -> None:
+    planner = Planner(Design("exp", (Arm("muon"),), seeds=3), {"muon": 0.02})
+    ran = _drive(planner, lambda j: math.inf)
+    assert planner.logs["muon"].best_lr is None and all(j.stage in ("grid", "edge") for j in ran)
+
+
+def test_interval_and_welch_verdicts() -> None:
+    est = estimate([1.0, 1.1, 1.2])
+    assert est.n == 3 and est.std == pytest.approx(0.1) and est.half_width == pytest.approx(4.302653 * 0.1 / 3**0.5)
+    assert estimate([1.5]).n == 1 and math.isnan(estimate([1.5]).half_width)
+    assert welch([1.0, 1.01, 0.99], [2.0, 2.01, 1.99]).verdict == "better"
+    assert welch([1.0, 1.5, 0.5], [1.1, 0.6, 1.6]).verdict == "tie"
+    assert welch([1.0], [2.0, 2.1]).verdict == "n/a"
+
+
+def _evals(final: float, seconds_per_step: float) -> list[tuple[int, float, float]]:
+    return [(step, step * seconds_per_step, final + 1.0 / step * 50) for step in (100, 200, 300, 400)]
+
+
+def test_report_marks_wall_clock_from_a_shared_machine_and_mixed_segments(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    shared = {"machine_shared": {"shared": True, "slowed_fraction": 0.31, "max_load": 3.8, "cores": 2,
+                                 "reasons": ["31% of steps slowed >1.5x (wall/CPU)"]},
+              "segments_differ": True,
+              "segments": [{"start_step": 0, "end_step": 200, "threads": 1}, {"start_step": 200, "end_step": 400,
+                                                                              "threads": 2}]}
+    for seed in (0, 1, 2):
+        syn.write_run(root, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 400),
+                      _evals(1.50 + 0.01 * seed, 0.1))
+        syn.write_run(root, "exp", f"soap-s{seed}", syn.base_config("exp", "soap", seed, 3e-3, 400),
+                      _evals(1.40 + 0.01 * seed, 0.3), summary_extra=shared if seed == 1 else None)
+    analysis = analyze(load_experiment(root, "exp"))
+    report, table = markdown(analysis, "cmd", "now", None, [])
+    assert "machine shared: 31% of steps slowed >1.5×" in table
+    assert "(unreliable: machine shared)" in table.split("| soap |")[1].split("\n")[0]
+    assert "(unreliable" not in table.split("| adamw |")[1].split("\n")[0]  # clean runs print plain numbers
+    assert "resumed on a different device, CPU or thread count" in table
+    soap = analysis.workloads[0].optimizers["soap"]
+    assert soap.versus_baseline.verdict == "better" and soap.best.n == 3
+
+
+def test_report_lists_confounds_between_arms(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    for seed in (0, 1):
+        base = syn.base_config("exp", "muon", seed, 0.02, 400, companion={"name": "adamw", "lr": 3e-4})
+        other = syn.base_config("exp", "soap_muon", seed, 0.02, 400, companion={"name": "adamw", "lr": 4e-3})
+        syn.write_run(root, "exp", f"muon-s{seed}", base, _evals(1.71 + 0.001 * seed, 0.1))
+        syn.write_run(root, "exp", f"soap_muon-s{seed}", other, _evals(1.70 + 0.001 * seed, 0.1))
+    analysis = analyze(load_experiment(root, "exp"), baseline="muon")
+    report, table = markdown(analysis, "cmd", "now", None, [])
+    assert "confound: differs from the baseline arm muon in non-optimizer settings (optimizer.companion.lr)" in table
+    assert "**optimizer.companion.lr: 0.004 (baseline 0.0003)**" in report
+
+
+def _load_reproduce():
+    spec = importlib.util.spec_from_file_location("reproduce_under_test", REPO / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+_TINY = f"""
+import sys
+sys.path.insert(0, {str(REPO / 'scripts')!r})
+import reproduce as m
+m.REPRODUCTIONS["tiny"] = m.Reproduction(
+    "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": "a minute"}},
+    arms=(m.Arm("adamw"), m.Arm("soap_f10", 2.0), m.Arm("soap_f1", 3.0, tune_from="soap_f10")), seeds=2, points=2)
+sys.exit(m.main(sys.argv[1:]))
+"""
+
+
+def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Path) -> None:
+    fast = [o for o in FAST if not o.startswith("model=")]
+    results = tmp_path / "results"
+    command = [sys.executable, "-c", _TINY, "tiny", "--results-dir", str(results), "--jobs", "2", "--", *fast]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list((results / "sweeps").rglob("*.log")):
+        time.sleep(0.2)
+    time.sleep(3)  # the first jobs are running
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=120)
+    assert first.returncode == 130, (out, err)
+    assert "interrupted (SIGINT)" in err and "The same command resumes" in err and "Traceback" not in err
+
+    rerun = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "reused from the store" in rerun.stdout
+    run_dirs = [d for d in (results / "runs" / "whitening_nanogpt_cpu").iterdir() if d.is_dir()]
+    # 2 lrs + 1 edge point per tuned arm, one more seed each, the sibling's two seeds: nothing ran twice
+    assert len(run_dirs) == 3 + 1 + 3 + 1 + 2
+    report = (results / "reports" / "whitening_nanogpt_cpu" / "report.md").read_text()
+    for arm in ("| adamw |", "| soap f=10 |", "| soap f=1 |"):
+        assert arm in report, arm
+    assert "(n=2)" in report and "] (n=2)" in report  # mean ± std [95% CI] (n)
+    assert "at the edge of the values tried" in report and "extended by one point" in report
+    assert "takes `soap_f10`'s tuned lr" in report
+    assert "Paper claims, checked against our seeds:" in report
+    verdicts = [line for line in report.splitlines() if line.startswith("- [paper] ")]
+    assert verdicts and all(any(v in line for v in ("**holds", "**does not hold", "**within noise", "**n/a"))
+                            for line in verdicts)
+    assert any(w in report for w in ("**tie**", "**better**", "**worse**"))
+    tuning = json.loads((results / "runs" / "whitening_nanogpt_cpu" / "tuning.json").read_text())
+    assert tuning["arms"]["soap_f1"]["tuned_from"] == "soap_f10"
+    csv = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "report.csv")
+    assert set(csv["arm"]) == {"adamw", "soap f=10", "soap f=1"} and csv["final_std"].notna().all()
