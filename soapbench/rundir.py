@@ -55,6 +55,23 @@ def run_directory(cfg: Mapping[str, Any], name: str) -> Path:
     return Path(cfg["paths"]["results_dir"]) / "runs" / experiment / name
 
 
+@dataclass
+class RunLocation:
+    run_dir: Path
+    run_name: str
+    identity: RunIdentity
+
+
+def locate_run(cfg: Mapping[str, Any]) -> RunLocation:
+    """Where the run of a resolved config lives, without training it (the data are read to fingerprint them)."""
+    from soapbench.identity import run_identity
+    from soapbench.workloads import data_fingerprint
+
+    identity = run_identity(cfg, data_fingerprint(cfg))
+    name = run_name(cfg, identity.hash)
+    return RunLocation(run_directory(cfg, name), name, identity)
+
+
 class RunLock:
     """Exclusive, non-blocking ownership of a run directory for this process's lifetime (or until released)."""
 

@@ -66,7 +66,7 @@ def test_bad_input_gets_the_readme_line_exit_2_and_writes_nothing(case, tmp_path
     result, lines = _run(case, tmp_path, results_dir)
     expected_code, expected_line = _readme_rows()[case]
     assert result.returncode == expected_code == 2, result.stderr
-    assert lines == [expected_line], "exactly the README's one line, no traceback"
+    assert lines == [expected_line], "exactly the README's one line, no traceback (python -m tests.test_bad_input reprints the table)"
     assert not list(results_dir.iterdir()), "nothing is written"
 
 
