@@ -28,6 +28,8 @@ NON_IDENTITY_KEYS = (
     "data.download",  # how the file got there; the fingerprint covers what it holds
     "data.url",
 )
+# Options added later: when off (None) they are left out, so runs made before them keep their identity.
+OMITTED_WHEN_OFF = ("trainer.grad_clip_norm_per_tensor", "trainer.loss_scale_factor")
 # Bumped when the identity's recipe changes, so old and new runs never share a directory by accident.
 IDENTITY_VERSION = 2
 
@@ -82,6 +84,9 @@ def run_identity(cfg: Mapping[str, Any], data_fingerprint: Mapping[str, Any]) ->
         _flatten(cfg.get(section), section, fields)
     for key in NON_IDENTITY_KEYS:
         fields.pop(key, None)
+    for key in OMITTED_WHEN_OFF:
+        if fields.get(key, 0) is None:
+            del fields[key]
     _flatten(dict(data_fingerprint), "data_fingerprint", fields)
     return RunIdentity(fields)
 

@@ -26,6 +26,9 @@ Limits: contention that lasts longer than the median's window becomes its baseli
 criterion still marks the run); with n threads on a loaded machine, refresh steps count as slowed
 too, which overstates the fraction; the load average is a 1-minute mean sampled at log events, so
 a burst shorter than that shows only in the step times. One thread per job keeps the rule exact.
+On a GPU the rule holds because CUDA's default scheduling for a process with one context
+spin-waits on the device (the waiting CPU thread stays busy); a process that switches to blocking
+synchronisation would see every step as slowed.
 
 A run is marked ``machine_shared`` when more than ``SHARED_SLOWED_FRACTION`` of its steps were
 slowed, or when the load average seen by any segment exceeded what that segment's run explains

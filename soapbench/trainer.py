@@ -49,6 +49,7 @@ from soapbench.distributed import (
 )
 from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError, RunInterrupted, SoapbenchError
+from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
@@ -115,7 +116,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     )
     refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
+    scaler = build_grad_scaler(trainer, device)
     ema = None
     if trainer.ema.enabled:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -328,16 +329,10 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
                 batch = workload.train_batch(state["step"], micro_step)
                 with _autocast(trainer.precision, device):
                     loss = workload.loss(forward_model, batch)
-                scaler.scale(loss / trainer.grad_accum_steps).backward()
+                scale_loss(loss, trainer, scaler).backward()
                 loss_sum += loss.detach().float()
                 items += workload.batch_items(batch) * ctx.world_size
-            if trainer.grad_clip_norm or trainer.grad_clip_value:
-                scaler.unscale_(optimizer)
-            grad_norm = None
-            if trainer.grad_clip_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-            if trainer.grad_clip_value:
-                torch.nn.utils.clip_grad_value_(model.parameters(), trainer.grad_clip_value)
+            grad_norm = prepare_gradients(list(model.parameters()), optimizer, scaler, trainer)
             optimizer_clock.start()
             scaler.step(optimizer)
             scaler.update()
