@@ -26,6 +26,9 @@ Deliberate deviations from the reference:
 * The per-dim marginals are stored as a list ``exp_avg_sq`` rather than a dict keyed by dim.
 * The rank-1 normalizer mean(v_0)^{K−1} is clamped at the dtype's smallest normal number, so an all-zero
   gradient (e.g. behind a zero-initialised layer) gives a zero update instead of 0/0 = NaN.
+* V̂ is formed from marginals scaled by a power of two near mean(v_0), then scaled back: the reference's
+  product of K marginals overflows float32 for gradients of scale ~1e10–1e15 (a zero step for matrices, NaN
+  for 3-D and conv tensors); power-of-two scaling is exact, so every rounding, and the goldens, are unchanged.
 
 "adafactor_torch" -- ``torch.optim.Adafactor`` (torch 2.13), unchanged: no momentum, β2 schedule
 ``1 − t^beta2_decay``, relative step ``max(eps2, RMS(W))·min(lr, 1/sqrt(t))``, update clipping at RMS
@@ -45,21 +48,30 @@ from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
-    # Same accumulation order as the reference's rank1_approximation, for bitwise parity.
-    reconstruction = marginals[0].clone()
+    """V̂ = v_0 ⊗ v_1 ⊗ … / mean(v_0)^{K−1}, the reference's rank1_approximation, overflow-free.
+
+    Formed as the reference does, the product of K marginals is ~s^K for a gradient whose squares are ~s, so a
+    float32 gradient of scale 1e15 overflows (V̂ = inf: a silently zero step for matrices, NaN for 3-D and conv
+    tensors) although V̂ itself is ~s. Every marginal and the mean are first divided by a power of two near
+    mean(v_0) and V̂ is multiplied back by it: scaling by a power of two is exact, so each rounding is the
+    reference's (the goldens are bit-identical) and nothing overflows while V̂ and the marginals are finite.
+    """
     first_marginal_mean = torch.mean(marginals[0])
+    scale = torch.ldexp(torch.ones_like(first_marginal_mean), torch.frexp(first_marginal_mean).exponent)
+    # Same accumulation order as the reference's rank1_approximation, for bitwise parity.
+    reconstruction = marginals[0] / scale
     for dim in range(1, len(marginals)):
-        factor = marginals[dim]
+        factor = marginals[dim] / scale
         if neuron_only and dim == len(marginals) - 1:
             factor = factor.mean(dim=0, keepdim=True).expand(*factor.shape)
         leading_shape = reconstruction.shape
         reconstruction = torch.outer(reconstruction.flatten(), factor).view(*leading_shape, factor.shape[0])
     if len(marginals) > 1:
-        normalizer = first_marginal_mean ** (len(marginals) - 1)
+        normalizer = (first_marginal_mean / scale) ** (len(marginals) - 1)
         # An all-zero gradient makes this 0/0 = NaN in the reference; clamping keeps V̂ = 0 there and
         # changes nothing while the normalizer is a normal number.
         reconstruction /= normalizer.clamp_min(torch.finfo(normalizer.dtype).tiny)
-    return reconstruction
+    return reconstruction.mul_(scale)
 
 
 @register_optimizer("adafactor")

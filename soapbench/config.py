@@ -80,7 +80,10 @@ class TrainerConfig:
     grad_accum_steps: int = 1
     precision: str = "fp32"
     grad_clip_norm: float | None = None
+    grad_clip_norm_per_tensor: float | None = None
     grad_clip_value: float | None = None
+    # Static loss scale (any precision; with fp16 it replaces the dynamic GradScaler). See soapbench/gradients.py.
+    loss_scale_factor: float | None = None
     weight_decay_roles: list[str] = field(default_factory=lambda: ["matrix", "head", "input"])
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -113,8 +116,12 @@ class TrainerConfig:
         _positive(prefix, "max_epochs", self.max_epochs, allow_none=True)
         for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):
             _positive(prefix, name, getattr(self, name))
-        _positive(prefix, "grad_clip_norm", self.grad_clip_norm, allow_none=True)
-        _positive(prefix, "grad_clip_value", self.grad_clip_value, allow_none=True)
+        for name in ("grad_clip_norm", "grad_clip_norm_per_tensor", "grad_clip_value", "loss_scale_factor"):
+            _positive(prefix, name, getattr(self, name), allow_none=True)
+        if self.grad_clip_norm is not None and self.grad_clip_norm_per_tensor is not None:
+            raise ConfigError(
+                f"{prefix}.grad_clip_norm_per_tensor: set it or {prefix}.grad_clip_norm (global), not both"
+            )
         for name in ("stop_after_steps", "final_eval_batches", "threads"):
             _positive(prefix, name, getattr(self, name), allow_none=True)
         _positive(prefix, "parallel_jobs", self.parallel_jobs)
@@ -198,6 +205,10 @@ def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -
     # round differently, but it is the same computation) does not change the run being computed.
     for key in ("stop_after_steps", "share_refreshes", "threads", "parallel_jobs"):
         trainer.pop(key, None)
+    # Options added later, when off, leave the identity of runs made before them unchanged.
+    for key in ("grad_clip_norm_per_tensor", "loss_scale_factor"):
+        if trainer.get(key) is None:
+            trainer.pop(key, None)
     trimmed["trainer"] = trainer
     payload = json.dumps(trimmed, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:10]

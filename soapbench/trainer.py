@@ -42,6 +42,7 @@ from soapbench.config import load_trainer_config
 from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown
 from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError
+from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
 from soapbench.results import RunStore
@@ -108,7 +109,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     )
     refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
-    scaler = torch.amp.GradScaler(device.type, enabled=trainer.precision == "fp16")
+    scaler = build_grad_scaler(trainer, device)
     ema = None
     if trainer.ema.enabled:
         ema = torch.optim.swa_utils.AveragedModel(
@@ -265,16 +266,10 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                 batch = workload.train_batch(state["step"], micro_step)
                 with _autocast(trainer.precision, device):
                     loss = workload.loss(forward_model, batch)
-                scaler.scale(loss / trainer.grad_accum_steps).backward()
+                scale_loss(loss, trainer, scaler).backward()
                 loss_sum += loss.detach().float()
                 items += workload.batch_items(batch) * ctx.world_size
-            if trainer.grad_clip_norm or trainer.grad_clip_value:
-                scaler.unscale_(optimizer)
-            grad_norm = None
-            if trainer.grad_clip_norm:
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), trainer.grad_clip_norm)
-            if trainer.grad_clip_value:
-                torch.nn.utils.clip_grad_value_(model.parameters(), trainer.grad_clip_value)
+            grad_norm = prepare_gradients(list(model.parameters()), optimizer, scaler, trainer)
             optimizer_clock.start()
             scaler.step(optimizer)
             scaler.update()

@@ -169,6 +169,28 @@ def test_degenerate_gradients_stay_finite(make_grad):
     assert all(torch.isfinite(param).all() for param in params)
 
 
+@pytest.mark.parametrize("shape", [(8, 8), (3, 40), (4, 3, 5), (3, 2, 3, 3)])
+def test_huge_rank1_gradients_in_float32_step_as_in_float64(shape):
+    """Rank-1 gradients of scale 1e15: the factored second moment is ~1e30 (fine in float32), but forming it as
+    r cᵀ / mean(r) overflowed on the way (a zero step for matrices, NaN for 3-D and conv tensors)."""
+    generator = torch.Generator().manual_seed(0)
+    grads = []
+    for _ in range(3):
+        vectors = [torch.randn(size, generator=generator, dtype=torch.float64) for size in shape]
+        grad = vectors[0]
+        for vector in vectors[1:]:
+            grad = torch.tensordot(grad, vector, dims=0)
+        grads.append([1e15 * grad])
+    init = torch.randn(shape, generator=generator, dtype=torch.float64)
+    runs = {}
+    for dtype in (torch.float32, torch.float64):
+        param = nn.Parameter(init.to(dtype))
+        _drive(Adafactor([param], lr=1e-2), [param], grads)
+        runs[dtype] = param.detach()
+    assert torch.isfinite(runs[torch.float32]).all()
+    torch.testing.assert_close(runs[torch.float32].double(), runs[torch.float64], rtol=1e-5, atol=1e-6)
+
+
 def test_scalar_parameter_is_supported():
     param = nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
     optimizer = Adafactor([param], lr=0.1, betas=(0.0, 0.0), eps=0.0, weight_decay=0.0)
