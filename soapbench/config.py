@@ -205,7 +205,8 @@ def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -
     # round differently, but it is the same computation) does not change the run being computed.
     for key in ("stop_after_steps", "share_refreshes", "threads", "parallel_jobs"):
         trainer.pop(key, None)
-    # Options added later, when off, leave the identity of runs made before them unchanged.
+    # Options added later, when off, leave the identity of runs made before them unchanged. (final_eval_batches
+    # stays in even when null: runs made before it lack the whole-split numbers and must not stand in for new ones.)
     for key in ("grad_clip_norm_per_tensor", "loss_scale_factor"):
         if trainer.get(key) is None:
             trainer.pop(key, None)
