@@ -138,15 +138,24 @@ def split_optimizer_config(config: Mapping[str, Any]) -> tuple[str | None, dict[
     return name, hparams, build_args
 
 
-def _construct(spec: OptimizerSpec, params: Any, hparams: Mapping[str, Any], field_prefix: str):
+def check_hyperparameters(
+    spec: OptimizerSpec, hparams: Iterable[str], field_prefix: str = "optimizer.", passthrough_hint: bool = True
+) -> None:
+    """An unknown name is one error naming it and listing the valid ones."""
     unknown = spec.unknown_hyperparameters(hparams)
     if unknown:
         where = spec.target or spec.name
-        passthrough = f" (or {field_prefix}strict_kwargs=false to pass it to **kwargs)" if spec._keywords()[1] else ""
+        passthrough = ""
+        if passthrough_hint and spec._keywords()[1]:
+            passthrough = f" (or {field_prefix}strict_kwargs=false to pass it to **kwargs)"
         raise OptimizerConfigError(
             f"{field_prefix}{unknown[0]}: not a hyperparameter of {where}; valid: {', '.join(spec.hyperparameter_names())}"
             + passthrough
         )
+
+
+def _construct(spec: OptimizerSpec, params: Any, hparams: Mapping[str, Any], field_prefix: str):
+    check_hyperparameters(spec, hparams, field_prefix)
     try:
         optimizer = spec.factory(params, **hparams)
     except (ValueError, TypeError) as error:

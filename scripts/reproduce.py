@@ -2,7 +2,7 @@
 
     python scripts/reproduce.py whitening_nanogpt --scale cpu            # the main job (a documented subset)
     python scripts/reproduce.py whitening_nanogpt --scale cpu --all-arms # every arm of (a)
-    python scripts/reproduce.py whitening_nanogpt --scale full -- trainer.precision=bf16
+    python scripts/reproduce.py whitening_nanogpt --scale full --jobs 8   # 8 GPUs: one run on each
 
 Each reproduction is an experiment preset per scale (``configs/experiment/``), a design of arms
 (``configs/variant/`` yamls) and a reference file of paper numbers (``results/reference/``). Every arm's
@@ -21,7 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,10 @@ class Reproduction:
     points: int = 3  # lr grid points before any edge extension
 
     def arms_for(self, scale: str, all_arms: bool) -> tuple[Arm, ...]:
-        if scale != "cpu" or all_arms or not self.cpu_subset:
+        """The CPU main job may be a subset, and borrows lrs for expensive siblings; at full scale every arm is tuned."""
+        if scale != "cpu":
+            return tuple(replace(a, tune_from=None) for a in self.arms)
+        if all_arms or not self.cpu_subset:
             return self.arms
         return tuple(a for a in self.arms if a.variant in self.cpu_subset)
 
@@ -153,6 +156,12 @@ class Store:
         return float(value) if value is not None else float("inf")
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _thread_overrides(jobs: int) -> list[str]:
     """One thread per job (small eigh calls slow down by orders of magnitude when BLAS threads compete)."""
     trainer_yaml = (REPO / "configs" / "trainer" / "default.yaml").read_text()
@@ -176,10 +185,13 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
     log_dir = results_dir / "sweeps" / experiment / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     threads = _thread_overrides(args.jobs)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    gpus = _gpu_count()
 
-    def launch(job: Job, log_path: Path) -> subprocess.Popen:
+    def launch(job: Job, log_path: Path, slot: int) -> subprocess.Popen:
         command = train_command(REPO, experiment, args.results_dir, job, extra, threads)
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        if gpus:  # one slot per GPU (or a share of one): concurrent runs do not pile onto cuda:0
+            env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
         handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the process
         handle.write("$ " + shlex.join(command) + "\n")
         handle.flush()

@@ -205,11 +205,12 @@ class RunningJob:
     process: subprocess.Popen
     started: float
     log_path: Path
+    slot: int
 
 
 def run_design(
     planner: Planner,
-    launch: Callable[[Job, Path], subprocess.Popen],
+    launch: Callable[[Job, Path, int], subprocess.Popen],
     outcome: Callable[[Job], float | None],
     already_done: Callable[[Job], float | None | bool],
     jobs: int,
@@ -218,6 +219,7 @@ def run_design(
 ) -> dict[str, int]:
     """Run the planner's jobs to the end, ``jobs`` at a time; returns counts of what happened.
 
+    ``launch(job, log_path, slot)`` starts a job in one of ``jobs`` slots (a slot can own a GPU).
     ``already_done(job)`` returns False if the job must run, else its final loss (the store has it).
     ``outcome(job)`` reads a finished job's final loss from the store (None: failed).
     """
@@ -252,7 +254,8 @@ def run_design(
             while ready and len(running) < jobs:
                 job = ready.pop(0)
                 log_path = log_dir / f"{job.arm}-lr{job.lr:g}-s{job.seed}.log"
-                running.append(RunningJob(job, launch(job, log_path), time.monotonic(), log_path))
+                slot = min(set(range(jobs)) - {r.slot for r in running})
+                running.append(RunningJob(job, launch(job, log_path, slot), time.monotonic(), log_path, slot))
                 say(f"[start] {job.arm} lr={job.lr:g} seed={job.seed} ({job.stage}); log {log_path}")
             time.sleep(0.2)
             for r in [r for r in running if r.process.poll() is not None]:
