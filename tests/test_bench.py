@@ -260,6 +260,7 @@ def test_train_step_ratio_alternates_blocks_of_real_training_steps():
     adamw = rows["adamw"]
     best = (adamw["step"]["mean"] - adamw["optimizer_step"]["mean"] + floor["mean_seconds"]) / adamw["step"]["mean"]
     assert floor["matrices"] > 0 and floor["best_possible_ratio"] == pytest.approx(best)
+    assert section["load_average"]["cores"] >= 1  # the report says how loaded the machine was
 
 
 def test_train_step_arms_start_from_the_same_weights_and_batches():

@@ -201,6 +201,16 @@ def train_step_ratio_markdown(section: Mapping[str, Any]) -> str:
     header = ["optimizer", "step mean ms", "step median ms", "step std ms", "optimizer.step() mean ms",
               "optimizer.step() median ms", "step ÷ AdamW (mean)", "step ÷ AdamW (median)", "steps", "f"]  # fmt: skip
     parts = [section["protocol"], table(header, rows)]
+    load = section.get("load_average")
+    if load and load["before"] is not None and load["cores"] and max(load["before"], load["after"]) > load["cores"]:
+        parts.append(
+            f"**Measured on a contended machine**: 1-minute load average {load['before']:.1f} before and "
+            f"{load['after']:.1f} after, on {load['cores']} cores. Absolute times are inflated; the alternating "
+            "blocks expose every arm to the same contention, so the ratios are the numbers to read."
+        )
+    elif load and load["before"] is not None:
+        parts.append(f"1-minute load average {load['before']:.1f} before and {load['after']:.1f} after, on "
+                     f"{load['cores']} cores.")  # fmt: skip
     soap_floor = section.get("soap_floor")
     if soap_floor:
         parts.append(

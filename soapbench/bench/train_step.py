@@ -21,6 +21,7 @@ Protocol, for a machine shared with other work:
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ import torch
 from soapbench.bench import floor
 from soapbench.bench.catalog import compose, import_submodules, optimizer_setup, preset_config
 from soapbench.bench.step_timing import garbage_collection_paused, rotated
+from soapbench.machine_load import load_average
 from soapbench.timing import synchronize
 
 
@@ -158,7 +160,9 @@ def ratio_section(
     names = list(optimizers) if "adamw" in optimizers else ["adamw", *optimizers]
     arms = [build_arm(preset, name, overrides, device) for name in names]
     steps = block_steps or max([arm.frequency or 1 for arm in arms])
+    load_before = load_average()
     alternating_blocks(arms, warmup=warmup, blocks=blocks, block_steps=steps, progress=progress)
+    load = {"before": load_before, "after": load_average(), "cores": os.cpu_count()}
     rows = [arm.summary() for arm in arms]
     adamw = rows[names.index("adamw")]
     for row in rows:
@@ -182,4 +186,4 @@ def ratio_section(
         "Ratios: the arm's step mean (median) over AdamW's."
     )
     return {"protocol": protocol, "preset": preset, "overrides": list(overrides), "block_steps": steps,
-            "blocks": blocks, "warmup": warmup, "rows": rows, "soap_floor": soap_floor}  # fmt: skip
+            "blocks": blocks, "warmup": warmup, "rows": rows, "soap_floor": soap_floor, "load_average": load}  # fmt: skip
