@@ -180,13 +180,19 @@ def decode_square(ref: ImageRef, size: int) -> np.ndarray:
 
 
 def _convert_split(refs: list[ImageRef], size: int, path: Path, desc: str) -> None:
+    # Under the cache lock: a partial file left by a killed builder is simply overwritten here.
     tmp = path.with_name(path.name + ".partial.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(refs), 3, size, size))
-    for start in tqdm(range(0, len(refs), CONVERT_BATCH), desc=desc, unit="batch"):
-        chunk = np.stack([decode_square(ref, size) for ref in refs[start : start + CONVERT_BATCH]])
-        rgb = torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 255.0
-        out[start : start + len(chunk)] = rgb_to_scaled_lab(rgb).numpy().astype(np.float16)
-    out.flush()
+    try:
+        for start in tqdm(range(0, len(refs), CONVERT_BATCH), desc=desc, unit="batch"):
+            chunk = np.stack([decode_square(ref, size) for ref in refs[start : start + CONVERT_BATCH]])
+            rgb = torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 255.0
+            out[start : start + len(chunk)] = rgb_to_scaled_lab(rgb).numpy().astype(np.float16)
+        out.flush()
+    except BaseException:
+        del out
+        tmp.unlink(missing_ok=True)  # a bad image must not leave a half-converted array in the cache
+        raise
     del out
     os.replace(tmp, path)
 

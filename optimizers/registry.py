@@ -20,6 +20,7 @@ unknown name is an error that lists the valid ones.
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
@@ -106,6 +107,37 @@ def get_spec(name: str) -> OptimizerSpec:
     return _REGISTRY[name]
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_kind(default: Any, value: Any, field: str) -> None:
+    """``value`` must be of the kind of the factory's default: a finite number, a flag, or as many values."""
+    if isinstance(value, torch.Tensor):
+        return  # a tensor lr (torch's capturable API): the optimizer checks it
+    if _is_number(default):
+        if not _is_number(value):
+            raise OptimizerConfigError(f"{field}: expected a number (like {default!r}), got {value!r}")
+        if not math.isfinite(value):
+            raise OptimizerConfigError(f"{field}: must be a finite number, got {value!r}")
+    elif isinstance(default, bool) and not isinstance(value, bool):
+        raise OptimizerConfigError(f"{field}: expected true or false, got {value!r}")
+    elif isinstance(default, tuple) and value is not None:
+        if not isinstance(value, (tuple, list)) or len(value) != len(default):
+            raise OptimizerConfigError(f"{field}: expected {len(default)} values like {list(default)}, got {value!r}")
+        for index, (item_default, item) in enumerate(zip(default, value)):
+            _check_kind(item_default, item, f"{field}[{index}]")
+
+
+def _check_kinds(spec: OptimizerSpec, hparams: Mapping[str, Any], field_prefix: str) -> None:
+    try:
+        parameters = inspect.signature(spec.factory).parameters
+    except (TypeError, ValueError):  # no introspectable signature: the factory checks its own arguments
+        return
+    for name, value in hparams.items():
+        default = parameters[name].default if name in parameters else None  # **kwargs pass-through: unchecked
+        if default is not inspect.Parameter.empty and default is not None:
+            _check_kind(default, value, f"{field_prefix}{name}")
 def resolve_spec(name: str | None, source: Mapping[str, Any] | None = None, field: str = "optimizer") -> OptimizerSpec:
     """The registered optimizer ``name``, or, when ``source`` has a ``target``, the class at that import path."""
     source = dict(source or {})
@@ -156,6 +188,7 @@ def check_hyperparameters(
 
 def _construct(spec: OptimizerSpec, params: Any, hparams: Mapping[str, Any], field_prefix: str):
     check_hyperparameters(spec, hparams, field_prefix)
+    _check_kinds(spec, hparams, field_prefix)
     try:
         optimizer = spec.factory(params, **hparams)
     except (ValueError, TypeError) as error:

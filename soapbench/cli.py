@@ -1,15 +1,28 @@
-"""The Hydra job behind ``scripts/train.py``: resolve, train, and turn errors into one line.
+"""The Hydra app behind ``scripts/train.py``: resolve, train, and turn every error into one line.
 
-Exit codes: 0 for a completed or diverged run (divergence is a result, so sweeps go on),
-2 for bad input (config, hyperparameter, data), 1 for a run that failed while training.
-In a multirun, a failing job is recorded (its summary says ``failed``) and the sweep continues.
+Exit codes (a single run; see the README's table):
+  0    completed or diverged (divergence is a result, so sweeps go on)
+  1    failed: the training code raised (kept as a result; re-runs skip it)
+  2    bad input: config, override, hyperparameter, data, results dir, checkpoint
+  3    the run directory is being trained by another process
+  75   interrupted by the environment (disk, permissions, W&B transport); the same command resumes
+  130  / 143  interrupted by SIGINT / SIGTERM (checkpointed; the same command resumes)
+A multirun records every arm, goes on past failed ones, ends with one table of the arms and
+exits 0 only if every arm completed or diverged (1 otherwise; 130/143 if a signal stopped it).
+Hydra's own errors (unknown config group option, unknown key, bad override syntax, YAML syntax)
+are caught at the app boundary and printed as one ``error:`` line with exit 2.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
 import os
+import signal
 import sys
-from typing import Any
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -19,9 +32,12 @@ from omegaconf.errors import OmegaConfBaseException
 from data.errors import DataError
 from models.registry import ModelConfigError
 from optimizers.registry import OptimizerConfigError
-from soapbench.errors import SoapbenchError
+from soapbench.errors import RunBusyError, RunInterrupted, SoapbenchError
 
 USER_ERRORS = (SoapbenchError, DataError, OptimizerConfigError, ModelConfigError)
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED = 1, 2, 3, 75
+# Where multirun jobs (also in joblib worker processes) record their outcome for the final table.
+LEDGER_ENV = "SOAPBENCH_SWEEP_LEDGER"
 
 
 def _is_multirun() -> bool:
@@ -91,10 +107,19 @@ def _place_sweep_job(config: dict[str, Any]) -> None:
         trainer["parallel_jobs"] = concurrent_jobs
 
 
+def _signal_exit_code(name: str) -> int:
+    return 128 + int(getattr(signal, name, signal.SIGTERM))
+
+
+# ---------------------------------------------------------------------------------- one job
+
+
 def run_job(cfg: DictConfig) -> float | None:
+    """One run (or one arm of a multirun). A single run exits with its code; an arm records it and returns."""
     from soapbench.trainer import train
 
     multirun = _is_multirun()
+    summary: dict[str, Any] | None = None
     try:
         config = resolve(cfg)
         if multirun:
@@ -103,16 +128,137 @@ def run_job(cfg: DictConfig) -> float | None:
                 config["sweep_keys"] = _swept_keys(HydraConfig.get())
         summary = train(config)
     except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        if multirun:
-            return None
-        sys.exit(2)
+        outcome, code, line = "bad input", EXIT_BAD_INPUT, f"error: {error}"
+    except RunBusyError as error:
+        outcome, code, line = "busy", EXIT_BUSY, f"error: {error}"
+    except RunInterrupted as error:
+        outcome, code, line = "interrupted", EXIT_INTERRUPTED, f"error: run interrupted: {error}"
+    except OSError as error:  # the environment, before training started: nothing is stranded, re-run when fixed
+        outcome, code, line = "interrupted", EXIT_INTERRUPTED, f"error: run interrupted: {type(error).__name__}: {error}"
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
+        outcome, code, line = "interrupted", 130, "interrupted (SIGINT); the same command resumes the run"
     except Exception as error:  # recorded as "failed" in the run's summary.json by the trainer
-        print(f"error: run failed: {type(error).__name__}: {error}", file=sys.stderr, flush=True)
-        if multirun:
-            return None
-        sys.exit(1)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table for the run
-        print(format_result(summary), flush=True)
+        outcome, code, line = "failed", EXIT_FAILED, f"error: run failed: {type(error).__name__}: {error}"
+    else:
+        outcome, line = summary["status"], None
+        code = {"completed": 0, "diverged": 0, "running": 0, "failed": EXIT_FAILED}.get(outcome, EXIT_INTERRUPTED)
+        if outcome == "interrupted" and summary.get("signal"):
+            code = _signal_exit_code(summary["signal"])
+            line = f"interrupted ({summary['signal']}) at step {summary['steps']}; checkpointed, the same command resumes {summary['run_dir']}"
+        if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one table for the run
+            print(format_result(summary), flush=True)
+    if line is not None:
+        print(line, file=sys.stderr, flush=True)
+    if multirun:
+        _record_arm(outcome, code, summary)
+        if code >= 128:
+            sys.exit(code)  # a signal stops the whole sweep, not only this arm
+        val = (summary or {}).get("final_val_loss")
+        return val if isinstance(val, float) else None
+    if code:
+        sys.exit(code)
     val = summary.get("final_val_loss")
     return val if isinstance(val, float) else None
+
+
+def _record_arm(outcome: str, code: int, summary: dict[str, Any] | None) -> None:
+    path = os.environ.get(LEDGER_ENV)
+    if not path:
+        return
+    hydra_cfg = HydraConfig.get()
+    record = {
+        "job": int(hydra_cfg.job.num), "overrides": " ".join(hydra_cfg.overrides.task), "outcome": outcome, "code": code,
+        "run": (summary or {}).get("run_name"), "final_val_loss": (summary or {}).get("final_val_loss"),
+    }  # fmt: skip
+    with open(path, "a") as handle:  # one short append per arm: atomic between worker processes
+        handle.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------------- the app
+
+
+def sweep_table(arms: list[dict[str, Any]]) -> str:
+    rows = [("job", "outcome", "final val loss", "run", "overrides")]
+    for arm in sorted(arms, key=lambda a: a["job"]):
+        val = arm.get("final_val_loss")
+        rows.append((str(arm["job"]), arm["outcome"], f"{val:.4f}" if isinstance(val, float) else "-", arm.get("run") or "-", arm["overrides"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    counts = {}
+    for arm in arms:
+        counts[arm["outcome"]] = counts.get(arm["outcome"], 0) + 1
+    return "\n".join([*lines, "sweep: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))])
+
+
+def sweep_exit_code(arms: list[dict[str, Any]]) -> int:
+    signalled = [a["code"] for a in arms if a["code"] >= 128]
+    if signalled:
+        return signalled[-1]
+    return 0 if all(a["outcome"] in ("completed", "diverged") for a in arms) else EXIT_FAILED
+
+
+def hydra_error_line(error: BaseException) -> str | None:
+    """Hydra's and YAML's composition errors as one line naming the field or file and the fix; None if not one."""
+    import yaml
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(error, MissingConfigException):
+        missing = str(error.missing_cfg_file or "")
+        group, _, option = missing.rpartition("/")
+        options = list(error.options or [])
+        if group and options:
+            close = difflib.get_close_matches(option, options, n=1)
+            hint = f"did you mean {group}={close[0]}? " if close else ""
+            return f"{group}={option}: no such {group} config; {hint}available: {', '.join(options)}"
+        return f"{missing or 'config'}: config not found; check the name and --config-dir ({str(error).splitlines()[0]})"
+    if isinstance(error, OverrideParseException):
+        return f"override syntax: {str(error).splitlines()[0]}; quote the value or see Hydra's override grammar"
+    if isinstance(error, ConfigCompositionException):
+        cause = error.__cause__
+        first = str(error).splitlines()[0]
+        key = getattr(cause, "full_key", None)
+        if key and "not in struct" in str(cause):
+            return f"{key}: unknown key; check the spelling (python scripts/train.py --cfg job prints every key)"
+        if isinstance(cause, yaml.YAMLError):
+            return hydra_error_line(cause)
+        detail = str(cause).splitlines()[0] if cause is not None else ""
+        return f"{first.rstrip('.')}{': ' + detail if detail else ''}"
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        where = f"{mark.name}:{mark.line + 1}:{mark.column + 1}" if mark else "config"
+        context = f" ({error.context})" if error.context else ""
+        return f"{where}: YAML syntax error: {error.problem}{context}; fix the file"
+    if isinstance(error, OmegaConfBaseException):
+        key = getattr(error, "full_key", None)
+        return f"{key or 'config'}: {str(error).splitlines()[0]}"
+    return None
+
+
+def run_app(hydra_main: Callable[[], Any]) -> None:
+    """Call a ``@hydra.main`` function with the project's error contract and the multirun table."""
+    full_tracebacks = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises its errors, so they can be printed as one line here
+    fd, ledger = tempfile.mkstemp(prefix="soapbench-sweep-", suffix=".jsonl")
+    os.close(fd)
+    os.environ[LEDGER_ENV] = ledger
+    code = 0
+    try:
+        hydra_main()
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except KeyboardInterrupt:
+        print("interrupted (SIGINT)", file=sys.stderr, flush=True)
+        code = 130
+    except Exception as error:
+        line = None if full_tracebacks else hydra_error_line(error)
+        if line is None:
+            raise
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        code = EXIT_BAD_INPUT
+    finally:
+        arms = [json.loads(text) for text in Path(ledger).read_text().splitlines() if text.strip()]
+        Path(ledger).unlink(missing_ok=True)
+    if arms:
+        print(sweep_table(arms), flush=True)
+        code = code or sweep_exit_code(arms)
+    sys.exit(code)

@@ -9,8 +9,6 @@ their owners (the registries) validate them against constructor signatures.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -193,22 +191,42 @@ def load_trainer_config(data: Mapping[str, Any]) -> TrainerConfig:
     return config
 
 
-# Keys that do not change what a run computes, so they stay out of its identity hash.
-_NON_IDENTITY_KEYS = ("logger", "paths", "resume", "run_name", "sweep_keys", "device")
+# The top level of configs/train.yaml; a key beyond these (``+foo=1``) would be silently ignored.
+TOP_LEVEL_KEYS = (
+    "experiment_name", "seed", "device", "run_name", "sweep_keys", "resume", "allow_identity_mismatch",
+    "paths", "trainer", "logger", "data", "model", "optimizer",
+)  # fmt: skip
+PATHS_KEYS = ("data_root", "results_dir", "cache_dir")
+LOGGER_WANDB_KEYS = ("mode", "project", "entity", "group", "tags")
+DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 
 
-def config_hash(resolved: Mapping[str, Any], *, exclude: tuple[str, ...] = ()) -> str:
-    """Stable short hash of what a run computes (used to name runs and to skip finished ones)."""
-    trimmed = {k: v for k, v in resolved.items() if k not in _NON_IDENTITY_KEYS + exclude}
-    trainer = dict(trimmed.get("trainer", {}))
-    # Stopping early in this process, spreading refreshes over ranks, or the thread count (float results may
-    # round differently, but it is the same computation) does not change the run being computed.
-    for key in ("stop_after_steps", "share_refreshes", "threads", "parallel_jobs"):
-        trainer.pop(key, None)
-    # Options added later, when off, leave the identity of runs made before them unchanged.
-    for key in ("grad_clip_norm_per_tensor", "loss_scale_factor"):
-        if trainer.get(key) is None:
-            trainer.pop(key, None)
-    trimmed["trainer"] = trainer
-    payload = json.dumps(trimmed, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:10]
+def _unknown_keys(section: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {prefix}{close[0]}? " if close else ""
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; {hint}valid: {', '.join(allowed)}")
+
+
+def validate_run_config(cfg: Mapping[str, Any]) -> None:
+    """The keys around the trainer section: unknown keys, the seed, the device, paths, logger."""
+    _unknown_keys(cfg, TOP_LEVEL_KEYS, "")
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
+    device = str(cfg.get("device", "auto"))
+    kind, _, index = device.partition(":")
+    if kind not in DEVICE_TYPES or (index and (kind not in ("cuda",) or not index.isdigit())):
+        raise ConfigError(f"device: {device!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps")
+    if not isinstance(cfg.get("allow_identity_mismatch", False), bool):
+        raise ConfigError(f"allow_identity_mismatch: expected true or false, got {cfg.get('allow_identity_mismatch')!r}")
+    paths = cfg.get("paths") or {}
+    if not isinstance(paths, Mapping):
+        raise ConfigError(f"paths: expected a mapping, got {paths!r}")
+    _unknown_keys(paths, PATHS_KEYS, "paths.")
+    logger = cfg.get("logger") or {}
+    _unknown_keys(logger, ("wandb",), "logger.")
+    _unknown_keys(logger.get("wandb") or {}, LOGGER_WANDB_KEYS, "logger.wandb.")

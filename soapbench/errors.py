@@ -7,3 +7,11 @@ class SoapbenchError(RuntimeError):
 
 class ConfigError(SoapbenchError):
     """A config field has an invalid value; the message starts with the dotted field name."""
+
+
+class RunBusyError(RuntimeError):
+    """Another live process holds the run directory's lock. The CLI prints one line and exits 3."""
+
+
+class RunInterrupted(RuntimeError):
+    """The environment stopped a run (disk, permissions, W&B transport): it is resumable, not a result."""

@@ -4,9 +4,11 @@
       config.yaml     the fully resolved config (written once, before training starts)
       metrics.jsonl   append-only, one JSON record per log event; every record has
                       step, train_seconds, tokens and samples
-      summary.json    status (running | completed | diverged | failed) and headline numbers,
-                      rewritten atomically at every evaluation and at the end
+      summary.json    status (running | completed | diverged | failed | interrupted) and headline
+                      numbers, rewritten atomically at every evaluation and at the end
       checkpoint.pt   the latest checkpoint (atomic)
+      checkpoint.prev.pt  the one before it, kept in case the latest cannot be read
+      .lock           held (flock) by the process training the run
 
 Every table and figure of ``scripts/report.py`` is remade from these files alone.
 """
@@ -20,17 +22,22 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-STATUSES = ("running", "completed", "diverged", "failed")
+# interrupted: stopped by its environment (a signal, a full disk, an unreadable checkpoint, W&B transport);
+# the next plain re-run resumes it. failed: the training code raised; kept as a result and skipped.
+STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
 SUMMARY_FILE = "summary.json"
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.yaml"
 CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
+# Temp files of atomic writes: ".<target name>.<random>.tmp" beside the target.
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:
     """Write via a temp file in the same directory and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(payload)
@@ -44,6 +51,17 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+def remove_stale_temp_files(run_dir: Path) -> list[Path]:
+    """Delete temp files that killed writers left in ``run_dir`` (call with the run's lock held)."""
+    run_dir = Path(run_dir)
+    targets = (SUMMARY_FILE, METRICS_FILE, CONFIG_FILE, CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)
+    # Also the suffix-less names older versions wrote (".checkpoint.pt.<random>").
+    stale = [p for name in targets for p in run_dir.glob(f".{name}.*") if p.is_file()] if run_dir.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _json_safe(value: Any) -> Any:
@@ -76,7 +94,7 @@ class RunStore:
     def read_summary(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.summary_path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+        except (OSError, ValueError):  # missing, unreadable or cut short: no usable summary
             return None
 
     def write_summary(self, summary: Mapping[str, Any]) -> None:

@@ -1,24 +1,31 @@
-"""Which directory a run writes to, and what to do when it already exists.
+"""Which directory a run writes to, who may write it, and what to do when it already exists.
 
-A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<hash>`` (see :mod:`soapbench.naming`), the hash covering everything
-that changes what the run computes. Running the same config again therefore finds the
-same directory: a finished run (completed, diverged or failed — all results) is
-skipped, an interrupted one resumes from its checkpoint, and one killed before its
-first checkpoint starts over. Nothing is ever overwritten silently.
+A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<identity hash>`` (see
+:mod:`soapbench.naming` and :mod:`soapbench.identity`): running the same config on the same data
+again finds the same directory. One process at a time trains a directory: it holds an exclusive
+``flock`` on ``.lock`` inside it, which the OS releases when the process dies, so a killed run
+never blocks the next one. Under the lock: a finished run (completed, diverged or failed — all
+results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
+is unreadable), and one killed before its first checkpoint starts over. A stored result whose
+identity differs from the config asking for it is never skipped to or resumed from silently.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import fcntl
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from soapbench.config import config_hash
-from soapbench.errors import ConfigError
-from soapbench.naming import run_name
-from soapbench.results import CHECKPOINT_FILE, RunStore
+from soapbench.errors import ConfigError, RunBusyError, SoapbenchError
+from soapbench.identity import RunIdentity, describe_differences
+from soapbench.naming import run_name as descriptive_name
+from soapbench.results import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, RunStore, remove_stale_temp_files
 
 FINISHED = ("completed", "diverged", "failed")
+LOCK_FILE = ".lock"
 
 
 @dataclass
@@ -28,19 +35,115 @@ class RunPlan:
     config_hash: str
     # "fresh", "resume" or "skip"
     action: str
-    checkpoint: Path | None = None
+    # Checkpoints to try in order (the latest, then the previous one); an explicit resume= gives one.
+    checkpoints: list[Path] = field(default_factory=list)
     previous_summary: dict[str, Any] | None = None
+    # True for resume=<path>: the checkpoint may come from another run directory.
+    explicit: bool = False
 
 
-def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
-    digest = config_hash(cfg)
-    name = cfg.get("run_name") or run_name(cfg, digest)
+def run_name(cfg: Mapping[str, Any], identity_hash: str) -> str:
+    """The directory name: ``run_name`` if set, else what the run is (and what its sweep varies) plus its identity hash."""
+    name = cfg.get("run_name") or descriptive_name(cfg, identity_hash)
     if "/" in name or name in ("", ".", ".."):
         raise ConfigError(f"run_name: {name!r} is not a valid directory name")
+    return name
+
+
+def run_directory(cfg: Mapping[str, Any], name: str) -> Path:
     experiment = cfg.get("experiment_name") or "default"
-    run_dir = Path(cfg["paths"]["results_dir"]) / "runs" / experiment / name
+    return Path(cfg["paths"]["results_dir"]) / "runs" / experiment / name
+
+
+@dataclass
+class RunLocation:
+    run_dir: Path
+    run_name: str
+    identity: RunIdentity
+
+
+def locate_run(cfg: Mapping[str, Any]) -> RunLocation:
+    """Where the run of a resolved config lives, without training it (the data are read to fingerprint them)."""
+    from soapbench.identity import run_identity
+    from soapbench.workloads import data_fingerprint
+
+    identity = run_identity(cfg, data_fingerprint(cfg))
+    name = run_name(cfg, identity.hash)
+    return RunLocation(run_directory(cfg, name), name, identity)
+
+
+class RunLock:
+    """Exclusive, non-blocking ownership of a run directory for this process's lifetime (or until released)."""
+
+    def __init__(self, run_dir: Path, results_dir: Path | None = None):
+        self.run_dir = Path(run_dir)
+        self.results_dir = Path(results_dir) if results_dir is not None else self.run_dir
+        self.path = self.run_dir / LOCK_FILE
+        self._handle = None
+        self._created_dir: Path | None = None
+
+    def acquire(self) -> "RunLock":
+        # The outermost directory this lock creates, so an unused run leaves no empty folders behind.
+        missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
+        self._created_dir = missing[-1] if missing else None
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as error:
+            raise SoapbenchError(
+                f"paths.results_dir: cannot write under {self.results_dir} ({error.strerror or error}); "
+                "point paths.results_dir (or SOAPBENCH_RESULTS) at a writable folder"
+            ) from error
+        handle = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = handle.read().strip() or "unknown"
+            handle.close()  # the holder's lock stays: it is its descriptor's, not the file's
+            raise RunBusyError(
+                f"{self.run_dir} is being trained by another process (pid {holder}); "
+                "wait for it to finish or stop it, then run this command again"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._handle = handle
+        return self
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        if self._created_dir is not None and [p.name for p in self.run_dir.iterdir()] == [LOCK_FILE]:
+            # Nothing was written (bad input, a skip): leave no empty run directory behind.
+            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not empty: another process has just started there
+                for directory in (self.run_dir, *self.run_dir.parents):
+                    directory.rmdir()
+                    if directory == self._created_dir:
+                        break
+        self._handle.close()  # closing the descriptor drops the flock
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _refuse_other_identity(where: str, stored: Mapping[str, Any] | None, identity: RunIdentity, fix: str) -> None:
+    differing = identity.differing_keys(stored)
+    if differing:
+        raise ConfigError(f"{where} holds a run of a different config (differs in {describe_differences(differing)}); {fix}")
+
+
+def plan_run(cfg: Mapping[str, Any], run_dir: Path, name: str, identity: RunIdentity) -> RunPlan:
+    """Decide what to do with ``run_dir``; call with its lock held. Cleans temp files of killed writers."""
     resume = str(cfg.get("resume", "auto"))
     store = RunStore(run_dir)
+    remove_stale_temp_files(run_dir)
+    summary = store.read_summary()
 
     if resume not in ("auto", "never"):
         checkpoint = Path(resume)
@@ -48,15 +151,20 @@ def plan_run(cfg: Mapping[str, Any]) -> RunPlan:
             checkpoint = checkpoint / CHECKPOINT_FILE
         if not checkpoint.is_file():
             raise ConfigError(f"resume: no checkpoint at {checkpoint}; pass a checkpoint file or a run directory holding one")
-        return RunPlan(run_dir, name, digest, "resume", checkpoint, store.read_summary())
+        return RunPlan(run_dir, name, identity.hash, "resume", [checkpoint], summary, explicit=True)
 
-    summary = store.read_summary()
-    if resume == "never" and run_dir.exists() and any(run_dir.iterdir()):
+    if resume == "never" and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         raise ConfigError(
             f"resume: run directory {run_dir} already exists; use resume=auto to continue it or set run_name for a new run"
         )
+    if summary and "identity" in summary:
+        # Only a hand-picked run_name can lead a different config here; its hash is in the default name.
+        _refuse_other_identity(
+            f"run_name: {run_dir}", summary["identity"], identity, "choose another run_name or delete that directory"
+        )
     if summary and summary.get("status") in FINISHED:
-        return RunPlan(run_dir, name, digest, "skip", None, summary)
-    if store.checkpoint_path.is_file():
-        return RunPlan(run_dir, name, digest, "resume", store.checkpoint_path, summary)
-    return RunPlan(run_dir, name, digest, "fresh", None, summary)
+        return RunPlan(run_dir, name, identity.hash, "skip", [], summary)
+    checkpoints = [p for p in (store.checkpoint_path, run_dir / PREVIOUS_CHECKPOINT_FILE) if p.is_file()]
+    if checkpoints:
+        return RunPlan(run_dir, name, identity.hash, "resume", checkpoints, summary)
+    return RunPlan(run_dir, name, identity.hash, "fresh", [], summary)

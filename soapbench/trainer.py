@@ -13,16 +13,21 @@ clipping, optimizer, schedule, EMA) and excludes evaluation, logging and checkpo
 wall time, so ``summary.json`` can say when the machine was shared (``soapbench.machine_load``).
 Final numbers: after the last step the whole validation split is scored (``val_full/*``,
 ``final_full_val_loss``); the fixed, cheaper set (``final_val_loss``) gives the curve.
-No run is lost: divergence is a result (status ``diverged``, exit 0); any other
-exception is recorded as ``failed`` and re-raised; checkpoints and summaries are
-written atomically; a resumed run continues exactly where its checkpoint left off.
+No run is lost or mislabelled: the run directory is named by the run's identity (config
+and data fingerprint) and locked while it trains; divergence is a result (``diverged``);
+an exception of the training code is ``failed`` (kept, skipped by re-runs); a signal or an
+environmental error (disk, permissions, W&B transport) is ``interrupted`` and the next plain
+re-run resumes it; checkpoints and summaries are written atomically; a resumed run continues
+exactly where its checkpoint left off, log-window sums included.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -37,16 +42,19 @@ from optimizers import build_optimizer
 from optimizers.imported import describe_source, with_label
 from optimizers.registry import split_optimizer_config
 from optimizers.refreshes import share_refreshes
-from soapbench.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from soapbench.config import load_trainer_config
-from soapbench.distributed import any_rank, gather_objects, init_from_environment, mean_across_ranks, shutdown
+from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
+from soapbench.config import load_trainer_config, validate_run_config
+from soapbench.distributed import (
+    any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
+)
 from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
-from soapbench.errors import ConfigError
+from soapbench.errors import ConfigError, RunInterrupted, SoapbenchError
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
+from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
-from soapbench.results import RunStore
-from soapbench.rundir import plan_run
+from soapbench.results import METRICS_FILE, RunStore
+from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
 from soapbench.schedules import build_scheduler
 from soapbench.timing import Stopwatch, device_peak_flops, peak_memory_bytes
 from soapbench.tracking import WANDB_MODES, WandbTracker
@@ -72,20 +80,19 @@ def _autocast(precision: str, device: torch.device):
 
 def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Run (or resume, or skip if finished) the run described by a resolved config; return its summary."""
+    with contextlib.ExitStack() as held:  # the run directory's lock, released however the run ends
+        return _train(cfg, held)
+
+
+def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]:
     # ------------------------------------------------------------------ validate and build
+    validate_run_config(cfg)
     cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}  # an imported optimizer's label names its runs
     trainer = load_trainer_config(cfg["trainer"])
     ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
     logger_cfg = cfg.get("logger", {}).get("wandb", {})
     if logger_cfg.get("mode", "offline") not in WANDB_MODES:
         raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
-    plan = plan_run(cfg)
-    if plan.action == "skip":
-        if ctx.is_main:
-            print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
-        shutdown(ctx)
-        return plan.previous_summary
-
     device = resolve_device(str(cfg.get("device", "auto")))
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
@@ -123,15 +130,54 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     param_count = sum(p.numel() for p in model.parameters())
 
     # ------------------------------------------------------------------ run directory
-    store = RunStore(plan.run_dir)
+    identity = run_identity(cfg, workload.data_fingerprint)
+    name = run_name(cfg, identity.hash)
+    run_dir = run_directory(cfg, name)
+    store = RunStore(run_dir)
+    if ctx.is_main:
+        try:
+            held.enter_context(RunLock(run_dir, results_dir=cfg["paths"]["results_dir"]))
+        except SoapbenchError:  # a read-only results dir can still report a finished run
+            stored = store.read_summary()
+            if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
+                raise
+    # Rank 0 decides under the lock; the other ranks follow its plan.
+    plan = broadcast_object(plan_run(cfg, run_dir, name, identity) if ctx.is_main else None, ctx)
+    if plan.action == "skip":
+        if ctx.is_main:
+            print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
+        shutdown(ctx)
+        return plan.previous_summary
+
     state = {
         "step": 0, "train_seconds": 0.0, "optimizer_seconds": 0.0, "tokens": 0, "samples": 0,
         "metric_records": 0, "initial_loss": None, "best_val_loss": None, "final_val_loss": None,
         "final_val_metrics": {}, "final_full_val_loss": None, "final_full_val_metrics": {},
         "final_full_eval_seconds": None, "segments": [], "wandb_run_id": None, "started_at": _now(),
+        # The current log window's sums: checkpointed, so a resume at any step logs what an uninterrupted run logs.
+        "log_window": {"loss": 0.0, "steps": 0, "seconds": 0.0, "optimizer_seconds": 0.0, "items": 0},
     }  # fmt: skip
+    previous = plan.previous_summary or {}
+    failures = list(previous.get("failures", []))  # environment and code failures of earlier attempts
+    resumed_from = None
     if plan.action == "resume":
-        checkpoint = load_checkpoint(plan.checkpoint)
+        loaded = load_for_resume(
+            plan.checkpoints, identity, allow_other_identity=bool(cfg.get("allow_identity_mismatch")), explicit=plan.explicit
+        )
+        for bad_path, reason in loaded.unreadable:
+            if ctx.is_main:
+                print(f"warning: {bad_path} is unreadable ({reason}); resuming from {loaded.path}", file=sys.stderr, flush=True)
+                bad_path.replace(bad_path.with_name(bad_path.name + ".unreadable"))  # kept for inspection, out of the rotation
+            failures.append({"status": "interrupted", "error": f"unreadable checkpoint {bad_path} ({reason})", "at": _now()})
+        checkpoint = loaded.payload
+        if checkpoint["state"]["step"] > max_steps:
+            raise ConfigError(
+                f"resume: {loaded.path} is at step {checkpoint['state']['step']}, past trainer.max_steps={max_steps}; "
+                "raise trainer.max_steps or resume an earlier checkpoint"
+            )
+        if plan.explicit or loaded.identity_differences:
+            resumed_from = {"checkpoint": str(loaded.path), "step": checkpoint["state"]["step"],
+                            "identity_differences": loaded.identity_differences}  # fmt: skip
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -141,8 +187,11 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         state.update(checkpoint["state"])
         restore_rng_state(checkpoint["rng_per_rank"][ctx.rank % len(checkpoint["rng_per_rank"])])
         if ctx.is_main:
+            source_metrics = loaded.path.parent / METRICS_FILE
+            if loaded.path.parent.resolve() != plan.run_dir.resolve() and source_metrics.is_file():
+                shutil.copyfile(source_metrics, store.metrics_path)  # the log up to the checkpoint comes with it
             store.truncate_metrics(state["metric_records"])
-            print(f"{plan.run_dir}: resuming from step {state['step']}", flush=True)
+            print(f"{plan.run_dir}: resuming from step {state['step']} ({loaded.path.name})", flush=True)
     elif ctx.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         store.metrics_path.unlink(missing_ok=True)  # left by a run killed before its first checkpoint
@@ -155,6 +204,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
+        "identity": identity.as_record(), "resumed_from": resumed_from,
         "experiment": cfg.get("experiment_name"), "optimizer": optimizer_name, "model": cfg["model"]["name"],
         "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
@@ -174,6 +224,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         run_id=state["wandb_run_id"],
     )
     state["wandb_run_id"] = tracker.run_id
+    meta["wandb_mode"] = tracker.mode
 
     def summary(status: str, **extra: Any) -> dict[str, Any]:
         return {
@@ -184,7 +235,8 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "final_val_metrics": state["final_val_metrics"], "initial_loss": state["initial_loss"],
             "final_full_val_loss": state["final_full_val_loss"], "final_full_val_metrics": state["final_full_val_metrics"],
             "final_full_eval_seconds": state["final_full_eval_seconds"], **machine.summary(),
-            "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None, **extra,
+            "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None,
+            "failures": failures, "last_failure": failures[-1] if failures else None, **extra,
         }  # fmt: skip
 
     def write_summary(content: dict[str, Any]) -> None:
@@ -228,19 +280,25 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
         state["final_full_val_loss"], state["final_full_val_metrics"] = metrics["val_full/loss"], metrics
         log({"event": "eval", **metrics})
         progress.message(f"[{plan.run_name}] whole validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    checkpointed_at = [state["step"] if plan.action == "resume" else None]
 
     def checkpoint() -> None:
+        if checkpointed_at[0] == state["step"]:
+            return  # this very state is on disk already (a stop right after a checkpoint step)
+        checkpointed_at[0] = state["step"]
         rng_per_rank = gather_objects(rng_state(), ctx)  # a collective: every rank takes part
         if ctx.is_main:
             save_checkpoint(store.checkpoint_path, {
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "state": dict(state), "rng_per_rank": rng_per_rank,
+                "state": dict(state), "rng_per_rank": rng_per_rank, "identity": identity.as_record(),
             })  # fmt: skip
+            tracker.commit()
 
-    # SLURM preemption and Ctrl-C: finish the current step, checkpoint, and leave the run resumable.
-    stop_requested = []
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True)) if _in_main_thread() else None
+    # SLURM preemption (SIGTERM) and Ctrl-C (SIGINT): finish the current step, checkpoint, and leave the
+    # run resumable; a second Ctrl-C stops at once (the previous checkpoint stands).
+    stop_requested: list[int] = []
+    previous_handlers = _catch_stop_signals(stop_requested) if _in_main_thread() else {}
 
     # ------------------------------------------------------------------ training loop
     step_clock, optimizer_clock = Stopwatch(device), Stopwatch(device)
@@ -248,7 +306,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
     flops_per_item = workload.flops_per_item()
     progress = Progress(max_steps, state["step"], plan.run_name, enabled=ctx.is_main)
     write_summary(summary("running"))
-    interval = {"loss": 0.0, "steps": 0, "seconds": 0.0, "optimizer_seconds": 0.0, "items": 0}
+    interval = state["log_window"]
     steps_this_process = 0
     status, extra = "completed", {}
     try:
@@ -256,8 +314,13 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             evaluate()
         model.train()
         while state["step"] < max_steps:
-            if any_rank(bool(stop_requested), ctx) or (trainer.stop_after_steps and steps_this_process >= trainer.stop_after_steps):
+            if any_rank(bool(stop_requested), ctx):
+                status, extra = "interrupted", {"signal": signal.Signals(stop_requested[0] if stop_requested else signal.SIGTERM).name}
+                checkpoint()
+                break
+            if trainer.stop_after_steps and steps_this_process >= trainer.stop_after_steps:
                 status = "running"
+                checkpoint()
                 break
             step_clock.start()
             loss_sum = torch.zeros((), device=device)
@@ -329,7 +392,7 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
                     record |= {f"optimizer/{k}": v for k, v in diagnostics().items()}
                 log(record)
                 progress.update(state["step"], record["train/loss"], record["train/lr"], record["train/step_seconds"])
-                interval = dict.fromkeys(interval, 0)
+                interval = state["log_window"] = dict.fromkeys(interval, 0)
             if state["step"] % trainer.eval_interval == 0 or last_step:
                 evaluate()
             if state["step"] % trainer.checkpoint_interval == 0 or (last_step and trainer.keep_final_checkpoint):
@@ -338,22 +401,29 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
             evaluate_full_split()
     except BaseException as error:
         progress.close()
-        failure = summary("failed", error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
-        if isinstance(error, KeyboardInterrupt):
-            failure["status"], failure["error"] = "running", "interrupted (KeyboardInterrupt); resume with the same command"
-        write_summary(failure)
-        tracker.finish(failure, exit_code=1)
+        failed_status = "interrupted" if _environmental(error) else "failed"
+        description = f"{type(error).__name__}: {error}"
+        failures.append({"status": failed_status, "error": description, "step": state["step"], "at": _now()})
+        failure = summary(failed_status, error=description, traceback=traceback.format_exc())
+        with contextlib.suppress(Exception):  # the disk that failed the run may refuse the summary too
+            write_summary(failure)
+        with contextlib.suppress(Exception):
+            tracker.finish(failure, exit_code=1, commit=failed_status == "failed")
+        if failed_status == "interrupted" and not isinstance(error, KeyboardInterrupt):
+            raise RunInterrupted(f"{description}; the same command resumes {plan.run_dir} from its last checkpoint") from error
         raise
     finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
 
     # ------------------------------------------------------------------ final record
     progress.close()
     if status == "running":
-        checkpoint()
         progress.message(f"{plan.run_dir}: stopped at step {state['step']}; the same command resumes it")
-    final = summary(status, **extra, finished_at=_now() if status != "running" else None,
+    elif status == "interrupted":
+        failures.append({"status": "interrupted", "error": extra["signal"], "step": state["step"], "at": _now()})
+        progress.message(f"{plan.run_dir}: {extra['signal']} at step {state['step']}; checkpointed, the same command resumes it")
+    final = summary(status, **extra, finished_at=_now() if status in FINISHED else None,
                     optimizer_state_bytes=_state_bytes(optimizer))
     write_summary(final)
     tracker.finish(final)
@@ -377,6 +447,22 @@ def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+def _catch_stop_signals(stop_requested: list[int]) -> dict[int, Any]:
+    def request_stop(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and stop_requested:
+            raise KeyboardInterrupt  # asked twice: stop now
+        stop_requested.append(signum)
+
+    return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _environmental(error: BaseException) -> bool:
+    """Failures of the machine, not of the training code: the run is resumable, not a result."""
+    if isinstance(error, (OSError, KeyboardInterrupt, RunInterrupted)):
+        return True
+    return type(error).__module__.startswith("wandb")  # W&B transport and service errors
 
 
 __all__ = ["TIMING_KEYS", "train"]

@@ -77,12 +77,15 @@ def test_wandb_offline_run_is_written_into_the_run_directory(results_dir) -> Non
     assert any(offline_runs[0].glob("*.wandb"))
 
 
-def test_multirun_sweeps_a_grid_and_a_failure_does_not_stop_it(results_dir) -> None:
+def test_multirun_sweeps_a_grid_a_failure_does_not_stop_it_and_the_exit_code_says_so(results_dir) -> None:
     result = run_cli(["-m", "optimizer.lr=1e-3,-1", "seed=1,2", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 1, "a sweep with rejected arms is not a success"
     summaries = [json.loads(p.read_text()) for p in (results_dir / "runs").glob("*/*/summary.json")]
     assert sorted(s["seed"] for s in summaries) == [1, 2], "the two valid jobs ran; the invalid lr was reported"
     assert result.stderr.count("error:") == 2
+    table = result.stdout[result.stdout.index("job  outcome"):].splitlines()
+    assert [row.split()[1] for row in table[1:5]] == ["completed", "completed", "bad", "bad"]
+    assert table[-1] == "sweep: 2 bad input, 2 completed"
 
 
 def test_local_parallel_launcher_runs_jobs_in_worker_processes_sharing_the_cores(results_dir) -> None:
@@ -99,3 +102,16 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes_sharing_the_cores
     assert all(s["threads"] == max(1, cores // 2) for s in summaries), "two jobs: half the cores each"
     assert all(s["device"].endswith(f"x{max(1, cores // 2)} threads") for s in summaries)
     assert all(s["segments"][0]["jobs"] == 2 for s in summaries), "the load is judged against both jobs"
+
+
+def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(results_dir) -> None:
+    # Port 9 on localhost refuses at once, as a machine without network does after its timeout.
+    env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40}
+    result = run_cli(["logger.wandb.mode=online", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir, env=env)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "W&B server unreachable (127.0.0.1:9" in warnings[0] and "wandb sync" in warnings[0]
+    (run_dir,) = (results_dir / "runs").glob("*/*")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["wandb_mode"] == "offline"
+    assert list((run_dir / "wandb").glob("offline-run-*/*.wandb")), "an offline run for `wandb sync`"

@@ -113,6 +113,7 @@ def test_unreadable_image_names_the_file(tmp_path) -> None:
     cfg = dict(TINY, train=[{"folder": str(folder)}], val=[{"folder": str(folder)}], max_train_images=None, max_val_images=None)
     with pytest.raises(DataError, match=f"unreadable image {folder / 'broken.jpg'}"):
         load_colorization_data(cfg, DATA_ROOT, tmp_path / "cache")
+    assert not list((tmp_path / "cache").rglob("*.partial.npy")), "a bad image leaves no half-converted array"
     with pytest.raises(DataError, match="colorization/missing.tar does not exist"):
         load_colorization_data(dict(TINY, train=[{"tar": "colorization/missing.tar"}]), DATA_ROOT, tmp_path / "cache")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from soapbench.config import config_hash, load_trainer_config
+from soapbench.config import load_trainer_config
 from soapbench.errors import ConfigError
 
 
@@ -40,13 +40,20 @@ def test_unknown_key_lists_valid_keys() -> None:
         load_trainer_config({"max_stepz": 3})
 
 
-def test_config_hash_ignores_logging_and_paths_but_not_hyperparameters() -> None:
-    base = {"seed": 1, "optimizer": {"name": "adamw", "lr": 1e-3}, "trainer": {"max_steps": 5}, "logger": {"a": 1}, "paths": {"x": 1}}
-    same = {**base, "logger": {"a": 2}, "paths": {"x": 2},
-            "trainer": {"max_steps": 5, "stop_after_steps": 3, "threads": 2, "parallel_jobs": 4}}  # fmt: skip
+def test_identity_ignores_logging_paths_and_execution_knobs_but_not_hyperparameters_or_data() -> None:
+    from soapbench.identity import run_identity
+
+    base = {"seed": 1, "optimizer": {"name": "adamw", "lr": 1e-3}, "trainer": {"max_steps": 5}, "logger": {"a": 1},
+            "paths": {"data_root": "/here"}, "model": {}, "data": {"name": "d"}}  # fmt: skip
+    data = {"train_sha256": "aa", "val_sha256": "bb"}
+    same = {**base, "logger": {"a": 2}, "paths": {"data_root": "/there"}, "device": "cpu",
+            "trainer": {"max_steps": 5, "stop_after_steps": 3, "checkpoint_interval": 7, "threads": 2, "parallel_jobs": 4}}  # fmt: skip
     other = {**base, "optimizer": {"name": "adamw", "lr": 2e-3}}
-    assert config_hash(base) == config_hash(same)
-    assert config_hash(base) != config_hash(other)
+    assert run_identity(base, data).hash == run_identity(same, data).hash
+    assert run_identity(base, data).hash != run_identity(other, data).hash
+    assert run_identity(base, data).hash != run_identity(base, {**data, "train_sha256": "cc"}).hash
+    stored = run_identity(base, data).as_record()
+    assert run_identity(other, data).differing_keys(stored) == ["optimizer.lr"]
 
 
 def test_thread_settings_do_not_split_a_configuration_in_the_report() -> None:

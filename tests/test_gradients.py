@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from soapbench.config import TrainerConfig, config_hash, load_trainer_config
+from soapbench.config import TrainerConfig, load_trainer_config
 from soapbench.errors import ConfigError
 from soapbench.gradients import build_grad_scaler, clip_grad_norm_per_tensor_, prepare_gradients, scale_loss
 from tests.conftest import train_in_process
@@ -72,7 +72,12 @@ def test_the_new_options_left_off_keep_existing_run_identities() -> None:
     base = {"seed": 1, "optimizer": {"name": "adamw"}, "trainer": {"max_steps": 5}}
     off = {**base, "trainer": {"max_steps": 5, "loss_scale_factor": None, "grad_clip_norm_per_tensor": None}}
     on = {**base, "trainer": {"max_steps": 5, "loss_scale_factor": 8.0}}
-    assert config_hash(base) == config_hash(off) != config_hash(on)
+    from soapbench.identity import run_identity
+
+    def identity(cfg: dict) -> str:
+        return run_identity(cfg, {"train_sha256": "same data"}).hash
+
+    assert identity(base) == identity(off) != identity(on)
 
 
 def test_a_power_of_two_static_loss_scale_trains_bit_identically(results_dir) -> None:

@@ -8,7 +8,7 @@ Every directory under ``runs/<experiment>/`` is a run, whatever state it is in. 
 dropped: a run that cannot be used for a mean still appears in the status counts and in the
 list of excluded runs. A run's *status* is
 
-* ``completed`` / ``diverged`` / ``failed`` / ``running``: as ``summary.json`` says, except that a
+* ``completed`` / ``diverged`` / ``failed`` / ``running`` / ``interrupted``: as ``summary.json`` says, except that a
   ``completed`` run whose final validation loss is null, NaN or ±inf is reclassified as
   ``diverged`` (its loss is unusable, which is what divergence means for a comparison);
 * ``no_summary``: ``config.yaml`` (and perhaps a partial ``metrics.jsonl``) but no summary: the
@@ -38,7 +38,7 @@ from typing import Any, Hashable, Iterable, Mapping
 import pandas as pd
 from omegaconf import OmegaConf
 
-STATUSES = ("completed", "diverged", "failed", "running", "no_summary", "unreadable")
+STATUSES = ("completed", "diverged", "failed", "running", "interrupted", "no_summary", "unreadable")
 
 # A key is ignored if any of its dotted segments is one of these (``seed``, ``data.seed``,
 # ``paths.results_dir``, ``logger.wandb.project``, ``trainer.stop_after_steps``, ...): they do not

@@ -93,21 +93,25 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
 
 
 def plan_trial(overrides: list[str]) -> Any:
-    """Compose and validate a trial's config as scripts/train.py would; return its run plan (directory, name)."""
+    """Compose and validate a trial's config as scripts/train.py would; return where its run lives (run_dir, run_name)."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from optimizers.imported import with_label
     from soapbench.cli import resolve
-    from soapbench.rundir import plan_run
+    from data.errors import DataError
+    from soapbench.rundir import locate_run
 
     try:
         with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
             config = resolve(compose(config_name="train", overrides=overrides))
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from error
-    return plan_run({**config, "optimizer": with_label(config["optimizer"])})
+    try:
+        return locate_run({**config, "optimizer": with_label(config["optimizer"])})
+    except DataError as error:
+        raise ConfigError(str(error)) from error
 
 
 def objective(summary: Mapping[str, Any] | None) -> float | None:

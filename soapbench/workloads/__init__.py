@@ -14,6 +14,36 @@ from soapbench.workloads.base import Workload
 DATA_KINDS = ("char", "tokenized", "images")
 
 
+def _token_splits(data_cfg: Mapping[str, Any], data_root, cache_dir):
+    if data_cfg.get("kind") == "char":
+        from data.shakespeare import URL as SHAKESPEARE_URL
+        from data.shakespeare import load_shakespeare_char
+
+        url = data_cfg.get("url") or SHAKESPEARE_URL
+        return load_shakespeare_char(data_root, allow_download=bool(data_cfg.get("download", True)), url=url)
+    from data.tokenized import load_token_splits
+
+    return load_token_splits(data_cfg, data_root, cache_dir)
+
+
+def data_fingerprint(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The fingerprint a workload built from ``cfg`` would have, reading only the data (no model)."""
+    data_cfg = dict(cfg["data"])
+    paths = cfg.get("paths", {})
+    data_root, cache_dir = resolve_data_root(paths.get("data_root")), default_cache_dir(paths.get("cache_dir"))
+    if data_cfg.get("kind") in ("char", "tokenized"):
+        from data.fingerprint import token_fingerprint
+
+        splits = _token_splits(data_cfg, data_root, cache_dir)
+        return token_fingerprint(splits.train, splits.val, splits.vocab_size, splits.meta)
+    if data_cfg.get("kind") == "images":
+        from data.colorization import load_colorization_data
+        from soapbench.workloads.colorization import images_fingerprint
+
+        return images_fingerprint(load_colorization_data(data_cfg, data_root, cache_dir))
+    raise ConfigError(f"data.kind: unknown kind {data_cfg.get('kind')!r}; valid: {', '.join(DATA_KINDS)}")
+
+
 def build_workload(
     cfg: Mapping[str, Any], trainer: TrainerConfig, device: torch.device, shard: slice = slice(None)
 ) -> Workload:
@@ -33,17 +63,7 @@ def build_workload(
     if kind in ("char", "tokenized"):
         from soapbench.workloads.language_model import LanguageModelWorkload
 
-        if kind == "char":
-            from data.shakespeare import URL as SHAKESPEARE_URL
-            from data.shakespeare import load_shakespeare_char
-
-            splits = load_shakespeare_char(
-                data_root, allow_download=bool(data_cfg.get("download", True)), url=data_cfg.get("url") or SHAKESPEARE_URL
-            )
-        else:
-            from data.tokenized import load_token_splits
-
-            splits = load_token_splits(data_cfg, data_root, cache_dir)
+        splits = _token_splits(data_cfg, data_root, cache_dir)
         if model_cfg.get("vocab_size", 0) < splits.vocab_size:
             raise ConfigError(
                 f"model.vocab_size: {model_cfg.get('vocab_size')} is smaller than the data's vocabulary "

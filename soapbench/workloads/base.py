@@ -22,6 +22,8 @@ class Workload(Protocol):
     unit: str
     # Optimizer steps in one pass over the training set, or None when sampling is i.i.d. windows.
     steps_per_epoch: int | None
+    # Hashes of the data as the model sees it (token ids, decoded images): part of the run's identity.
+    data_fingerprint: dict[str, Any]
 
     def train_batch(self, step: int, micro_step: int) -> Any:
         """The micro-batch for (step, micro_step), already on the workload's device."""

@@ -32,12 +32,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from data.colorization import ColorizationData, load_colorization_data, scaled_lab_to_rgb
 from data.errors import DataError
+from data.fingerprint import cached_file_sha256
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def images_fingerprint(data: ColorizationData) -> dict[str, Any]:
+    """The decoded arrays' hashes (remembered beside them in the cache, so they are read once)."""
+    cached = Path(data.meta["cache_dir"])
+    hashes = {f"{split}_sha256": cached_file_sha256(cached / f"{split}.npy") for split in ("train", "val")}
+    return {"kind": "images", "crop": data.crop, **hashes}
 
 
 class ColorizationWorkload:
@@ -65,6 +73,7 @@ class ColorizationWorkload:
         self.seed = seed
         self.data: ColorizationData = load_colorization_data(data_cfg, data_root, cache_dir)
         self.crop = self.data.crop
+        self.data_fingerprint = images_fingerprint(self.data)
         images_per_step = batch_size * grad_accum_steps
         self.steps_per_epoch = len(self.data.train) // images_per_step
         if self.steps_per_epoch == 0:

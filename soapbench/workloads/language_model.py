@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from data.errors import DataError
+from data.fingerprint import token_fingerprint
 from data.tokens import TokenSplits
 
 VALIDATION_SEED = 20240917  # fixed on purpose: the validation windows must not depend on the run's seed
@@ -53,6 +54,7 @@ class LanguageModelWorkload:
                 )
         self.model = model
         self.splits = splits
+        self.data_fingerprint = token_fingerprint(splits.train, splits.val, splits.vocab_size, splits.meta)
         self.seq_len = seq_len
         self.batch_size = batch_size
         self.seed = seed
