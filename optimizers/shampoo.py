@@ -53,7 +53,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -61,8 +61,9 @@ from torch import Tensor
 from optimizers.linalg import matrix_inverse_root, mode_gram, rotate
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
+from optimizers.shampoo_stacked import StackedShampooSteps
 from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
+from optimizers.stepping import check_lr, group_lr
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
 # Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio.
@@ -126,7 +127,7 @@ def inverse_root_for_order(order: int, inv_root_override: float | Sequence[float
 
 
 @register_optimizer("shampoo")
-class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """Shampoo (Kronecker-factored, EMA factors, eigh inverse roots) with per-block norm grafting.
 
     Args (DistributedShampoo keyword names; defaults = the SOAP paper's baseline recipe):
@@ -141,6 +142,10 @@ class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         use_bias_correction: bias-correct the first moment, the factors and the grafting state.
         grafting_type: "adam" (default), "adagrad", "rmsprop", "sgd" or "none".  grafting_beta2: β_g (adam and
         rmsprop).  grafting_epsilon: ε_g.
+
+    Our option:
+        stack_shapes: step same-shape matrices of a group as one stack (optimizers/shampoo_stacked.py;
+            bit-identical to stepping them one by one, which False does).
     """
 
     def __init__(
@@ -165,6 +170,7 @@ class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         grafting_type: str = "adam",
         grafting_beta2: float = 0.95,
         grafting_epsilon: float = 1e-8,
+        stack_shapes: bool = True,
     ):
         betas = tuple(betas)
         check_lr(lr)
@@ -209,20 +215,9 @@ class Shampoo(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             use_nesterov=use_nesterov, use_bias_correction=use_bias_correction,
             use_decoupled_weight_decay=use_decoupled_weight_decay, use_merge_dims=use_merge_dims,
             grafting_type=grafting_type, grafting_beta2=grafting_beta2, grafting_epsilon=grafting_epsilon,
+            stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = closure_loss(closure)
-        self._plan_refreshes()
-        # Two passes: the inverse roots computed at step t are used at step t, so with refresh sharing every
-        # owner's roots must have arrived before any direction is formed.
-        prepared = [(param, group, self._update_statistics(param, group)) for group, param in params_with_grads(self)]
-        self._synchronize_refreshes()
-        for param, group, grad in prepared:
-            self._update_param(param, group, grad)
-        return loss
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], layout: BlockLayout) -> None:
         dtype = state_dtype_for(param.dtype)

@@ -70,6 +70,7 @@ from optimizers.linalg import (
 )
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
+from optimizers.soap_stacked import StackedSOAPSteps
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.stepping import check_lr, group_lr
 
@@ -163,7 +164,7 @@ def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, 
 
 
 @register_optimizer("soap")
-class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
 
     Args (reference keywords, reference defaults):
@@ -185,6 +186,8 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             None keeps them in the compute dtype (float32, or float64 for float64 params).
         bitwise_reference: also repeat the reference's per-step m round trip and its two-product eigenvalue
             estimate, so every rounding matches the reference (costs ~4 extra matmuls per matrix per step).
+        stack_shapes: step same-shape matrices of a group as one stack (optimizers/soap_stacked.py; bit-identical
+            to stepping them one by one, which False does).
     """
 
     def __init__(
@@ -206,6 +209,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         linalg_precision: str = "reference",
         state_dtype: str | torch.dtype | None = None,
         bitwise_reference: bool = False,
+        stack_shapes: bool = True,
     ):
         betas = tuple(betas)
         check_lr(lr)
@@ -240,6 +244,7 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
             data_format=data_format, correct_bias=correct_bias, refresh_method=refresh_method,
             linalg_precision=linalg_precision, state_dtype=state_dtype, bitwise_reference=bitwise_reference,
+            stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
 
@@ -273,6 +278,37 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         shampoo_beta = group["shampoo_beta"]
         return group["betas"][1] if shampoo_beta is None or shampoo_beta < 0 else shampoo_beta
 
+    @staticmethod
+    def _adam_in_eigenbasis_(
+        exp_avg: Tensor, exp_avg_sq: Tensor, grad_rotated: Tensor, group: dict[str, Any], *, reference_ops: bool = False
+    ) -> Tensor:
+        """m, v ← their EMAs of the rotated gradient G' (in place); returns ``m / (sqrt(v) + ε)`` (a new tensor).
+
+        ε is added to the raw sqrt(v): the bias correction of v is folded into the step size (``_step_size``), as
+        the reference does. Works on one matrix or on a stack of them.
+        """
+        beta1, beta2 = group["betas"]
+        if reference_ops:
+            exp_avg.mul_(beta1).add_(grad_rotated, alpha=1.0 - beta1)
+            exp_avg_sq.mul_(beta2).add_(grad_rotated.square(), alpha=1.0 - beta2)
+        else:
+            exp_avg.lerp_(grad_rotated, 1.0 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad_rotated, grad_rotated, value=1.0 - beta2)
+        normalized = exp_avg_sq.sqrt().add_(group["eps"])
+        return torch.div(exp_avg, normalized, out=normalized)
+
+
+    @staticmethod
+    def _step_size(group: dict[str, Any], step: int) -> float:
+        """η·sqrt(1−β2^t)/(1−β1^t) with bias correction, else η (the group's lr read as a number)."""
+        step_size = group_lr(group)
+        if group["correct_bias"]:
+            beta1, beta2 = group["betas"]
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2 = 1.0 - beta2**step
+            step_size = step_size * (bias_correction2**0.5) / bias_correction1
+        return step_size
+
     def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
         state = self.state[param]
         layout = self._layout(param, group)
@@ -284,7 +320,6 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             return  # The first call only builds the preconditioner, so Q never contains the gradient it rotates.
 
         reference_ops = group["bitwise_reference"]
-        beta1, beta2 = group["betas"]
         bases: list[Tensor | None] = state["Q"]
         exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
         stored_dtype = exp_avg.dtype
@@ -294,21 +329,8 @@ class SOAP(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         grad_rotated = self._rotate(grad, bases, layout)
         state["step"] += 1
         step = state["step"]
-        if reference_ops:
-            exp_avg.mul_(beta1).add_(grad_rotated, alpha=1.0 - beta1)
-            exp_avg_sq.mul_(beta2).add_(grad_rotated.square(), alpha=1.0 - beta2)
-        else:
-            exp_avg.lerp_(grad_rotated, 1.0 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad_rotated, grad_rotated, value=1.0 - beta2)
-        # ε on the raw sqrt(v): the bias correction of v is folded into the step size below (reference).
-        normalized = exp_avg_sq.sqrt().add_(group["eps"])
-        torch.div(exp_avg, normalized, out=normalized)
-
-        step_size = group_lr(group)
-        if group["correct_bias"]:
-            bias_correction1 = 1.0 - beta1**step
-            bias_correction2 = 1.0 - beta2**step
-            step_size = step_size * (bias_correction2**0.5) / bias_correction1
+        normalized = self._adam_in_eigenbasis_(exp_avg, exp_avg_sq, grad_rotated, group, reference_ops=reference_ops)
+        step_size = self._step_size(group, step)
         self._apply_update(param, normalized, bases, layout, group, step_size, fuse=not reference_ops)
 
         if layout.any_preconditioned:

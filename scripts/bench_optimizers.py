@@ -3,9 +3,11 @@
     python scripts/bench_optimizers.py --model nanogpt_char --optimizers all --steps 30 --warmup 3 --threads 2
     python scripts/bench_optimizers.py --model nanogpt_char_cpu --optimizers soap,adamw --no-peers --no-throughput
     python scripts/bench_optimizers.py --model lm_360m --device cuda --no-timing          # GPU: bf16, ≥0.5M tokens
+    python scripts/bench_optimizers.py --model nanogpt_char_cpu --optimizers adamw,soap --threads 2 \
+        --no-timing --no-memory --no-throughput --train-step-ratio                         # whole step vs AdamW
 
 Writes ``<out>/<model>_<device>_<YYYY-MM-DD>.md`` and ``.json`` (atomically) and prints the Markdown. What each
-section measures and how: soapbench/bench/{step_timing,peers,memory,throughput}.py, restated in the report.
+section measures and how: soapbench/bench/{step_timing,peers,memory,throughput,train_step}.py, restated in the report.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from soapbench.bench import catalog, floor, memory, peers, step_timing, throughput
+from soapbench.bench import catalog, floor, memory, peers, step_timing, throughput, train_step
 from soapbench.bench.report import collect_metadata, render_markdown, write_report
 from soapbench.bench.shapes import GradientBank, build_preset_model
 
@@ -53,6 +55,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the throughput runs")
     parser.add_argument("--min-batch-tokens", type=int, default=None,
                         help="accumulate to at least this many tokens per step (default 524288 for large presets on GPU)")
+    parser.add_argument("--train-step-ratio", action=argparse.BooleanOptionalAction, default=False,
+                        help="whole training steps of every optimizer vs AdamW's, in alternating blocks")
+    parser.add_argument("--ratio-variant", action="append", default=[], metavar="NAME+KEY=VALUE",
+                        help="an extra arm of the ratio benchmark, e.g. soap+stack_shapes=false (repeatable)")
+    parser.add_argument("--ratio-blocks", type=int, default=8, help="rounds of one block per optimizer")
+    parser.add_argument("--ratio-warmup", type=int, default=2, help="untimed training steps per optimizer first")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="report directory")
     parser.add_argument("--tag", default=None, help="suffix of the report name, to keep several runs of a day apart")
     args = parser.parse_args(argv)
@@ -60,6 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--warmup must be >= 1 (SOAP-like optimizers only build their preconditioner on the first call)")
     if args.steps < 1:
         parser.error("--steps must be >= 1")
+    if args.ratio_blocks < 1 or args.ratio_warmup < 1:
+        parser.error("--ratio-blocks and --ratio-warmup must be >= 1")
     return args
 
 
@@ -72,6 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     except catalog.BenchInputError as error:
         print(f"bench_optimizers: error: {error}", file=sys.stderr)
         return 2
+    for variant in args.ratio_variant:
+        name, knobs = train_step.arm_overrides(variant)
+        if name not in catalog.discover_optimizers()[0] or not knobs or not all("=" in knob for knob in knobs):
+            print(f"bench_optimizers: error: --ratio-variant {variant!r}: expected <optimizer>+<key>=<value>[+...] "
+                  "with a registered optimizer, e.g. soap+stack_shapes=false", file=sys.stderr)  # fmt: skip
+            return 2
     names, cfg, setups, device, params = inputs.names, inputs.config, inputs.setups, inputs.device, inputs.params
     import_failures = inputs.import_failures
     model_cfg = cfg["model"]
@@ -121,9 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         soap = next((setup for setup in setups if setup.name == "soap"), None)
         if soap is not None:
             print("soap matmul floor", flush=True)
-            built = soap.build(build_preset_model(model_cfg, "meta"))
-            main = next(iter(getattr(built, "optimizers", {"": built}).values()))
-            shapes = [tuple(p.shape) for group in main.param_groups for p in group["params"]]
+            shapes = floor.main_optimizer_shapes(soap, model_cfg)
             sections["soap_floor"] = floor.soap_floor(shapes, soap.effective_hparams(), device)
             write_report(report, args.out)
 
@@ -146,6 +160,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"throughput: {len(names)} short trainer runs on {args.model}", flush=True)
         rows = throughput.throughput_rows(args.model, setups, cfg, params, options)
         sections["throughput"] = {"protocol": throughput.protocol(options), "rows": [row.__dict__ for row in rows]}
+
+    if args.train_step_ratio:
+        print(f"training-step ratio: {', '.join(names)} on {args.model}, alternating blocks", flush=True)
+        sections["train_step_ratio"] = train_step.ratio_section(
+            args.model, [*names, *args.ratio_variant], overrides=args.override, device=device, warmup=args.ratio_warmup,
+            blocks=args.ratio_blocks, threads=args.threads, progress=lambda line: print(line, flush=True),
+        )  # fmt: skip
 
     md_path, json_path = write_report(report, args.out)
     print(render_markdown(report))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from soapbench.bench import catalog, memory, peers, step_timing, theory, throughput
+from soapbench.bench import catalog, memory, peers, step_timing, theory, throughput, train_step
 from soapbench.bench.shapes import GradientBank, param_infos, split_by_roles, trainable_params
 from tests.conftest import REPO
 
@@ -230,6 +230,7 @@ def test_soap_floor_counts_only_preconditioned_matrices():
         ("bench_optimizers.py", ["--override", "model.n_layer=-1", "--optimizers", "adamw"], "n_layer"),
         ("bench_optimizers.py", ["--override", "model.nosuch=1"], "+model.nosuch"),
         ("optimizer_memory.py", ["--model", "nosuch"], "--model"),
+        ("bench_optimizers.py", ["--train-step-ratio", "--ratio-variant", "nosuch+lr=1"], "--ratio-variant"),
     ],
 )
 def test_bad_arguments_get_one_line_and_write_nothing(tmp_path, script, arguments, named):
@@ -241,3 +242,31 @@ def test_bad_arguments_get_one_line_and_write_nothing(tmp_path, script, argument
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "error:" in lines[0] and named in lines[0], result.stderr
     assert not out.exists()
+
+
+def test_train_step_ratio_alternates_blocks_of_real_training_steps():
+    overrides = [*TINY, "trainer.batch_size=2"]
+    section = train_step.ratio_section(
+        "nanogpt_char_cpu", ["soap"], overrides=overrides, device=torch.device("cpu"), warmup=1, blocks=2, threads=1,
+    )  # fmt: skip
+    rows = {row["optimizer"]: row for row in section["rows"]}
+    assert list(rows) == ["adamw", "soap"]  # AdamW, the baseline, is always an arm
+    assert section["block_steps"] == 10  # SOAP's f: every block holds one refresh
+    for row in rows.values():
+        assert row["step"]["n"] == 20 and row["step"]["mean"] > row["optimizer_step"]["mean"] > 0
+    assert rows["adamw"]["ratio_mean"] == 1.0
+    assert rows["soap"]["ratio_mean"] == pytest.approx(rows["soap"]["step"]["mean"] / rows["adamw"]["step"]["mean"])
+    floor = section["soap_floor"]
+    adamw = rows["adamw"]
+    best = (adamw["step"]["mean"] - adamw["optimizer_step"]["mean"] + floor["mean_seconds"]) / adamw["step"]["mean"]
+    assert floor["matrices"] > 0 and floor["best_possible_ratio"] == pytest.approx(best)
+    assert section["load_average"]["cores"] >= 1  # the report says how loaded the machine was
+
+
+def test_train_step_arms_start_from_the_same_weights_and_batches():
+    arms = [train_step.build_arm("nanogpt_char_cpu", label, [*TINY, "trainer.batch_size=2"], torch.device("cpu"))
+            for label in ("adamw", "soap", "soap+stack_shapes=false")]  # fmt: skip
+    for arm in arms:
+        arm.run(2, record=True)
+    assert arms[0].losses[0] == arms[1].losses[0] == arms[2].losses[0]  # same init, same first batch
+    assert arms[1].losses == arms[2].losses  # stacking changes no number

@@ -26,7 +26,7 @@ import shutil
 import statistics
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,7 +34,7 @@ import torch
 
 from soapbench.bench import throughput
 from soapbench.bench.catalog import compose, import_submodules, optimizer_setup, preset_config
-from soapbench.bench.floor import median_seconds
+from soapbench.bench.floor import main_optimizer_shapes, median_seconds
 from soapbench.bench.report import fmt_bytes, fmt_ms, fmt_num, table
 from soapbench.bench.shapes import build_preset_model, param_infos
 
@@ -226,16 +226,13 @@ def factor_sizes(preset: str, overrides: Sequence[str]) -> dict[int, int]:
 
     setup = optimizer_setup("soap")
     hparams = setup.effective_hparams()
-    built = setup.build(build_preset_model(preset_config(preset, overrides)["model"], "meta"))
-    soap = next(iter(getattr(built, "optimizers", {"": built}).values()))
     counts: dict[int, int] = {}
-    for group in soap.param_groups:
-        for param in group["params"]:
-            layout = factor_layout(tuple(param.shape), hparams["max_precond_dim"], hparams["merge_dims"],
-                                   hparams["precondition_1d"], hparams["data_format"])  # fmt: skip
-            for size, preconditioned in zip(layout.shape, layout.preconditioned):
-                if preconditioned:
-                    counts[size] = counts.get(size, 0) + 1
+    for shape in main_optimizer_shapes(setup, preset_config(preset, overrides)["model"]):
+        layout = factor_layout(shape, hparams["max_precond_dim"], hparams["merge_dims"], hparams["precondition_1d"],
+                               hparams["data_format"])  # fmt: skip
+        for size, preconditioned in zip(layout.shape, layout.preconditioned):
+            if preconditioned:
+                counts[size] = counts.get(size, 0) + 1
     return dict(sorted(counts.items(), reverse=True))
 
 

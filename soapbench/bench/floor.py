@@ -71,6 +71,15 @@ def _matrix_floor(rows: int, cols: int, device: torch.device, repeats: int) -> t
     return median_seconds(per_step, repeats, device), median_seconds(per_refresh, repeats, device)
 
 
+def main_optimizer_shapes(setup: Any, model_cfg: Mapping[str, Any]) -> list[tuple[int, ...]]:
+    """Shapes of the parameters ``setup``'s own optimizer trains on the preset (its companion's left out)."""
+    from soapbench.bench.shapes import build_preset_model
+
+    built = setup.build(build_preset_model(model_cfg, "meta"))
+    main = next(iter(getattr(built, "optimizers", {"": built}).values()))
+    return [tuple(param.shape) for group in main.param_groups for param in group["params"]]
+
+
 def soap_floor(
     shapes: Sequence[tuple[int, ...]], hparams: Mapping[str, Any], device: torch.device, repeats: int = 3
 ) -> dict[str, Any]:

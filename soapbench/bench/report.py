@@ -191,6 +191,38 @@ def throughput_markdown(section: Mapping[str, Any]) -> str:
     return "\n\n".join(part for part in [section["protocol"], table(header, rows), command] if part)
 
 
+def train_step_ratio_markdown(section: Mapping[str, Any]) -> str:
+    rows = [[
+        row["optimizer"], fmt_ms(row["step"]["mean"]), fmt_ms(row["step"]["median"]), fmt_ms(row["step"]["std"]),
+        fmt_ms(row["optimizer_step"]["mean"]), fmt_ms(row["optimizer_step"]["median"]),
+        f"**{row['ratio_mean']:.2f}×**", f"{row['ratio_median']:.2f}×", row["step"]["n"],
+        row["frequency"] or "",
+    ] for row in section["rows"]]  # fmt: skip
+    header = ["optimizer", "step mean ms", "step median ms", "step std ms", "optimizer.step() mean ms",
+              "optimizer.step() median ms", "step ÷ AdamW (mean)", "step ÷ AdamW (median)", "steps", "f"]  # fmt: skip
+    parts = [section["protocol"], table(header, rows)]
+    load = section.get("load_average")
+    if load and load["before"] is not None and load["cores"] and max(load["before"], load["after"]) > load["cores"]:
+        parts.append(
+            f"**Measured on a contended machine**: 1-minute load average {load['before']:.1f} before and "
+            f"{load['after']:.1f} after, on {load['cores']} cores. Absolute times are inflated; the alternating "
+            "blocks expose every arm to the same contention, so the ratios are the numbers to read."
+        )
+    elif load and load["before"] is not None:
+        parts.append(f"1-minute load average {load['before']:.1f} before and {load['after']:.1f} after, on "
+                     f"{load['cores']} cores.")  # fmt: skip
+    soap_floor = section.get("soap_floor")
+    if soap_floor:
+        parts.append(
+            f"SOAP's matmul floor on these shapes (`soapbench/bench/floor.py`, timed in the same process): "
+            f"{fmt_ms(soap_floor['mean_seconds'])} ms per step at f = {soap_floor['frequency']} "
+            f"({fmt_ms(soap_floor['per_step_seconds'])} ms every step + {fmt_ms(soap_floor['per_refresh_seconds'])} ms "
+            f"per refresh). AdamW's step with its `optimizer.step()` replaced by that floor would be "
+            f"**{soap_floor['best_possible_ratio']:.2f}×** AdamW's: no implementation of SOAP's math does better here."
+        )
+    return "\n\n".join(parts)
+
+
 def render_markdown(report: Mapping[str, Any]) -> str:
     meta, model = report["metadata"], report["model"]
     versions = ", ".join(f"{name} {version}" for name, version in meta["versions"].items())
@@ -207,7 +239,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     parts = [title, table(["", ""], header_rows)]
     titles = {"step_timing": ("Step time: `optimizer.step()` alone", timing_markdown),
               "memory": ("Optimizer-state memory", memory_markdown),
-              "throughput": ("Training throughput (real trainer)", throughput_markdown)}  # fmt: skip
+              "throughput": ("Training throughput (real trainer)", throughput_markdown),
+              "train_step_ratio": ("Training step vs AdamW (alternating blocks)", train_step_ratio_markdown)}  # fmt: skip
     for key, (title, render) in titles.items():
         if key in report["sections"]:
             parts += [f"## {title}", render(report["sections"][key])]

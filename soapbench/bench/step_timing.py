@@ -20,13 +20,14 @@ Protocol, as nanoGPT's bench.py mirrors its loop's inner step:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import math
 import statistics
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -132,13 +133,9 @@ def run_interleaved(
                + (f" ({contestant.error})" if contestant.error else ""))  # fmt: skip
     live = [c for c in contestants if c.error is None]
     rounds = max((c.steps for c in live), default=0)
-    gc.collect()
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with garbage_collection_paused():
         for round_index in range(rounds):
-            shift = round_index % len(live) if live else 0
-            for contestant in live[shift:] + live[:shift]:
+            for contestant in rotated(live, round_index):
                 if contestant.error is not None or len(contestant.samples) >= contestant.steps:
                     continue
                 try:
@@ -148,8 +145,24 @@ def run_interleaved(
             if (round_index + 1) % 5 == 0:
                 gc.collect()  # between rounds, outside every timed interval
                 report(f"  round {round_index + 1}/{rounds}")
+
+
+def rotated(items: Sequence[Any], round_index: int) -> list[Any]:
+    """``items`` in the order of round ``round_index``: rotated by one per round, so noise hits each alike."""
+    shift = round_index % len(items) if items else 0
+    return [*items[shift:], *items[:shift]]
+
+
+@contextlib.contextmanager
+def garbage_collection_paused() -> Iterator[None]:
+    """Python's collector off (after one collection) inside timed rounds; callers collect between rounds."""
+    gc.collect()
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
     finally:
-        if gc_was_enabled:
+        if was_enabled:
             gc.enable()
 
 

@@ -1,0 +1,127 @@
+"""Per shape: stepping same-shape matrices as one stack is bit-identical to stepping them one by one.
+
+SOAP, Shampoo and SOAP-Muon, compared on every path the stack takes (rotations, moments, fused update, factor EMAs; SOAP's QR
+and eigh refreshes with the momentum move, member by member as on CPU and stack-wide as on GPU; Shampoo's inverse
+roots and grafting; SOAP-Muon's projections, Newton–Schulz and graft scale; one-sided matrices, float64 factors), at one and two BLAS threads (multi-threaded GEMMs are
+where batched kernels could round differently), through a state_dict round trip and a change of which parameters
+have gradients (both restack).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optimizers import SOAP, Shampoo, SOAPMuon, soap_stacked
+from optimizers.batching import StackedState
+from optimizers.linalg import LinalgHealth, orthonormalize_qr
+from tests.conftest import assert_identical
+
+# Three 24×16 (one bucket), two 16×16, a one-sided pair for SOAP (rows > max_precond_dim; two blocks for
+# Shampoo), a lone 8×40 and a vector.
+SHAPES = [(24, 16), (16, 16), (24, 16), (16, 16), (24, 16), (60, 8), (60, 8), (8, 40), (16,)]
+OPTIONS = {
+    "soap qr": (SOAP, dict(precondition_frequency=3, max_precond_dim=48)),
+    "soap eigh": (SOAP, dict(precondition_frequency=2, max_precond_dim=48, refresh_method="eigh")),
+    "soap float64 linalg": (SOAP, dict(precondition_frequency=3, max_precond_dim=48, linalg_precision="float64")),
+    "shampoo": (Shampoo, dict(precondition_frequency=3, max_preconditioner_dim=48)),
+    "soap_muon": (SOAPMuon, dict(precondition_frequency=3, projection_type="std", nestrov=True)),
+    "soap_muon full graft": (SOAPMuon, dict(precondition_frequency=2, projection_type="full", max_precond_dim=48,
+                                            scale="graft")),
+    "shampoo rmsprop beta3": (Shampoo, dict(precondition_frequency=2, max_preconditioner_dim=48, beta3=0.5,
+                                            grafting_type="rmsprop", weight_decay=0.0)),
+}
+
+
+def _run(stack_shapes: bool, option: str, steps: int = 10, skip_at: int | None = None, reload_at: int | None = None):
+    optimizer_class, options = OPTIONS[option]
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in SHAPES]
+    options = {"lr": 1e-2, "weight_decay": 0.1, **options}
+    optimizer = optimizer_class(params, stack_shapes=stack_shapes, **options)
+    generator = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        for index, param in enumerate(params):
+            param.grad = torch.randn(param.shape, generator=generator)
+            if step == skip_at and index == 2:
+                param.grad = None  # one member of the 24×16 bucket sits this step out
+        optimizer.step()
+        if step == reload_at:
+            saved = optimizer.state_dict()
+            optimizer = optimizer_class(params, stack_shapes=stack_shapes, **options)
+            optimizer.load_state_dict(saved)
+    return [param.detach().clone() for param in params], optimizer
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("batched_refresh", [False, True], ids=["cpu refresh", "gpu-style batched refresh"])
+@pytest.mark.parametrize("option", sorted(OPTIONS))
+def test_stacked_steps_equal_per_parameter_steps_bitwise(option: str, batched_refresh: bool, threads: int, monkeypatch) -> None:
+    optimizer_class = OPTIONS[option][0]
+    if batched_refresh:  # the stack-wide QR refresh a GPU runs, here on CPU
+        if optimizer_class is not SOAP:
+            pytest.skip("only SOAP refreshes a whole stack at once")
+        monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        stacked_params, stacked = _run(True, option, skip_at=4, reload_at=6)
+        single_params, single = _run(False, option, skip_at=4, reload_at=6)
+    finally:
+        torch.set_num_threads(previous)
+    assert_identical(stacked_params, single_params, "params")
+    assert_identical(stacked.state_dict()["state"], single.state_dict()["state"], "state")
+    assert stacked.diagnostics() == single.diagnostics()
+    # The stacks were in use to the end; the 24×16 member that sat a step out has its own step count (its bias
+    # correction differs), so it steps alone beside a bucket of the other two. Shampoo cuts the 60×8 pair into
+    # blocks, which it steps one parameter at a time; SOAP and SOAP-Muon stack it too.
+    live = stacked.__dict__["_stacked_states"]
+    expected = [2, 2] if optimizer_class is Shampoo else [2, 2, 2]
+    assert sorted(len(bucket.params) for bucket in live.values()) == expected
+
+
+def test_stack_members_hold_views_and_a_replaced_tensor_forces_a_restack() -> None:
+    _, optimizer = _run(True, "soap qr", steps=3)
+    [bucket] = [b for b in optimizer.__dict__["_stacked_states"].values() if len(b.params) == 3]
+    states = [optimizer.state[param] for param in bucket.params]
+    stack = bucket[("exp_avg",)]
+    assert all(state["exp_avg"].data_ptr() == stack[i].data_ptr() for i, state in enumerate(states))
+    states[1]["Q"][0] = states[1]["Q"][0].clone()  # what a refresh broadcast from another rank does
+    assert not bucket.intact(states)
+    restacked = StackedState(bucket.params, states, [("Q", 0)])
+    assert torch.equal(restacked[("Q", 0)][1], states[1]["Q"][0]) and restacked.intact(states)
+
+
+def test_a_failed_qr_in_a_stack_falls_back_for_that_matrix_only(monkeypatch) -> None:
+    matrices = torch.randn(3, 6, 6)
+    fallback = torch.eye(6).expand(3, 6, 6).clone()
+    expected = [orthonormalize_qr(matrix) for matrix in matrices]
+    matrices[1, 2, 3] = float("nan")
+    health = LinalgHealth()
+    result = orthonormalize_qr(matrices, fallback=fallback, health=health)
+    assert torch.equal(result[0], expected[0]) and torch.equal(result[2], expected[2])
+    assert torch.equal(result[1], fallback[1])  # NaN in float64 too: the previous basis is kept
+    assert (health.failures, health.float64_retries) == (1, 0)
+
+
+@pytest.mark.parametrize("batched_refresh", [False, True], ids=["cpu refresh", "gpu-style batched refresh"])
+def test_a_rank_refreshes_only_the_members_it_owns(batched_refresh: bool, monkeypatch) -> None:
+    """Under refresh sharing a rank refreshes part of a stack; the rest arrives by broadcast (not simulated here)."""
+    if batched_refresh:
+        monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
+    owned_shapes = {0, 4}  # two of the three 24×16 members, one of the two 16×16
+    results = []
+    for stack_shapes in (True, False):
+        torch.manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape)) for shape in SHAPES]
+        optimizer = SOAP(params, lr=1e-2, stack_shapes=stack_shapes, **OPTIONS["soap qr"][1])
+        owned = {id(param) for param in params}  # the first bases: every member computes its own (no broadcast here)
+        monkeypatch.setattr(optimizer, "_computes_refresh", lambda param: id(param) in owned)
+        generator = torch.Generator().manual_seed(1)
+        for step in range(7):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator)
+            optimizer.step()
+            owned = {id(param) for index, param in enumerate(params) if index in owned_shapes | {1, 5, 7, 8}}
+        results.append(([param.detach().clone() for param in params], optimizer.state_dict()["state"]))
+    assert_identical(results[0], results[1], "stacked vs per-parameter with partial ownership")
