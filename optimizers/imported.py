@@ -16,7 +16,9 @@ The config keys that describe *where the class comes from* rather than how it tr
   (pytorch-optimizer's and heavyball's do) still has unknown names rejected, because a typo would
   otherwise be swallowed silently; ``false`` passes them through to ``**kwargs``;
 * ``settings``: module attributes set before the class is built (``heavyball.utils.compile_mode: null``
-  runs heavyball eagerly).
+  runs heavyball eagerly);
+* ``implements``: the registered algorithm it is an implementation of (``soap``), whose golden trajectories
+  ``check-optimizer`` holds it to.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from optimizers.param_groups import ALL_ROLES
 from optimizers.registry import OptimizerConfigError, OptimizerSpec
 
 # Keys of an optimizer config that are not constructor keywords.
-SOURCE_KEYS = ("target", "package", "extra", "strict_kwargs", "settings")
+SOURCE_KEYS = ("target", "package", "extra", "strict_kwargs", "settings", "implements")
 
 
 def _requirement_name(package: str) -> str:
@@ -116,6 +118,7 @@ def imported_spec(
     extra: str | None = None,
     strict_kwargs: bool = True,
     settings: Mapping[str, Any] | None = None,
+    implements: str | None = None,
     field: str = "optimizer",
 ) -> OptimizerSpec:
     apply_settings(settings, f"{field}.settings")

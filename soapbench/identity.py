@@ -29,6 +29,7 @@ NON_IDENTITY_KEYS = (
     "data.url",
 )
 # Options added later: when off (None) they are left out, so runs made before them keep their identity.
+# (Not trainer.final_eval_batches: runs made before it lack the whole-split numbers, so none may stand in for a new one.)
 OMITTED_WHEN_OFF = ("trainer.grad_clip_norm_per_tensor", "trainer.loss_scale_factor")
 # Bumped when the identity's recipe changes, so old and new runs never share a directory by accident.
 IDENTITY_VERSION = 2

@@ -32,7 +32,9 @@ synchronisation would see every step as slowed.
 
 A run is marked ``machine_shared`` when more than ``SHARED_SLOWED_FRACTION`` of its steps were
 slowed, or when the load average seen by any segment exceeded what that segment's run explains
-by more than ``LOAD_TOLERANCE`` (background daemons); each reason is one human-readable line.
+(its threads x the jobs sharing the machine) by more than ``LOAD_TOLERANCE`` plus
+``LOAD_TOLERANCE_PER_CORE`` per core (background daemons, which grow with the machine); each reason
+is one human-readable line.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from soapbench.environment import available_cores
 SLOWED_RATIO = 1.5
 SHARED_SLOWED_FRACTION = 0.05
 LOAD_TOLERANCE = 0.5
+LOAD_TOLERANCE_PER_CORE = 0.05
 MEDIAN_WINDOW = 128
 MEDIAN_MIN_STEPS = 8
 # Segment fields that, when they differ, make the segments' step times incomparable.
@@ -79,8 +82,9 @@ def load_average() -> float | None:
         return None
 
 
-def _load_exceeds(load: float | None, threads: int, jobs: int) -> bool:
-    return load is not None and load > threads * jobs + LOAD_TOLERANCE
+def load_exceeds_run(load: float | None, threads: int, jobs: int, cores: int) -> bool:
+    """Whether a load average is more than this run's own threads (and its declared siblings') explain."""
+    return load is not None and load > threads * jobs + LOAD_TOLERANCE + LOAD_TOLERANCE_PER_CORE * cores
 
 
 class MachineLoad:
@@ -122,7 +126,7 @@ class MachineLoad:
             return True
         if self.segment["threads"] == 1 or len(self._walls) < MEDIAN_MIN_STEPS:
             return False
-        if not _load_exceeds(self._latest_load, self.segment["threads"], self.segment["jobs"]):
+        if not load_exceeds_run(self._latest_load, self.segment["threads"], self.segment["jobs"], self.segment["cores"]):
             return False
         return wall > SLOWED_RATIO * statistics.median(self._walls)
 
@@ -174,7 +178,7 @@ def machine_shared(segments: list[dict[str, Any]]) -> dict[str, Any]:
     if slowed_fraction > SHARED_SLOWED_FRACTION:
         reasons.append(f"{slowed_fraction:.1%} of steps slowed >{SLOWED_RATIO}x (wall/CPU)")
     for s in segments:
-        if _load_exceeds(s["max_load"], s["threads"], s.get("jobs", 1)):
+        if load_exceeds_run(s["max_load"], s["threads"], s.get("jobs", 1), s.get("cores") or available_cores()):
             where = f" (steps {s['start_step']}-{s['end_step']})" if len(segments) > 1 else ""
             reasons.append(f"load {s['max_load']:.1f} on {s.get('cores')} cores{where}")
     loads = [s["max_load"] for s in segments if s["max_load"] is not None]

@@ -91,6 +91,9 @@ def test_the_verdict_names_each_reason_in_one_line() -> None:
     assert loaded["shared"] and loaded["reasons"] == ["load 3.9 on 2 cores"]
     # Two declared parallel jobs of one thread explain a load of 2.
     assert not machine_shared([_segment(max_load=2.3, jobs=2)])["shared"]
+    # A big machine's daemons: load 3 beside one thread on 64 cores is not a shared machine; load 6 is.
+    assert not machine_shared([_segment(max_load=3.0, cores=64)])["shared"]
+    assert machine_shared([_segment(max_load=6.0, cores=64)])["reasons"] == ["load 6.0 on 64 cores"]
     resumed = machine_shared([_segment(steps=50, end_step=50), _segment(start_step=50, steps=50, slowed_steps=10, max_load=4.2)])
     assert resumed["slowed_fraction"] == 0.1 and resumed["max_load"] == 4.2
     assert resumed["reasons"] == ["10.0% of steps slowed >1.5x (wall/CPU)", "load 4.2 on 2 cores (steps 50-100)"]

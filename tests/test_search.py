@@ -75,6 +75,26 @@ def test_objective_is_the_final_val_loss_and_divergence_scores_infinity() -> Non
     assert objective(None) is None
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_continued_study_draws_new_points_instead_of_replaying_the_first_sessions(sampler, tmp_path) -> None:
+    """Each driver session builds a new sampler; seeded by the seed alone it would replay the first session's
+    random draws, and every trial after a restart would repeat an earlier one."""
+    from soapbench.search.driver import open_study
+
+    search = load_search(_search_yaml(tmp_path, 2, 2), overrides=[], trials=None, sampler=sampler, study=None, jobs=1,
+                         results_dir=tmp_path)  # fmt: skip
+    drawn = []
+    for _session in range(3):
+        study = open_study(search)
+        trial = study.ask(search.space.distributions())
+        study.tell(trial, 1.0)
+        drawn.append(trial.params["optimizer.lr"])
+    assert len(set(drawn)) == 3, drawn
+    again = load_search(_search_yaml(tmp_path, 2, 2), overrides=[], trials=None, sampler=sampler, study="fresh", jobs=1,
+                        results_dir=tmp_path)  # fmt: skip
+    assert open_study(again).ask(again.space.distributions()).params["optimizer.lr"] == drawn[0], "reproducible"
+
+
 def _search_yaml(tmp_path, steps: int, checkpoint: int) -> str:
     path = tmp_path / "tiny_search.yaml"
     overrides = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.checkpoint_interval", "trainer.eval_interval"))]

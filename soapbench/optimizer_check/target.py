@@ -30,7 +30,7 @@ class Target:
     kwargs: dict[str, Any]
     train_overrides: list[str]  # scripts/train.py overrides that train this optimizer with these kwargs
     registered: str | None = None  # registry name, for golden parity
-    family: str | None = None  # the algorithm it implements (a peer of soap: "soap"), for golden parity
+    family: str | None = None  # the algorithm it implements (its yaml's implements: soap), for golden parity
     notes: list[str] = field(default_factory=list)
 
 
@@ -47,17 +47,6 @@ def parse_kwargs(pairs: list[str]) -> dict[str, Any]:
 
 def _as_override(key: str, value: Any) -> str:
     return f"++optimizer.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
-
-
-def _family(config: Mapping[str, Any]) -> str | None:
-    """A peer's algorithm, from its yaml name (heavyball_soap -> soap), when that name is registered."""
-    from optimizers import available_optimizers
-
-    name = str(config.get("name") or "")
-    for registered in sorted(available_optimizers(), key=len, reverse=True):
-        if name.endswith(f"_{registered}"):
-            return registered
-    return None
 
 
 def resolve_target(name: str, kwargs: dict[str, Any]) -> Target:
@@ -81,7 +70,7 @@ def resolve_target(name: str, kwargs: dict[str, Any]) -> Target:
             kwargs={**hparams, **{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}},
             train_overrides=[f"optimizer={name}", *(_as_override(k, v) for k, v in kwargs.items())],
             registered=name if name in available_optimizers() else None,
-            family=None if name in available_optimizers() else _family(config), notes=notes,
+            family=config.get("implements"), notes=notes,
         )  # fmt: skip
     if "." not in name:
         options = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "custom")

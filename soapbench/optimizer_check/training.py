@@ -25,8 +25,9 @@ def train_overrides(overrides: list[str], results_dir: Path) -> dict[str, Any]:
     from soapbench.trainer import train
 
     config_dir = Path(__file__).resolve().parents[2] / "configs"
+    # One thread: small eigh/QR calls slow down by orders of magnitude when threads compete for busy cores.
     common = ["model=nanogpt_char_cpu", "seed=0", "logger.wandb.mode=disabled", "experiment_name=check_optimizer",
-              f"paths.results_dir={results_dir}"]  # fmt: skip
+              "trainer.threads=1", f"paths.results_dir={results_dir}"]  # fmt: skip
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         config = resolve(compose(config_name="train", overrides=[*common, *overrides]))
     return train(config)

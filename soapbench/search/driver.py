@@ -155,12 +155,15 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _sampler(search: Search):
+def _sampler(search: Search, trials_so_far: int):
+    """Seeded by the search's seed and the study's length: a rerun draws new points instead of replaying the
+    first session's random draws (which would repeat its trials), and stays reproducible given the history."""
     import optuna
 
+    seed = search.seed + 1_000_003 * trials_so_far
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed, constant_liar=search.jobs > 1)
-    return optuna.samplers.RandomSampler(seed=search.seed)  # random, and the fallback for enqueued quasi-random points
+        return optuna.samplers.TPESampler(seed=seed, constant_liar=search.jobs > 1)
+    return optuna.samplers.RandomSampler(seed=seed)  # random, and the fallback for enqueued quasi-random points
 
 
 def open_study(search: Search):
@@ -170,8 +173,9 @@ def open_study(search: Search):
     search.directory.mkdir(parents=True, exist_ok=True)
     study = optuna.create_study(
         study_name=search.study, storage=f"sqlite:///{(search.directory / 'study.db').resolve()}",
-        sampler=_sampler(search), direction="minimize", load_if_exists=True,
+        direction="minimize", load_if_exists=True,
     )  # fmt: skip
+    study.sampler = _sampler(search, len(study.get_trials(deepcopy=False)))
     identity = {"overrides": search.overrides, "space": {k: repr(v) for k, v in search.space.distributions().items()}}
     recorded = study.user_attrs.get("identity")
     if recorded is None:
