@@ -75,6 +75,7 @@ from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
+from optimizers.soap_muon_stacked import StackedSOAPMuonSteps
 from optimizers.stepping import group_lr
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
@@ -85,29 +86,37 @@ _NS_EPS = 1e-7
 LARGE_MATRIX_DIM = 10000
 
 
+def frobenius(matrix: Tensor) -> Tensor:
+    """‖X‖_F of a matrix (0-d), or of each matrix of a ``B×m×n`` stack (``B×1×1``, to broadcast)."""
+    return matrix.norm() if matrix.dim() <= 2 else torch.linalg.vector_norm(matrix, dim=(-2, -1), keepdim=True)
+
+
 def zeropower_via_newtonschulz_soap_muon(direction: Tensor, steps: int) -> Tensor:
-    """SOAP-Muon's Newton–Schulz in the input's dtype: ``steps`` quintic iterations then 2 cubic ones."""
+    """SOAP-Muon's Newton–Schulz in the input's dtype: ``steps`` quintic iterations then 2 cubic ones.
+
+    A ``B×m×n`` stack is orthogonalised matrix by matrix in batched products (each normalised by its own norm).
+    """
     a, b, c = NS_COEFFICIENTS
     X = direction.clone()
-    X /= X.norm() + _NS_EPS
-    transposed = direction.size(0) > direction.size(1)
+    X /= frobenius(X) + _NS_EPS
+    transposed = direction.size(-2) > direction.size(-1)
     if transposed:
-        X = X.T
+        X = X.mT
     for _ in range(steps):
-        A = X @ X.T
+        A = X @ X.mT
         B = A @ X
         # The reference's `c * A @ B` and `0.5 * (X @ X.T) @ X` group as below; kept for bitwise parity.
         X = a * X + b * B + (c * A) @ B
     for _ in range(2):
-        X = 1.5 * X - (0.5 * (X @ X.T)) @ X
+        X = 1.5 * X - (0.5 * (X @ X.mT)) @ X
     if transposed:
-        X = X.T
+        X = X.mT
     return X
 
 
 def _unit_frobenius_(matrix: Tensor) -> Tensor:
     # Clamped so an all-zero direction stays zero (the reference divides 0 by 0); bitwise equal otherwise.
-    return matrix.div_(torch.norm(matrix).clamp_min(torch.finfo(matrix.dtype).tiny))
+    return matrix.div_(frobenius(matrix).clamp_min(torch.finfo(matrix.dtype).tiny))
 
 
 def _floor_at_rounding_level_(root: Tensor) -> Tensor:
@@ -119,7 +128,8 @@ def _floor_at_rounding_level_(root: Tensor) -> Tensor:
     huge step. Entries at or above the floor are untouched bit for bit, so well-posed runs (the float64 goldens
     included) are unchanged.
     """
-    return root.clamp_min_(torch.finfo(root.dtype).eps * root.max())
+    largest = root.max() if root.dim() <= 2 else root.amax(dim=(-2, -1), keepdim=True)  # per matrix of a stack
+    return root.clamp_min_(torch.finfo(root.dtype).eps * largest)
 
 
 def _sqrt_corrected_unit(direction: Tensor, steps: int) -> Tensor:
@@ -153,10 +163,10 @@ def _project(matrix: Tensor, state: dict[str, Any]) -> Tensor:
     if projection == "identity":
         return matrix
     if projection == "left":
-        return state["basis_left"].T @ matrix
+        return state["basis_left"].mT @ matrix
     if projection == "right":
         return matrix @ state["basis_right"]
-    return (state["basis_left"].T @ matrix) @ state["basis_right"]
+    return (state["basis_left"].mT @ matrix) @ state["basis_right"]
 
 
 def _project_back(matrix: Tensor, state: dict[str, Any]) -> Tensor:
@@ -166,8 +176,8 @@ def _project_back(matrix: Tensor, state: dict[str, Any]) -> Tensor:
     if projection == "left":
         return state["basis_left"] @ matrix
     if projection == "right":
-        return matrix @ state["basis_right"].T
-    return (state["basis_left"] @ matrix) @ state["basis_right"].T
+        return matrix @ state["basis_right"].mT
+    return (state["basis_left"] @ matrix) @ state["basis_right"].mT
 
 
 def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth) -> tuple[Tensor, Tensor]:
@@ -188,8 +198,12 @@ def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth
 
 
 @register_optimizer("soap_muon", main_roles=("matrix",))
-class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
-    """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math."""
+class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+    """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math.
+
+    Our option: ``stack_shapes`` steps same-shape matrices of a group as one stack (optimizers/soap_muon_stacked.py;
+    bit-identical to stepping them one by one, which False does).
+    """
 
     def __init__(
         self,
@@ -206,6 +220,7 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         newton_schulz_steps: int = 5,
         nestrov: bool = False,
         scale: str = "shape",
+        stack_shapes: bool = True,
     ) -> None:
         validate_adam_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         if not shampoo_beta < 1:
@@ -235,6 +250,7 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             newton_schulz_steps=newton_schulz_steps,
             nestrov=bool(nestrov),
             scale=scale,
+            stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
 
@@ -283,9 +299,50 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
             second_moment.copy_(second_moment.index_select(axis, permutation))
             state[f"basis_{side}"] = basis
 
-    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+    @staticmethod
+    def _direction(
+        grad_matrix: Tensor, grad_projected: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state: dict[str, Any],
+        group: dict[str, Any], step: int,
+    ) -> tuple[float, Tensor]:
+        """Moments, then (α_t, N or O) of the module docstring; for one matrix or a stack (``state``'s bases)."""
         beta1, beta2 = group["betas"]
-        lr, eps, weight_decay = group_lr(group), group["eps"], group["weight_decay"]
+        exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
+        rows, cols = grad_matrix.shape[-2:] if grad_matrix.ndim >= 2 else (0, 0)
+        is_matrix = grad_matrix.ndim >= 2
+        newton_schulz = is_matrix and max(rows, cols) < LARGE_MATRIX_DIM
+        root = exp_avg_sq.sqrt()
+        if newton_schulz and group["scale"] == "graft":
+            _floor_at_rounding_level_(root)
+        denom = root.add_(group["eps"])
+        exp_avg_projected = _project(exp_avg, state)
+
+        step_size = group_lr(group)
+        if group["correct_bias"]:
+            bias_correction1 = 1.0 - beta1**step
+            bias_correction2 = 1.0 - beta2**step
+            step_size = step_size * (bias_correction2**0.5) / bias_correction1
+
+        if group["nestrov"] and newton_schulz:
+            direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
+        else:
+            direction = exp_avg_projected / denom
+
+        if newton_schulz and group["scale"] == "graft":
+            adam_norm = frobenius(direction)
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= adam_norm
+        elif newton_schulz:
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= min(rows, cols) ** 0.5
+            direction *= max(1, rows / cols) ** 0.5
+        elif is_matrix and group["scale"] == "shape":
+            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
+            direction *= (rows * cols) ** 0.5
+        return step_size, direction
+
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
+        lr, weight_decay = group_lr(group), group["weight_decay"]
         factor_beta = self._factor_beta(group)
         dtype = state_dtype_for(param.dtype)
         grad = param.grad.to(dtype)
@@ -305,40 +362,7 @@ class SOAPMuon(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
         state["step"] += 1
         step = state["step"]
 
-        exp_avg.mul_(beta1).add_(grad_matrix, alpha=1.0 - beta1)
-        exp_avg_sq.mul_(beta2).add_(grad_projected.square(), alpha=1.0 - beta2)
-        is_matrix = grad_matrix.ndim == 2
-        newton_schulz = is_matrix and max(grad_matrix.shape) < LARGE_MATRIX_DIM
-        root = exp_avg_sq.sqrt()
-        if newton_schulz and group["scale"] == "graft":
-            _floor_at_rounding_level_(root)
-        denom = root.add_(eps)
-        exp_avg_projected = _project(exp_avg, state)
-
-        step_size = lr
-        if group["correct_bias"]:
-            bias_correction1 = 1.0 - beta1**step
-            bias_correction2 = 1.0 - beta2**step
-            step_size = step_size * (bias_correction2**0.5) / bias_correction1
-
-        if group["nestrov"] and newton_schulz:
-            direction = (exp_avg_projected + (1.0 - beta1) * grad_projected) / denom
-        else:
-            direction = exp_avg_projected / denom
-
-        rows, cols = grad_matrix.shape if is_matrix else (0, 0)
-        if newton_schulz and group["scale"] == "graft":
-            adam_norm = torch.norm(direction)
-            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-            direction *= adam_norm
-        elif newton_schulz:
-            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-            direction *= min(rows, cols) ** 0.5
-            direction *= max(1, rows / cols) ** 0.5
-        elif is_matrix and group["scale"] == "shape":
-            direction = _sqrt_corrected_unit(direction, group["newton_schulz_steps"])
-            direction *= (rows * cols) ** 0.5
-
+        step_size, direction = self._direction(grad_matrix, grad_projected, exp_avg, exp_avg_sq, state, group, step)
         update = _project_back(direction, state)
         weights = param if param.dtype == dtype else param.to(dtype)
         weights.add_(update.reshape(param.shape), alpha=-step_size)

@@ -1,8 +1,8 @@
 """Per shape: stepping same-shape matrices as one stack is bit-identical to stepping them one by one.
 
-SOAP and Shampoo, compared on every path the stack takes (rotations, moments, fused update, factor EMAs; SOAP's QR
+SOAP, Shampoo and SOAP-Muon, compared on every path the stack takes (rotations, moments, fused update, factor EMAs; SOAP's QR
 and eigh refreshes with the momentum move, member by member as on CPU and stack-wide as on GPU; Shampoo's inverse
-roots and grafting; one-sided matrices, float64 factors), at one and two BLAS threads (multi-threaded GEMMs are
+roots and grafting; SOAP-Muon's projections, Newton–Schulz and graft scale; one-sided matrices, float64 factors), at one and two BLAS threads (multi-threaded GEMMs are
 where batched kernels could round differently), through a state_dict round trip and a change of which parameters
 have gradients (both restack).
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import SOAP, Shampoo, soap_stacked
+from optimizers import SOAP, Shampoo, SOAPMuon, soap_stacked
 from optimizers.batching import StackedState
 from optimizers.linalg import LinalgHealth, orthonormalize_qr
 from tests.conftest import assert_identical
@@ -25,6 +25,9 @@ OPTIONS = {
     "soap eigh": (SOAP, dict(precondition_frequency=2, max_precond_dim=48, refresh_method="eigh")),
     "soap float64 linalg": (SOAP, dict(precondition_frequency=3, max_precond_dim=48, linalg_precision="float64")),
     "shampoo": (Shampoo, dict(precondition_frequency=3, max_preconditioner_dim=48)),
+    "soap_muon": (SOAPMuon, dict(precondition_frequency=3, projection_type="std", nestrov=True)),
+    "soap_muon full graft": (SOAPMuon, dict(precondition_frequency=2, projection_type="full", max_precond_dim=48,
+                                            scale="graft")),
     "shampoo rmsprop beta3": (Shampoo, dict(precondition_frequency=2, max_preconditioner_dim=48, beta3=0.5,
                                             grafting_type="rmsprop", weight_decay=0.0)),
 }
@@ -71,9 +74,9 @@ def test_stacked_steps_equal_per_parameter_steps_bitwise(option: str, batched_re
     assert stacked.diagnostics() == single.diagnostics()
     # The stacks were in use to the end; the 24×16 member that sat a step out has its own step count (its bias
     # correction differs), so it steps alone beside a bucket of the other two. Shampoo cuts the 60×8 pair into
-    # blocks, which it steps one parameter at a time.
+    # blocks, which it steps one parameter at a time; SOAP and SOAP-Muon stack it too.
     live = stacked.__dict__["_stacked_states"]
-    expected = [2, 2, 2] if optimizer_class is SOAP else [2, 2]
+    expected = [2, 2] if optimizer_class is Shampoo else [2, 2, 2]
     assert sorted(len(bucket.params) for bucket in live.values()) == expected
 
 
