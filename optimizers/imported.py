@@ -121,6 +121,8 @@ def imported_spec(
     implements: str | None = None,
     field: str = "optimizer",
 ) -> OptimizerSpec:
+    """The spec of ``target``, built from the source keys of its config (``implements`` is read by check-optimizer
+    from the yaml; it does not change how the optimizer is built)."""
     apply_settings(settings, f"{field}.settings")
     factory = import_target(target, package=package, extra=extra, field=f"{field}.target")
     if isinstance(factory, type) and not issubclass(factory, torch.optim.Optimizer):
