@@ -178,10 +178,13 @@ def _record_arm(outcome: str, code: int, summary: dict[str, Any] | None) -> None
 
 
 def sweep_table(arms: list[dict[str, Any]]) -> str:
+    # Overrides every arm shares say nothing about an arm: show what varies.
+    shared = set.intersection(*(set(arm["overrides"].split()) for arm in arms)) if len(arms) > 1 else set()
     rows = [("job", "outcome", "final val loss", "run", "overrides")]
     for arm in sorted(arms, key=lambda a: a["job"]):
         val = arm.get("final_val_loss")
-        rows.append((str(arm["job"]), arm["outcome"], f"{val:.4f}" if isinstance(val, float) else "-", arm.get("run") or "-", arm["overrides"]))
+        varying = " ".join(o for o in arm["overrides"].split() if o not in shared)
+        rows.append((str(arm["job"]), arm["outcome"], f"{val:.4f}" if isinstance(val, float) else "-", arm.get("run") or "-", varying))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     counts = {}

@@ -153,7 +153,7 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
         assert needle in report, needle
     sources = json.loads((out / "sources.json").read_text())
     assert len(sources["runs"]) == 13
-    assert sources["status_counts"] == {"completed": 7, "diverged": 2, "failed": 1, "running": 1,
+    assert sources["status_counts"] == {"completed": 7, "diverged": 2, "failed": 1, "running": 1, "interrupted": 0,
                                         "no_summary": 1, "unreadable": 1}
     assert {r["config_hash"] for r in sources["runs"] if r["status"] == "completed"} >= {"hash-soap_lr1e-3_s0"}
     csv = pd.read_csv(out / "report.csv").set_index("optimizer")
