@@ -3,7 +3,9 @@ halfway and resumed from its checkpoint, which must end bit-identical to the sam
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ def train_overrides(overrides: list[str], results_dir: Path) -> dict[str, Any]:
               "trainer.threads=1", f"paths.results_dir={results_dir}"]  # fmt: skip
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         config = resolve(compose(config_name="train", overrides=[*common, *overrides]))
-    return train(config)
+    with contextlib.redirect_stdout(sys.stderr):  # the runs' progress lines, not the table, go to stderr
+        return train(config)
 
 
 def _eval_losses(summary: dict[str, Any]) -> list[float]:

@@ -89,9 +89,20 @@ def tuned_text(arm: OptimizerResult) -> str:
         return f"lr={lr:g} (not tuned)" if isinstance(lr, (int, float)) else "(single configuration)"
     parts = []
     for key in arm.swept:
-        tried = sorted({repr(c.value(key)) for c in arm.configs})
-        parts.append(f"{key.removeprefix('optimizer.')}={best.value(key)} of {{{', '.join(tried)}}}")
+        tried = sorted({_short(c.value(key)) for c in arm.configs})
+        # A search tries a new value per trial: the count, not the list (trials.csv and configurations.csv have them).
+        grid = f"{{{', '.join(tried)}}}" if len(tried) <= 6 else f"{len(tried)} values tried"
+        parts.append(f"{key.removeprefix('optimizer.')}={_short(best.value(key))} of {grid}")
     return "; ".join(parts)
+
+
+def _short(value: Any) -> str:
+    """4 significant digits for floats (a search's sampled values carry 16), tuples element by element."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(_short(v) for v in value) + ")"
+    return repr(value)
 
 
 def counts_text(counts: dict[str, int]) -> str:
