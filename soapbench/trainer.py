@@ -48,7 +48,7 @@ from soapbench.distributed import (
     any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
 )
 from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
-from soapbench.errors import ConfigError, RunInterrupted, SoapbenchError
+from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, SoapbenchError
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
@@ -134,15 +134,21 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     name = run_name(cfg, identity.hash)
     run_dir = run_directory(cfg, name)
     store = RunStore(run_dir)
-    if ctx.is_main:
+    decision: Any = None
+    if ctx.is_main:  # rank 0 locks and decides; the other ranks follow its plan, or raise its error with it
         try:
-            held.enter_context(RunLock(run_dir, results_dir=cfg["paths"]["results_dir"]))
-        except SoapbenchError:  # a read-only results dir can still report a finished run
-            stored = store.read_summary()
-            if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
-                raise
-    # Rank 0 decides under the lock; the other ranks follow its plan.
-    plan = broadcast_object(plan_run(cfg, run_dir, name, identity) if ctx.is_main else None, ctx)
+            try:
+                held.enter_context(RunLock(run_dir, results_dir=cfg["paths"]["results_dir"]))
+            except SoapbenchError:  # a read-only results dir can still report a finished run
+                stored = store.read_summary()
+                if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
+                    raise
+            decision = plan_run(cfg, run_dir, name, identity)
+        except (SoapbenchError, RunBusyError) as error:
+            decision = error
+    plan = broadcast_object(decision, ctx)
+    if isinstance(plan, Exception):
+        raise plan
     if plan.action == "skip":
         if ctx.is_main:
             print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
