@@ -13,6 +13,8 @@ from typing import Any, Iterable, Mapping
 
 # Always in the name already.
 _IN_BASE_NAME = ("optimizer", "model", "seed", "optimizer.name", "model.name")
+# Where things live, not what is trained: a machine path in a name would give the same run another name elsewhere.
+_NEVER_IN_NAME = ("paths.", "hydra.")
 _MAX_VALUE_CHARS = 24
 
 
@@ -52,6 +54,8 @@ def _labels(keys: list[str]) -> dict[str, str]:
 def swept_values(config: Mapping[str, Any], sweep_keys: Iterable[str] | None) -> list[str]:
     parts, keys = [], []
     for entry in sweep_keys or []:
+        if entry.startswith(_NEVER_IN_NAME):
+            continue
         if "=" in entry:
             group, _, choice = entry.partition("=")
             if group not in _IN_BASE_NAME:

@@ -78,7 +78,9 @@ class Job:
     cost: float
 
     def overrides(self) -> list[str]:
-        return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", f"seed={self.seed}"]
+        # sweep_keys: the run directory and W&B name carry the arm and the lr (it is not part of the identity)
+        return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", f"seed={self.seed}",
+                f"sweep_keys=['variant={self.arm}',optimizer.lr]"]
 
 
 @dataclass

@@ -23,3 +23,10 @@ def test_run_name_carries_the_swept_values_and_group_choices() -> None:
 def test_keys_sharing_a_last_segment_are_spelled_out() -> None:
     name = run_name({**CONFIG, "sweep_keys": ["optimizer.name", "trainer.schedule.name", "data.name"]}, "h")
     assert name == "soap-nanogpt_char_cpu-trainer_schedule_namewsd-data_namex-s0-h"
+
+
+def test_machine_paths_never_enter_a_run_name() -> None:
+    from soapbench.naming import swept_values
+
+    config = {"paths": {"data_root": "/work/shared/data"}, "optimizer": {"lr": 3e-3}}
+    assert swept_values(config, ["paths.data_root", "optimizer.lr"]) == ["lr3e-3"]
