@@ -245,13 +245,15 @@ def run_design(
                     r.process.wait()
                 raise Interrupted(stop[0])
             # reuse what the store already has, so a re-run continues where it stopped
-            for job in [j for j in ready if j not in checked]:
-                checked.add(job)
-                final = already_done(job)
-                if final is not False:
-                    ready.remove(job)
-                    counts["reused"] += 1
-                    ready += planner.finished(job, final)
+            # until nothing new: a reused run's decision can make runs ready that the store also has
+            while unchecked := [j for j in ready if j not in checked]:
+                for job in unchecked:
+                    checked.add(job)
+                    final = already_done(job)
+                    if final is not False:
+                        ready.remove(job)
+                        counts["reused"] += 1
+                        ready += planner.finished(job, final)
             ready.sort(key=lambda j: -j.cost)
             while ready and len(running) < jobs:
                 job = ready.pop(0)

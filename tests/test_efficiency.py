@@ -86,7 +86,7 @@ def test_efficiency_from_a_synthetic_store(tmp_path) -> None:
     analysis = analyze(load_experiment(tmp_path, "eff"))
     (workload,) = analysis.workloads
     assert workload.target == pytest.approx(3 + 5 * 1000**-0.5, rel=1e-12)
-    soap = workload.optimizers["soap"]
+    soap = workload.optimizers["soap f=10"]
     assert soap.best.value("optimizer.lr") == 1e-3
     assert [p.steps for p in soap.schedule.points] == [500, 625, 750, 875, 1000]
     fit = soap.schedule.steps.outcome.fit

@@ -95,7 +95,7 @@ def test_store_statuses_and_partial_runs(store: Path) -> None:
 
 def test_analysis_matches_hand_computed_values(store: Path) -> None:
     (w,) = analyze(load_experiment(store, "exp")).workloads
-    adamw, soap = w.optimizers["adamw"], w.optimizers["soap"]
+    adamw, soap = w.optimizers["adamw"], w.optimizers["soap f=10"]
     assert w.target == pytest.approx(2.1)
     assert adamw.best.value("optimizer.lr") == 1e-3 and adamw.best.n == 2
     assert adamw.best.std == pytest.approx(math.sqrt(0.02))
@@ -108,21 +108,21 @@ def test_analysis_matches_hand_computed_values(store: Path) -> None:
     assert soap.efficiency_steps == pytest.approx(400 / (200 + 100 * 0.5 / 0.6))
     assert soap.efficiency_time == pytest.approx(41 / (30 + 15 * 0.5 / 0.6))
     assert soap.counts["diverged"] == 1 and soap.counts["no_summary"] == 1
-    assert w.optimizers["shampoo"].best.curve is None and w.optimizers["shampoo"].counts["failed"] == 1
+    assert w.optimizers["shampoo f=10"].best.curve is None and w.optimizers["shampoo f=10"].counts["failed"] == 1
     assert w.optimizers["muon"].best.diverged == 1
     warnings = fairness_warnings(w)
     assert any(n.startswith("adamw: 1 seed(s) of the best configuration did not complete") for n in warnings)
     assert not any("devices" in n for n in warnings)  # every synthetic run is on "cpu"
     # SOAP tried lr 1e-3, 3e-3 (config only) and 1e-2 and is best at the smallest; AdamW tried only two
-    assert [n.split(":")[0] for n in warnings if "edge" in n] == ["soap"]
+    assert [n.split(":")[0] for n in warnings if "edge" in n] == ["soap f=10"]
 
 
 def test_explicit_target(store: Path) -> None:
     (w,) = analyze(load_experiment(store, "exp"), target=2.6).workloads
     assert w.target_source == "given with --target"
     assert (w.optimizers["adamw"].steps_to_target, w.optimizers["adamw"].seconds_to_target) == pytest.approx((300, 31))
-    assert (w.optimizers["soap"].steps_to_target, w.optimizers["soap"].seconds_to_target) == pytest.approx((200, 30))
-    assert w.optimizers["soap"].efficiency_steps == pytest.approx(1.5)
+    assert (w.optimizers["soap f=10"].steps_to_target, w.optimizers["soap f=10"].seconds_to_target) == pytest.approx((200, 30))
+    assert w.optimizers["soap f=10"].efficiency_steps == pytest.approx(1.5)
 
 
 def _cli(args: list[str]) -> int:
@@ -137,7 +137,7 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
     out = tmp_path / "reports" / "exp"
     assert _cli(["--experiment", "exp", "--results-dir", str(store), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
-    assert "| soap |" in stdout and "283" in stdout and "diverged (1/1 seeds)" in stdout
+    assert "| soap f=10 |" in stdout and "283" in stdout and "diverged (1/1 seeds)" in stdout
     for name in ("report.md", "report.csv", "configurations.csv", "sources.json", "loss_curves.png",
                  "lr_sensitivity.png", "efficiency.png", "train_loss.png"):
         assert (out / name).stat().st_size > 0, name

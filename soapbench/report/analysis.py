@@ -46,6 +46,7 @@ OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon",
 TUNED_SEGMENTS = frozenset({"lr", "learning_rate", "betas", "beta1", "beta2", "eps", "weight_decay", "momentum",
                             "shampoo_beta"})
 _SHORT_KEYS = {"precondition_frequency": "f"}
+_ALWAYS_NAMED = ("optimizer.precondition_frequency",)
 
 
 def is_tuned_key(key: str) -> bool:
@@ -107,6 +108,10 @@ class ConfigResult:
             return math.inf
         return self.mean
 
+    def seed_values(self) -> dict[str, float]:
+        """Final value per completed seed (the ranking values, whole split where measured)."""
+        return {str(r.seed): v for r, v in zip(self.completed, self.values)}
+
     @property
     def curve_score(self) -> float:
         """Mean final loss on the curves' fixed evaluation set (+inf as ``score``): what a target is made of."""
@@ -143,11 +148,25 @@ def group_configurations(runs: Iterable[Run], metric: str, extra_ignored: Iterab
 
 
 def best_of(configs: Iterable[ConfigResult], match: Mapping[str, Any] | None = None) -> ConfigResult | None:
-    """Lowest-score configuration, optionally among those whose ``optimizer.<key>`` equals ``match``."""
+    """Lowest-score configuration, optionally among those whose ``optimizer.<key>`` equals ``match``.
+
+    Configurations are ranked on the seeds they all completed, when they share any: a tuned grid runs
+    every lr on the first seed and only the winner on more, and ranking the winner's 3-seed mean against
+    the others' single lucky seed would undo the tuning's choice. Without shared seeds, on the full means.
+    """
     candidates = [c for c in configs if _matches(c, match or {})]
     if not candidates:
         return None
-    return min(candidates, key=lambda c: (c.score, -c.n, str(c.key)))
+    usable = [c for c in candidates if math.isfinite(c.score)]
+    common = set.intersection(*(set(c.seed_values()) for c in usable)) if len(usable) > 1 else set()
+
+    def rank(c: ConfigResult) -> tuple:
+        if not math.isfinite(c.score) or not common:
+            return (c.score, -c.n, str(c.key))
+        shared = [v for seed, v in c.seed_values().items() if seed in common]
+        return (sum(shared) / len(shared), -c.n, str(c.key))
+
+    return min(candidates, key=rank)
 
 
 def _matches(config: ConfigResult, match: Mapping[str, Any]) -> bool:
@@ -220,7 +239,15 @@ class WorkloadResult:
     optimizers: dict[str, OptimizerResult]  # by arm label, baseline arm first
 
     def arms_of(self, optimizer: str) -> list[OptimizerResult]:
-        return [o for o in self.optimizers.values() if o.optimizer == optimizer or o.arm == optimizer]
+        """The arms named ``optimizer``: an optimizer (all its arms) or an arm label such as ``soap f=10``."""
+        exact = [o for o in self.optimizers.values() if o.arm == optimizer]
+        if exact:
+            return exact
+        name, *settings = optimizer.split()
+        wanted = dict(part.split("=", 1) for part in settings if "=" in part)
+        long = {v: k for k, v in _SHORT_KEYS.items()}
+        return [o for o in self.optimizers.values() if o.optimizer == name and all(
+            str(o.arm_values.get(f"optimizer.{long.get(k, k)}")) == v for k, v in wanted.items())]
 
     def configs_of(self, optimizer: str) -> list[ConfigResult]:
         """Full-budget configurations of every arm of ``optimizer`` (or of the arm with that label)."""
@@ -287,7 +314,10 @@ def analyze_workload(
         for c in mine:
             groups.setdefault(tuple(repr(c.value(k)) for k in keys), []).append(c)
         for members in sorted(groups.values(), key=lambda cs: [_sortable(cs[0].value(k)) for k in keys]):
-            arm_values = {k: members[0].value(k) for k in keys}
+            # an arm is named by what defines it: the swept non-tuned keys, and the refresh frequency whenever
+            # the optimizer has one (so "soap f=10" is said even when no other frequency ran)
+            label_keys = keys + [k for k in _ALWAYS_NAMED if k not in keys and members[0].value(k) is not None]
+            arm_values = {k: members[0].value(k) for k in label_keys}
             arm_full = [c for c in members if c in at_full]
             arm_runs = [r for c in members for r in c.runs]
             swept = swept_keys([r for c in arm_full for r in c.runs], extra_ignored)
@@ -341,7 +371,7 @@ def _compare_with_baseline(result: WorkloadResult, extra_ignored: Iterable[str])
         return
     base_flat = {k: v for k, v in base.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
     for arm in result.optimizers.values():
-        if arm is base or arm.best is None:
+        if arm is base or arm.best is None or (arm.best.n == 0 and not arm.best.diverged):
             continue
         arm.versus_baseline = welch(arm.best.values, base.best.values) if not arm.best.diverged else None
         flat = {k: v for k, v in arm.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
