@@ -1,7 +1,6 @@
 """Reproduce a paper comparison with one command: tune and seed every arm, then report ours beside the paper's.
 
-    python scripts/reproduce.py whitening_nanogpt --scale cpu            # the main job (a documented subset)
-    python scripts/reproduce.py whitening_nanogpt --scale cpu --all-arms # every arm of (a)
+    python scripts/reproduce.py whitening_nanogpt --scale cpu            # the main job
     python scripts/reproduce.py whitening_nanogpt --scale full --jobs 8   # 8 GPUs: one run on each
 
 Each reproduction is an experiment preset per scale (``configs/experiment/``), a design of arms
@@ -39,19 +38,12 @@ class Reproduction:
     # The optimizer whose best final loss is the target for steps/time-to-target and efficiency ratios.
     baseline: str = "adamw"
     arms: tuple[Arm, ...] = ()  # empty: the preset's own grid sweep (hydra.sweeper.params), untuned
-    # Arms the CPU main job runs when tuning all of them does not fit its budget (--all-arms runs every arm).
-    cpu_subset: tuple[str, ...] = ()
-    subset_note: str = ""
     seeds: int = 3
     points: int = 3  # lr grid points before any edge extension
 
-    def arms_for(self, scale: str, all_arms: bool) -> tuple[Arm, ...]:
-        """The CPU main job may be a subset, and borrows lrs for expensive siblings; at full scale every arm is tuned."""
-        if scale != "cpu":
-            return tuple(replace(a, tune_from=None) for a in self.arms)
-        if all_arms or not self.cpu_subset:
-            return self.arms
-        return tuple(a for a in self.arms if a.variant in self.cpu_subset)
+    def arms_for(self, scale: str) -> tuple[Arm, ...]:
+        """At CPU scale expensive siblings borrow a tuned lr; at full scale every arm is tuned."""
+        return self.arms if scale == "cpu" else tuple(replace(a, tune_from=None) for a in self.arms)
 
 
 REPRODUCTIONS = {
@@ -59,14 +51,9 @@ REPRODUCTIONS = {
         "(a) gradient-whitening paper: AdamW vs Shampoo vs SOAP at precondition frequency 1 and 10, nanoGPT char",
         {"cpu": "whitening_nanogpt_cpu", "full": "whitening_nanogpt"},
         "whitening_nanogpt",
-        {"cpu": "about 20 minutes on 2 idle CPU cores (the subset); --all-arms about 75 minutes",
-         "full": "about 25 runs, about 3 H100-hours"},
+        {"cpu": "about 21 minutes on 2 idle CPU cores (measured: 26 runs)", "full": "about 25 runs, about 3 H100-hours"},
         arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 2.5), Arm("soap_f10", 3.0),
               Arm("shampoo_f1", 12.0, tune_from="shampoo_f10"), Arm("soap_f1", 10.0, tune_from="soap_f10")),
-        cpu_subset=("adamw", "shampoo_f10", "soap_f10"),
-        subset_note="the f = 1 arms (SOAP and Shampoo refreshing every step) cost 4-5x an f = 10 run each on a "
-                    "CPU; with 3 seeds they do not fit the main job's 35 minutes. --all-arms adds them at their "
-                    "f = 10 sibling's tuned lr.",
     ),
     "whitening_colorization": Reproduction(
         "(b) gradient-whitening paper: Adam vs Shampoo vs SOAP (frequency 1 and 10) on image colorization",
@@ -174,7 +161,7 @@ def _thread_overrides(jobs: int) -> list[str]:
 
 
 def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
-    arms = reproduction.arms_for(args.scale, args.all_arms)
+    arms = reproduction.arms_for(args.scale)
     design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points)
     base = _compose(experiment, extra)
     yaml_lrs = {a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms}
@@ -204,14 +191,11 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
 
     print(f"arms: {', '.join(a.variant for a in arms)}; lr grid x{design.factor:.2f} around each yaml lr, "
           f"{design.points} points, then {design.seeds} seeds; {args.jobs} jobs at a time, 1 thread each", flush=True)
-    if args.scale == "cpu" and not args.all_arms and reproduction.cpu_subset:
-        print(f"main job subset: {reproduction.subset_note}", flush=True)
     try:
         counts = run_design(planner, launch, outcome, store.final, args.jobs, log_dir)
     finally:
         write_json_atomic(results_dir / "runs" / experiment / "tuning.json",
-                          {**planner.tuning_record(), "subset": reproduction.subset_note
-                           if args.scale == "cpu" and not args.all_arms and reproduction.cpu_subset else None})
+                          planner.tuning_record())
     print(f"runs: {counts['ran']} run, {counts['reused']} reused from the store, {counts['failed']} failed", flush=True)
     return 1 if counts["failed"] else 0
 
@@ -227,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", choices=("cpu", "full"), default="cpu", help="cpu: minutes on a laptop; full: the paper's setup on GPUs")
     parser.add_argument("--results-dir", default="results", help="the results store (default: results)")
     parser.add_argument("--report-only", action="store_true", help="skip the runs; remake the report from the store")
-    parser.add_argument("--all-arms", action="store_true", help="at CPU scale, every arm (not only the main job's subset)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each (default: cores)")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per arm's best configuration (default 3)")
     args = parser.parse_args(argv)

@@ -418,8 +418,6 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
     out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
            f"{protocol.get('factor')} apart around its yaml lr, first seed only; {protocol.get('edge_extension')} "
            f"when the best is on an edge; then the best lr on {protocol.get('seeds')} seeds.", ""]
-    if record.get("subset"):
-        out += [f"**Subset:** {record['subset']}", ""]
     for name, arm in record.get("arms", {}).items():
         seeds = ", ".join(map(str, arm.get("seeds") or [])) or "none"
         if arm.get("tuned_from"):
