@@ -98,13 +98,16 @@ def version_mismatch(package: str | None, target: str) -> str | None:
     return None
 
 
-def apply_settings(settings: Mapping[str, Any] | None, field: str = "optimizer.settings") -> None:
+def apply_settings(settings: Mapping[str, Any] | None, field: str = "optimizer.settings", *,
+                   package: str | None = None, extra: str | None = None) -> None:
     for path, value in (settings or {}).items():
         owner_path, _, attribute = path.rpartition(".")
         try:
             owner = importlib.import_module(owner_path)
         except ImportError as error:
-            raise OptimizerConfigError(f"{field}.{path}: cannot import {owner_path!r} ({error})") from error
+            # the library itself is missing, more often than not: say how to get it, as for the target
+            raise OptimizerConfigError(f"{field}.{path}: cannot import {owner_path!r} ({error}); "
+                                       f"{install_hint(owner_path.split('.')[0], package, extra)}") from error
         if not hasattr(owner, attribute):
             raise OptimizerConfigError(f"{field}.{path}: {owner_path!r} has no attribute {attribute!r}")
         setattr(owner, attribute, value)
@@ -123,7 +126,7 @@ def imported_spec(
 ) -> OptimizerSpec:
     """The spec of ``target``, built from the source keys of its config (``implements`` is read by check-optimizer
     from the yaml; it does not change how the optimizer is built)."""
-    apply_settings(settings, f"{field}.settings")
+    apply_settings(settings, f"{field}.settings", package=package, extra=extra)
     factory = import_target(target, package=package, extra=extra, field=f"{field}.target")
     if isinstance(factory, type) and not issubclass(factory, torch.optim.Optimizer):
         raise OptimizerConfigError(f"{field}.target: {target} is a class but not a torch.optim.Optimizer subclass")

@@ -51,7 +51,7 @@ REPRODUCTIONS = {
         "(a) gradient-whitening paper: AdamW vs Shampoo vs SOAP at precondition frequency 1 and 10, nanoGPT char",
         {"cpu": "whitening_nanogpt_cpu", "full": "whitening_nanogpt"},
         "whitening_nanogpt",
-        {"cpu": "about 21 minutes on 2 idle CPU cores (measured: 26 runs)", "full": "about 25 runs, about 3 H100-hours"},
+        {"cpu": "about 21 minutes on 2 idle CPU cores (measured: 24 runs)", "full": "about 25 runs, about 3 H100-hours"},
         arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 2.5), Arm("soap_f10", 3.0),
               Arm("shampoo_f1", 12.0, tune_from="shampoo_f10"), Arm("soap_f1", 10.0, tune_from="soap_f10")),
     ),
