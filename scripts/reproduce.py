@@ -88,14 +88,33 @@ REPRODUCTIONS = {
 }
 
 
+class BadInput(Exception):
+    """An override or config the runs would reject: one line, exit 2, before anything runs or is written."""
+
+
 def _compose(experiment: str, overrides: list[str]) -> dict:
-    """The resolved config a ``train.py experiment=<experiment> <overrides>`` run would train."""
+    """The resolved, validated config a ``train.py experiment=<experiment> <overrides>`` run would train."""
     from hydra import compose, initialize_config_dir
 
-    from soapbench.cli import resolve
+    from soapbench.cli import USER_ERRORS, hydra_error_line, resolve
+    from soapbench.config import load_trainer_config, validate_run_config
 
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        return resolve(compose(config_name="train", overrides=[f"experiment={experiment}", *overrides]))
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            config = resolve(compose(config_name="train", overrides=[f"experiment={experiment}", *overrides]))
+        validate_run_config(config)
+        load_trainer_config(config["trainer"])
+    except USER_ERRORS as error:
+        raise BadInput(str(error)) from error
+    except Exception as error:
+        line = hydra_error_line(error)
+        if line is None:
+            raise
+        raise BadInput(line) from error
+    lr = config.get("optimizer", {}).get("lr")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise BadInput(f"optimizer.lr: expected a positive number, got {lr!r}")
+    return config
 
 
 class Store:
@@ -165,6 +184,10 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
     design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points)
     base = _compose(experiment, extra)
     yaml_lrs = {a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms}
+    # every planned run's config must be one train.py accepts, before the first one starts
+    for arm in arms:
+        _compose(experiment, [*Job(arm.variant, yaml_lrs[arm.variant], int(base.get("seed") or 0),
+                                   "grid", arm.cost).overrides(), *extra])
     planner = Planner(design, yaml_lrs)
     planner.base_seed = int(base.get("seed") or 0)
     results_dir = Path(args.results_dir)
@@ -232,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
                 if subprocess.run(sweep).returncode != 0:
                     print(f"reproduce: error: the sweep for {experiment} did not start (see above)", file=sys.stderr)
                     return 2
+        except BadInput as error:
+            print(f"reproduce: error: {error}", file=sys.stderr)
+            return 2
         except Interrupted as stop:
             print(f"reproduce: interrupted ({stop}); running jobs checkpointed. The same command resumes.", file=sys.stderr)
             return 128 + stop.signum

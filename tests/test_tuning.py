@@ -195,3 +195,19 @@ def test_a_finished_design_is_read_back_from_the_store_without_launching_anythin
                         lambda job, log, slot: launched.append(job), stored, stored, 2, tmp_path, say=lambda _: None)
     assert launched == [] and counts["ran"] == 0
     assert counts["reused"] == 4 + 3 + 2 + 2 + 3  # edge points and seeds decided from stored runs, too
+
+
+@pytest.mark.parametrize("override, message", [
+    ("foo=1", "foo: unknown key"),
+    ("model=nonexistent", "model=nonexistent: no such model config"),
+    ("seed=-1", "seed: expected an integer"),
+])
+def test_bad_input_to_a_reproduction_is_one_line_exit_2_and_nothing_written(tmp_path: Path, override, message) -> None:
+    results = tmp_path / "results"
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "whitening_nanogpt",
+                             "--results-dir", str(results), "--", override],
+                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("reproduce: error: ") and message in errors[0], errors
+    assert not results.exists()
