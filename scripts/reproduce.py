@@ -179,7 +179,16 @@ def _thread_overrides(jobs: int) -> list[str]:
     return overrides
 
 
+# What the protocol itself sets per run: an extra override of these would silently undo the tuning or the seeds.
+_PROTOCOL_KEYS = ("optimizer.lr", "seed", "variant", "sweep_keys")
+
+
 def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
+    for override in extra:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key in _PROTOCOL_KEYS:
+            raise BadInput(f"{key}: set by the tuning protocol for every run; drop '{override}' "
+                           "(use --seeds for the seed count, or scripts/train.py for a single configuration)")
     arms = reproduction.arms_for(args.scale)
     design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points)
     base = _compose(experiment, extra)

@@ -200,7 +200,8 @@ def test_a_finished_design_is_read_back_from_the_store_without_launching_anythin
 @pytest.mark.parametrize("override, message", [
     ("foo=1", "foo: unknown key"),
     ("model=nonexistent", "model=nonexistent: no such model config"),
-    ("seed=-1", "seed: expected an integer"),
+    ("seed=-1", "seed: set by the tuning protocol"),
+    ("optimizer.lr=1e-3", "optimizer.lr: set by the tuning protocol"),
 ])
 def test_bad_input_to_a_reproduction_is_one_line_exit_2_and_nothing_written(tmp_path: Path, override, message) -> None:
     results = tmp_path / "results"
