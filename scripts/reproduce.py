@@ -9,7 +9,7 @@ learning rate is tuned on a log grid around its yaml value and the best runs on 
 (:mod:`soapbench.tuning`); expensive siblings (f = 1) reuse their cheap sibling's tuned lr. Runs go
 ``--jobs`` at a time with one thread each. Re-running is safe: finished runs are reused, interrupted ones
 resume. Ctrl-C or SIGTERM checkpoints the running jobs and stops the whole reproduction (exit 130/143);
-the same command continues it. Everything after ``--`` is passed to every run (extra overrides).
+the same command continues it. Everything after ``--`` is passed to every run (extra overrides), except what the protocol sets (lr, seed, variant).
 """
 
 from __future__ import annotations
