@@ -67,6 +67,8 @@ Deliberate deviations from the reference (none changes a golden trajectory):
   float32, which then mixes dtypes under default float64), and ``load_state_dict`` casts the state to the dtype
   KL allocates (``cast_dtype``, else the parameter's; torch would turn a bf16 parameter's float32 state into bf16).
 * No ``torch.compile`` (the goldens were made in eager mode) and no prints.
+* Same-shape matrices of a param group are stepped as one stack (``optimizers/kl_stacked.py``), bit for bit
+  the per-parameter step; ``stack_shapes=False`` turns it off.
 * Speed, without changing the math:
   * KL-SOAP on matrices computes ``Q_Lᵀ G`` and ``Q_Lᵀ G Q_R`` once, for both the direction and the curvature
     update; the reference computes them twice.
@@ -84,6 +86,7 @@ import torch
 from torch import Tensor
 
 from optimizers.adamw import validate_adam_hyperparameters
+from optimizers.kl_stacked import StackedKLSteps
 from optimizers.linalg import (
     SYMMETRIC_BLOCK,
     eigenbasis,
@@ -197,7 +200,7 @@ def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
     return scale
 
 
-class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
     """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
 
     Args (the reference's keywords and defaults, except ``cast_dtype``):
@@ -213,6 +216,8 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
         using_clamping / max_clamp_value: clamp s_k ≤ max(10, min(d_k, max_clamp_value)).
         cast_dtype: dtype of the gradient copy and all state; None → the parameter's dtype (float32 for 16-bit
             parameters). The reference's default is torch.bfloat16.
+        stack_shapes: step same-shape matrices of a group as one stack (optimizers/kl_stacked.py; bit-identical
+            to stepping them one by one). False steps every parameter alone.
     """
 
     _using_klsoap: bool = False
@@ -232,6 +237,7 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
         using_clamping: bool = True,
         max_clamp_value: int = 4000,
         cast_dtype: str | torch.dtype | None = None,
+        stack_shapes: bool = True,
     ):
         betas = tuple(betas)
         if len(betas) != 2:
@@ -258,6 +264,7 @@ class _KLOptimizer(RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer)
             using_clamping=using_clamping,
             max_clamp_value=max_clamp_value,
             cast_dtype=parse_cast_dtype(cast_dtype),
+            stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
 

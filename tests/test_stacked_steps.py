@@ -1,8 +1,9 @@
 """Per shape: stepping same-shape matrices as one stack is bit-identical to stepping them one by one.
 
-SOAP, Shampoo and SOAP-Muon, compared on every path the stack takes (rotations, moments, fused update, factor EMAs; SOAP's QR
+SOAP, Shampoo, SOAP-Muon, KL-Shampoo and KL-SOAP, compared on every path the stack takes (rotations, moments, fused update, factor EMAs; SOAP's QR
 and eigh refreshes with the momentum move, member by member as on CPU and stack-wide as on GPU; Shampoo's inverse
-roots and grafting; SOAP-Muon's projections, Newton–Schulz and graft scale; one-sided matrices, float64 factors), at one and two BLAS threads (multi-threaded GEMMs are
+roots and grafting; SOAP-Muon's projections, Newton–Schulz and graft scale; KL's Kronecker scale, whitened Gram products,
+eigenvalue EMAs and clamps, QR refreshes and KL-SOAP's momentum move, with narrow and block-symmetric factors; one-sided matrices, float64 factors), at one and two BLAS threads (multi-threaded GEMMs are
 where batched kernels could round differently), through a state_dict round trip and a change of which parameters
 have gradients (both restack).
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import SOAP, Shampoo, SOAPMuon, soap_stacked
+from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl, kl_stacked, linalg, soap_stacked
 from optimizers.batching import StackedState
 from optimizers.linalg import LinalgHealth, orthonormalize_qr
 from tests.conftest import assert_identical
@@ -30,7 +31,17 @@ OPTIONS = {
                                             scale="graft")),
     "shampoo rmsprop beta3": (Shampoo, dict(precondition_frequency=2, max_preconditioner_dim=48, beta3=0.5,
                                             grafting_type="rmsprop", weight_decay=0.0)),
+    "kl_shampoo": (KLShampoo, dict(precondition_frequency=3)),
+    "kl_soap": (KLSOAP, dict(precondition_frequency=2, betas=(0.9, 0.95))),
+    "kl_shampoo symmetric blocks": (KLShampoo, dict(precondition_frequency=3, max_clamp_value=12)),
+    "kl_soap symmetric blocks": (KLSOAP, dict(precondition_frequency=3, using_clamping=False)),
 }
+
+
+def _narrow_symmetric_blocks(monkeypatch) -> None:
+    """Factors from 16 wide take the block-symmetric update (linalg.gram_update_) that 768-wide ones take."""
+    for module in (linalg, kl, kl_stacked):
+        monkeypatch.setattr(module, "SYMMETRIC_BLOCK", 8)
 
 
 def _run(stack_shapes: bool, option: str, steps: int = 10, skip_at: int | None = None, reload_at: int | None = None):
@@ -62,6 +73,8 @@ def test_stacked_steps_equal_per_parameter_steps_bitwise(option: str, batched_re
         if optimizer_class is not SOAP:
             pytest.skip("only SOAP refreshes a whole stack at once")
         monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
+    if "symmetric blocks" in option:
+        _narrow_symmetric_blocks(monkeypatch)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -74,7 +87,7 @@ def test_stacked_steps_equal_per_parameter_steps_bitwise(option: str, batched_re
     assert stacked.diagnostics() == single.diagnostics()
     # The stacks were in use to the end; the 24×16 member that sat a step out has its own step count (its bias
     # correction differs), so it steps alone beside a bucket of the other two. Shampoo cuts the 60×8 pair into
-    # blocks, which it steps one parameter at a time; SOAP and SOAP-Muon stack it too.
+    # blocks, which it steps one parameter at a time; SOAP, SOAP-Muon and KL stack it too.
     live = stacked.__dict__["_stacked_states"]
     expected = [2, 2] if optimizer_class is Shampoo else [2, 2, 2]
     assert sorted(len(bucket.params) for bucket in live.values()) == expected
@@ -104,9 +117,14 @@ def test_a_failed_qr_in_a_stack_falls_back_for_that_matrix_only(monkeypatch) -> 
     assert (health.failures, health.float64_retries) == (1, 0)
 
 
-@pytest.mark.parametrize("batched_refresh", [False, True], ids=["cpu refresh", "gpu-style batched refresh"])
-def test_a_rank_refreshes_only_the_members_it_owns(batched_refresh: bool, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "option, batched_refresh",
+    [("soap qr", False), ("soap qr", True), ("kl_shampoo", False), ("kl_soap", False)],
+    ids=["soap cpu refresh", "soap gpu-style batched refresh", "kl_shampoo", "kl_soap"],
+)
+def test_a_rank_refreshes_only_the_members_it_owns(option: str, batched_refresh: bool, monkeypatch) -> None:
     """Under refresh sharing a rank refreshes part of a stack; the rest arrives by broadcast (not simulated here)."""
+    optimizer_class, options = OPTIONS[option]
     if batched_refresh:
         monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
     owned_shapes = {0, 4}  # two of the three 24×16 members, one of the two 16×16
@@ -114,7 +132,7 @@ def test_a_rank_refreshes_only_the_members_it_owns(batched_refresh: bool, monkey
     for stack_shapes in (True, False):
         torch.manual_seed(0)
         params = [torch.nn.Parameter(torch.randn(shape)) for shape in SHAPES]
-        optimizer = SOAP(params, lr=1e-2, stack_shapes=stack_shapes, **OPTIONS["soap qr"][1])
+        optimizer = optimizer_class(params, lr=1e-2, stack_shapes=stack_shapes, **options)
         owned = {id(param) for param in params}  # the first bases: every member computes its own (no broadcast here)
         monkeypatch.setattr(optimizer, "_computes_refresh", lambda param: id(param) in owned)
         generator = torch.Generator().manual_seed(1)
