@@ -206,6 +206,11 @@ def test_reference_files_hold_the_paper_specs_numbers() -> None:
             assert entry.optimizer in registered and entry.source and entry.tag
         for ordering in ref.orderings:
             assert set(ordering.order) <= registered
+        # Every paper comparison states what the paper concludes, its scale and a legend of its source tags.
+        assert ref.claims and ref.legend and ref.scale, path.name
+        for claim in ref.claims:
+            assert {name.split()[0] for name in claim.names} <= registered and claim.text and claim.source, claim
+            assert claim.setting in ref.settings, claim
     nano = load_reference("whitening_nanogpt:paper", REFERENCE_DIR)
     got = {(e.optimizer, e.match.get("precondition_frequency")): e.value for e in nano.entries}
     assert got == {("adamw", None): 1.4632, ("soap", 1): 1.4654, ("soap", 10): 1.4724,
