@@ -212,3 +212,46 @@ def test_bad_input_to_a_reproduction_is_one_line_exit_2_and_nothing_written(tmp_
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("reproduce: error: ") and message in errors[0], errors
     assert not results.exists()
+
+
+def _trained_by_companion(optimizer_config) -> tuple[frozenset[str], dict | None]:
+    """(roles the compared optimizer trains, the companion's config or None when it trains every role)."""
+    from omegaconf import OmegaConf
+
+    from optimizers.param_groups import ALL_ROLES
+    from optimizers.registry import resolve_spec
+
+    spec = resolve_spec(optimizer_config["name"], None)
+    roles = optimizer_config.get("main_roles")
+    roles = frozenset(spec.main_roles if roles is None else roles)
+    if roles >= set(ALL_ROLES):
+        return roles, None
+    companion = OmegaConf.to_container(optimizer_config.get("companion") or {}, resolve=True)
+    companion.setdefault("name", spec.companion)
+    return roles, companion
+
+
+@pytest.mark.parametrize("name", ["whitening_nanogpt", "whitening_colorization", "soap_muon", "kl_methods"])
+def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str) -> None:
+    """Same model, data, trainer, seed and companion in every arm: only the optimizer of the compared roles differs.
+
+    (Reproduction (e) once gave the KL arms an AdamW companion for embeddings, head and gains while Shampoo and
+    SOAP preconditioned them; (d) once ran the companion at a different lr per arm.)
+    """
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+
+    reproduce = _load_reproduce()
+    reproduction = reproduce.REPRODUCTIONS[name]
+    experiment = reproduction.experiments["cpu"]
+    seen = {}
+    for arm in reproduction.arms:
+        config = compose([f"experiment={experiment}", f"variant={arm.variant}"])
+        rest = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+                for key, value in config.items() if key not in ("optimizer", "variant", "hydra")}
+        seen[arm.variant] = (rest, _trained_by_companion(config["optimizer"]))
+    (first, (first_rest, first_split)), *others = seen.items()
+    for variant, (rest, split) in others:
+        assert rest == first_rest, f"{variant} vs {first}: non-optimizer settings differ"
+        assert split == first_split, f"{variant} vs {first}: roles {split[0]} / companion {split[1]} vs {first_split}"
