@@ -376,7 +376,7 @@ def _times(factor: float) -> str:
 
 
 def _millions(count: float) -> str:
-    return f"{count / 1e6:.2g}M"
+    return f"{count / 1e6:.3g}M"
 
 
 def paper_final_for(reference: Reference, workload: WorkloadResult, optimizer: str) -> str:
