@@ -271,7 +271,7 @@ def run_design(
                 if final is None:
                     counts["failed"] += 1
                 minutes = (time.monotonic() - r.started) / 60
-                shown = "failed (see its log)" if final is None else f"final {final:.4f}"
+                shown = "failed (see its log)" if final is None else f"final {final:.5g}"
                 say(f"[done ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: {shown} in {minutes:.1f} min")
                 ready += planner.finished(r.job, final)
     finally:

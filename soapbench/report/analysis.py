@@ -36,7 +36,7 @@ import numpy as np
 
 from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_full_final, run_seconds
 from soapbench.report.efficiency import BudgetPoint, ScheduleEfficiency, schedule_efficiency
-from soapbench.report.stats import Comparison, Estimate, estimate, welch
+from soapbench.report.stats import Comparison, Estimate, decimals_for, estimate, welch
 from soapbench.report.store import Run, config_key, is_ignored, status_counts, swept_keys
 
 OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon", "kl_soap", "kl_shampoo")
@@ -237,6 +237,7 @@ class WorkloadResult:
     target: float | None
     target_source: str
     optimizers: dict[str, OptimizerResult]  # by arm label, baseline arm first
+    decimals: int = 4  # how many the report prints its losses with (stats.decimals_for over the finals)
 
     def arms_of(self, optimizer: str) -> list[OptimizerResult]:
         """The arms named ``optimizer``: an optimizer (all its arms) or an arm label such as ``soap f=10``."""
@@ -347,8 +348,9 @@ def analyze_workload(
         target_source = f"none: baseline {baseline!r} has no completed configuration without divergence"
     if base is not None:  # the baseline arm first, then the others in their order
         by_arm = {base.arm: base, **{k: v for k, v in by_arm.items() if k != base.arm}}
+    finals = [c.mean for a in arms for c in a.configs if c.n]
     result = WorkloadResult(workload, runs[0].experiment, runs, full, base.arm if base else baseline, target,
-                            target_source, by_arm)
+                            target_source, by_arm, decimals_for(finals))
     _compare_with_baseline(result, extra_ignored)
     if target is not None:
         _fill_targets(result)

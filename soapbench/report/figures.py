@@ -119,7 +119,7 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
             highs.append(values[len(values) // 10 :].max())
     for ax, xlabel in zip(axes, ("optimizer steps", "training wall-clock [s]")):
         if workload.target is not None:
-            ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.4f}")
+            ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         if lows:
@@ -311,7 +311,7 @@ def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: s
                 ax.plot([], [], color=colors[opt_name], label=f"{opt_name}: {axis.reason}")
         runs += [r for c in opt.configs + opt.shortened if opt.best and c.family == opt.best.family for r in c.runs]
     for ax, xlabel in zip(axes, ("schedule length N [steps]", "training wall-clock T [s]")):
-        ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.4f}")
+        ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"final {metric}")
         ax.grid(alpha=0.3)

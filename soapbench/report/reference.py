@@ -281,7 +281,8 @@ def _order_verdict(workload: WorkloadResult, order: tuple[str, ...]) -> tuple[st
     """(verdict, our numbers) for 'lowest first' along ``order``: holds / does not hold / within noise."""
     found = [_arm_values(workload, n) for n in order]
     missing = [n for n, v in found if v is None]
-    ours = ", ".join(f"{n} {estimate(v).mean:.4f}" for n, v in found if v is not None)
+    d = workload.decimals
+    ours = ", ".join(f"{n} {estimate(v).mean:.{d}f}" for n, v in found if v is not None)
     if missing:
         return "n/a (missing: " + ", ".join(missing) + ")", ours
     pairs = [welch(later, earlier) for (_, earlier), (_, later) in zip(found, found[1:])]
@@ -312,12 +313,13 @@ def _spread_verdict(workload: WorkloadResult, claim: Claim) -> tuple[str, str]:
         return "n/a (missing: " + ", ".join(missing) + ")", ""
     means = [(estimate(v).mean, n, v) for n, v in found]
     (low, low_name, low_values), (high, high_name, high_values) = min(means), max(means)
-    ours = f"spread {high - low:.4f} ({high_name} {high:.4f} − {low_name} {low:.4f})"
+    d = workload.decimals
+    ours = f"spread {high - low:.{d}f} ({high_name} {high:.{d}f} − {low_name} {low:.{d}f})"
     interval = difference_interval(high_values, low_values)
     if interval is None:
         verdict = "holds" if high - low <= claim.value else "does not hold"
         return verdict + " (n = 1: no noise estimate)", ours
-    ours += f"; 95% CI of the gap [{interval[0]:.4f}, {interval[1]:.4f}]"
+    ours += f"; 95% CI of the gap [{interval[0]:.{d}f}, {interval[1]:.{d}f}]"
     if interval[1] <= claim.value:
         return "holds", ours
     if interval[0] > claim.value:
@@ -339,7 +341,7 @@ def check_claims(reference: Reference, workload: WorkloadResult) -> list[dict[st
             verdict = next((v for v in texts if v.startswith(("n/a", "does not hold"))), None) or next(
                 (v for v in texts if not v.startswith("holds")), texts[0] if texts else "n/a")
             found = [_arm_values(workload, n) for n in claim.names]
-            ours = ", ".join(f"{n} {estimate(v).mean:.4f}" for n, v in found if v is not None)
+            ours = ", ".join(f"{n} {estimate(v).mean:.{workload.decimals}f}" for n, v in found if v is not None)
             what = f"{claim.names[0]} lowest among {', '.join(claim.names)}"
         else:
             verdict, ours = _order_verdict(workload, claim.names)

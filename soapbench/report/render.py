@@ -19,6 +19,7 @@ from soapbench.report.analysis import Analysis, ConfigResult, OptimizerResult, W
 from soapbench.report.efficiency import AxisEfficiency
 from soapbench.report.figures import SavedFigure
 from soapbench.report.reference import Reference, check_claims, check_orderings, compare, paper_final_for
+from soapbench.report.stats import decimals_for
 from soapbench.report.store import STATUSES, Run, status_counts
 
 
@@ -28,9 +29,12 @@ def _num(value: float | None, fmt: str = "{:.4f}") -> str:
     return fmt.format(value)
 
 
-def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+def md_table(rows: Sequence[dict[str, Any]], columns: Sequence[str], decimals: int | None = None) -> str:
+    """Floats with ``decimals`` fixed decimals (a report's losses), else 4 significant digits."""
+    float_format = "{:.4g}" if decimals is None else f"{{:.{decimals}f}}"
+
     def cell(value: Any) -> str:
-        text = "–" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        text = "–" if value is None else (float_format.format(value) if isinstance(value, float) else str(value))
         return text.replace("|", "\\|").replace("\n", " ")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
@@ -54,7 +58,7 @@ def _rounded(value: float | None, digits: int = 4) -> float | None:
     return round(float(value), digits)
 
 
-def final_text(config: ConfigResult | None) -> str:
+def final_text(config: ConfigResult | None, decimals: int = 4) -> str:
     """``1.7296 ± 0.0040 [1.7197, 1.7395] (n=3)``: mean ± std and 95% interval over seeds; n = 1 said as such."""
     if config is None:
         return "no runs"
@@ -62,10 +66,10 @@ def final_text(config: ConfigResult | None) -> str:
         return f"diverged ({config.diverged}/{config.diverged + config.n} seeds)"
     if config.n == 0:
         return "no completed seed"
-    est = config.estimate
+    est, d = config.estimate, decimals
     if est.n < 2:
-        return f"{est.mean:.4f} (n = 1: no spread)"
-    return f"{est.mean:.4f} ± {est.std:.4f} [{est.low:.4f}, {est.high:.4f}] (n={est.n})"
+        return f"{est.mean:.{d}f} (n = 1: no spread)"
+    return f"{est.mean:.{d}f} ± {est.std:.{d}f} [{est.low:.{d}f}, {est.high:.{d}f}] (n={est.n})"
 
 
 def verdict_text(arm: OptimizerResult, workload: WorkloadResult) -> str:
@@ -74,9 +78,10 @@ def verdict_text(arm: OptimizerResult, workload: WorkloadResult) -> str:
     c = arm.versus_baseline
     if c is None:
         return "–" if arm.best is None or not arm.best.diverged else "diverged"
+    d = workload.decimals
     if c.verdict == "n/a":
-        return f"Δ {c.delta:+.4f}; no test ({c.reason})"
-    return f"Δ {c.delta:+.4f}, p={c.p_value:.2g}: **{c.verdict}**"
+        return f"Δ {c.delta:+.{d}f}; no test ({c.reason})"
+    return f"Δ {c.delta:+.{d}f}, p={c.p_value:.2g}: **{c.verdict}**"
 
 
 def tuned_text(arm: OptimizerResult) -> str:
@@ -162,7 +167,7 @@ def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> lis
         row = {
             "arm": opt.arm,
             "tuned (best of grid)": tuned_text(opt),
-            "final: mean ± std [95% CI] (n)": final_text(opt.best) + (" †" if final_set == "fixed validation set" else ""),
+            "final: mean ± std [95% CI] (n)": final_text(opt.best, workload.decimals) + (" †" if final_set == "fixed validation set" else ""),
             f"vs {workload.baseline}": verdict_text(opt, workload),
             "steps to target*": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
             "time to target* [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}", shared),
@@ -266,10 +271,10 @@ def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "max_steps": config.max_steps,
                     "hyperparameters": hyperparameter_text(config),
                     "best": config is opt.best,
-                    "final_mean": _rounded(config.mean),
-                    "final_std": _rounded(config.std),
-                    "final_ci95_low": _rounded(config.estimate.low),
-                    "final_ci95_high": _rounded(config.estimate.high),
+                    "final_mean": _rounded(config.mean, workload.decimals),
+                    "final_std": _rounded(config.std, workload.decimals),
+                    "final_ci95_low": _rounded(config.estimate.low, workload.decimals),
+                    "final_ci95_high": _rounded(config.estimate.high, workload.decimals),
                     "final_set": config.final_set,
                     "n": config.n,
                     "train_seconds_mean": config.seconds,
@@ -295,13 +300,13 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "optimizer": opt.optimizer,
                     "metric": analysis.metric,
                     "best_hyperparameters": hyperparameter_text(best),
-                    "final_mean": _rounded(best.mean) if best else None,
-                    "final_std": _rounded(best.std) if best else None,
-                    "final_ci95_low": _rounded(best.estimate.low) if best else None,
-                    "final_ci95_high": _rounded(best.estimate.high) if best else None,
+                    "final_mean": _rounded(best.mean, w.decimals) if best else None,
+                    "final_std": _rounded(best.std, w.decimals) if best else None,
+                    "final_ci95_low": _rounded(best.estimate.low, w.decimals) if best else None,
+                    "final_ci95_high": _rounded(best.estimate.high, w.decimals) if best else None,
                     "final_set": best.final_set if best else None,
                     "n_seeds": best.n if best else 0,
-                    "delta_vs_baseline": _rounded(comparison.delta) if comparison else None,
+                    "delta_vs_baseline": _rounded(comparison.delta, w.decimals) if comparison else None,
                     "p_value_vs_baseline": comparison.p_value if comparison else None,
                     "verdict_vs_baseline": comparison.verdict if comparison else ("baseline" if opt.arm == w.baseline else None),
                     "wallclock_unreliable": machine_shared(best.completed) if best else None,
@@ -402,7 +407,7 @@ _CONFIG_COLUMNS = ["arm", "max_steps", "hyperparameters", "best", "final_mean", 
 
 def main_table(w: WorkloadResult, reference: Reference | None) -> str:
     """Heading, target, the per-arm table and its warnings: what is also printed to stdout."""
-    target = f"{w.target:.4f}" if w.target is not None else "none"
+    target = f"{w.target:.{w.decimals}f}" if w.target is not None else "none"
     rows = optimizer_rows(w, reference)
     lines = [f"## {w.workload}", "", f"Target: **{target}** ({w.target_source}); full budget: {w.full_budget} steps.",
              "", md_table(rows, list(rows[0]) if rows else ["arm"])]
@@ -418,13 +423,14 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
     out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
            f"{protocol.get('factor')} apart around its yaml lr, first seed only; {protocol.get('edge_extension')} "
            f"when the best is on an edge; then the best lr on {protocol.get('seeds')} seeds.", ""]
+    d = decimals_for([v for arm in record.get("arms", {}).values() for v in arm.get("results", {}).values()])
     for name, arm in record.get("arms", {}).items():
         seeds = ", ".join(map(str, arm.get("seeds") or [])) or "none"
         if arm.get("tuned_from"):
             out.append(f"- `{name}`: not tuned; takes `{arm['tuned_from']}`'s tuned lr {arm.get('best_lr'):g} "
                        f"(an expensive sibling); seeds {seeds}.")
             continue
-        tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.4f}")
+        tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.{d}f}")
                           for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0])))
         line = f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; first seed: {tried or 'nothing ran yet'}."
         if arm.get("extended"):
@@ -486,7 +492,7 @@ def markdown(
                     md_table(efficiency, list(efficiency[0])), ""]
         if reference is not None:
             out += reference_section(reference, w, analysis.metric)
-        out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS), ""]
+        out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS, w.decimals), ""]
     excluded = excluded_rows(analysis.runs)
     out += ["## Runs not in any mean", "",
             md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.", "", "## Figures", ""]
