@@ -104,6 +104,39 @@ def test_report_marks_wall_clock_from_a_shared_machine_and_mixed_segments(tmp_pa
     assert soap.versus_baseline.verdict == "better" and soap.best.n == 3
 
 
+def test_report_prints_small_losses_with_four_significant_digits(tmp_path: Path) -> None:
+    """A colorization MSE of ~0.004 printed with 4 decimals showed two digits: 0.0041 ± 0.0002, gaps unreadable."""
+    from soapbench.report.stats import decimals_for
+
+    assert (decimals_for([1.7302, 1.69]), decimals_for([0.004123, 0.0039]), decimals_for([])) == (4, 6, 4)
+    root = tmp_path / "results"
+    for seed in (0, 1, 2):
+        mse = [(step, step * 0.1, 0.004 + 1e-5 * seed + 0.02 / step) for step in (100, 200, 300, 400)]
+        syn.write_run(root, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 400), mse)
+        better = [(step, seconds, value - 3e-4) for step, seconds, value in mse]
+        syn.write_run(root, "exp", f"soap-s{seed}", syn.base_config("exp", "soap", seed, 3e-3, 400), better)
+    analysis = analyze(load_experiment(root, "exp"))
+    report, table = markdown(analysis, "cmd", "now", None, [])
+    soap_row = table.split("| soap |")[1].split("\n")[0]
+    assert "0.003760 ± 0.000010 [0.003735, 0.003785] (n=3)" in soap_row, soap_row
+    assert "Δ -0.000300" in soap_row
+
+
+def test_loss_curves_spanning_decades_get_a_log_axis_and_say_so(tmp_path: Path) -> None:
+    from soapbench.report.figures import loss_curves
+
+    root = tmp_path / "results"
+    captions = []
+    for experiment, scale in (("mse", 2.0), ("lm", 0.02)):
+        for seed in (0, 1):
+            evals = [(step, step * 0.1, 1.0 * (experiment == "lm") + 0.004 + scale / step) for step in (10, 100, 200, 400)]
+            syn.write_run(root, experiment, f"adamw-s{seed}", syn.base_config(experiment, "adamw", seed, 1e-3, 400), evals)
+        workload = analyze(load_experiment(root, experiment)).workloads[0]
+        (tmp_path / experiment).mkdir()
+        captions.append(loss_curves(workload, "val/loss", tmp_path / experiment, "loss_curves").caption)
+    assert "log y-axis" in captions[0] and "log y-axis" not in captions[1]
+
+
 def test_report_lists_confounds_between_arms(tmp_path: Path) -> None:
     root = tmp_path / "results"
     for seed in (0, 1):

@@ -117,12 +117,17 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
             lows.append(values.min())
             # skip the first tenth of the curve so the initial loss does not flatten the interesting part
             highs.append(values[len(values) // 10 :].max())
+    # An MSE falling from 0.2 to 0.004 on a linear axis is a cliff and a flat line: a log axis shows the tail.
+    log_y = bool(lows) and min(lows) > 0 and max(highs) / min(lows) > 10
     for ax, xlabel in zip(axes, ("optimizer steps", "training wall-clock [s]")):
         if workload.target is not None:
             ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
-        if lows:
+        if log_y:
+            ax.set_yscale("log")
+            ax.set_ylim(min(lows) / 1.1, max(highs) * 1.1)
+        elif lows:
             pad = 0.05 * max(max(highs) - min(lows), 1e-12)
             ax.set_ylim(min(lows) - pad, max(highs) + pad)
         ax.grid(alpha=0.3)
@@ -131,7 +136,8 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
     fig.suptitle(_title(workload, f"{metric} of each arm's best configuration ({band})"))
     caption = (
         f"{workload.experiment}: {metric} (fixed evaluation set) vs steps and vs training seconds, best "
-        f"configuration per arm, {band}; dashed: target."
+        f"configuration per arm, {band}; dashed: target"
+        + ("; log y-axis (the curves span more than a decade)." if log_y else ".")
     )
     runs = [r for c in bests.values() for r in c.completed]
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
