@@ -15,6 +15,28 @@ from typing import Any, Callable
 import torch
 
 
+class _ChildStates(ChainMap):
+    """The children's ``state`` dicts as one mapping, each parameter's entry read from the child that owns it.
+
+    ``ChainMap`` looks a key up with ``mapping[key]``, which on the first child's ``defaultdict`` never misses: it
+    inserted an empty entry for every other child's parameter and returned it, so a companion's moments read as
+    empty (the state-memory count missed them) and the first child's state filled with foreign keys.
+    """
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
+        super().__init__(*(optimizer.state for optimizer in optimizers.values()))
+        self._optimizers = list(optimizers.values())
+
+    def __getitem__(self, key: Any) -> Any:
+        for mapping in self.maps:
+            if key in mapping:
+                return mapping[key]
+        for optimizer in self._optimizers:  # a parameter with no state yet: its owner creates it, as torch would
+            if any(key is param for group in optimizer.param_groups for param in group["params"]):
+                return optimizer.state[key]
+        raise KeyError(key)
+
+
 class CompositeOptimizer(torch.optim.Optimizer):
     def __init__(self, optimizers: dict[str, torch.optim.Optimizer]):
         if not optimizers:
@@ -35,7 +57,7 @@ class CompositeOptimizer(torch.optim.Optimizer):
 
     @property
     def state(self) -> ChainMap:
-        return ChainMap(*(optimizer.state for optimizer in self.optimizers.values()))
+        return _ChildStates(self.optimizers)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):

@@ -256,6 +256,25 @@ def test_build_from_a_model_gives_muon_only_the_hidden_matrices(name):
     assert all(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
 
 
+def test_composite_state_reads_each_parameter_from_its_owner_and_counts_the_companion():
+    """The composite's state once read a companion parameter through the first child's defaultdict: an empty
+    entry was inserted there and returned, so the trainer's state-memory count left out the companion's moments."""
+    from soapbench.trainer import _state_bytes
+
+    model = TinyLanguageModel()
+    optimizer = build_optimizer("muon", model, lr=0.02, companion={"name": "adamw", "lr": 1e-3})
+    main, companion = optimizer.optimizers["muon"], optimizer.optimizers["companion_adamw"]
+    logits = model(torch.tensor([[1, 2, 3]]))
+    nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([2, 3, 4])).backward()
+    optimizer.step()
+    main_keys = set(map(id, main.state))
+    assert optimizer.state[model.lm_head.weight] is companion.state[model.lm_head.weight]
+    assert set(map(id, main.state)) == main_keys  # reading did not insert anything into Muon's state
+    assert _state_bytes(optimizer) == _state_bytes(main) + _state_bytes(companion) > _state_bytes(main)
+    with pytest.raises(KeyError):
+        optimizer.state[torch.nn.Parameter(torch.zeros(1))]  # not a parameter of either child
+
+
 def test_torch_muon_is_torch_for_matrices_and_flattens_conv_kernels():
     assert get_spec("muon_torch").main_roles == ("matrix",) and get_spec("muon").main_roles == ("matrix",)
     shapes = [(9, 4), (4, 3, 3, 3)]
