@@ -67,7 +67,7 @@ REPRODUCTIONS = {
         "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, frequency ablation, efficiency fit)",
         {"cpu": "soap_lm_cpu", "full": "soap_lm_360m"},
         "soap_lm",
-        {"cpu": "about 30 minutes on 2 CPU cores", "full": "about 40 runs of ~4 H100-hours: a cluster job (hydra/launcher=slurm)"},
+        {"cpu": "about 30 minutes on 2 idle CPU cores (measured: 27 runs)", "full": "about 40 runs of ~4 H100-hours: a cluster job (hydra/launcher=slurm)"},
     ),
     "soap_muon": Reproduction(
         "(d) SOAP-Muon report: Muon vs SOAP-Muon at precondition frequency 1 and 40",
