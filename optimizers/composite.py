@@ -9,7 +9,7 @@ drives every child), and ``state_dict`` holds each child's state under its key.
 
 from __future__ import annotations
 
-from collections import ChainMap
+from collections import ChainMap, OrderedDict
 from typing import Any, Callable
 
 import torch
@@ -44,12 +44,13 @@ class CompositeOptimizer(torch.optim.Optimizer):
         # Deliberately not calling Optimizer.__init__: the children own the parameters.
         self.optimizers = dict(optimizers)
         self.defaults = {}
-        self._optimizer_step_pre_hooks = {}
-        self._optimizer_step_post_hooks = {}
-        self._optimizer_state_dict_pre_hooks = {}
-        self._optimizer_state_dict_post_hooks = {}
-        self._optimizer_load_state_dict_pre_hooks = {}
-        self._optimizer_load_state_dict_post_hooks = {}
+        # OrderedDicts as torch keeps them: its hook handles hold weak references to these dicts.
+        self._optimizer_step_pre_hooks = OrderedDict()
+        self._optimizer_step_post_hooks = OrderedDict()
+        self._optimizer_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_state_dict_post_hooks = OrderedDict()
+        self._optimizer_load_state_dict_pre_hooks = OrderedDict()
+        self._optimizer_load_state_dict_post_hooks = OrderedDict()
 
     @property
     def param_groups(self) -> list[dict[str, Any]]:
@@ -59,6 +60,9 @@ class CompositeOptimizer(torch.optim.Optimizer):
     def state(self) -> ChainMap:
         return _ChildStates(self.optimizers)
 
+    # torch's step wrapper: global and registered step pre/post hooks run around the children's steps (each child
+    # still runs its own hooks).
+    @torch.optim.Optimizer.profile_hook_step
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None):
         loss = None
@@ -74,9 +78,27 @@ class CompositeOptimizer(torch.optim.Optimizer):
             optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"optimizers": {key: optimizer.state_dict() for key, optimizer in self.optimizers.items()}}
+        """Each child's state dict under its key; registered state_dict pre/post hooks run as torch runs them."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        state_dict = {"optimizers": {key: optimizer.state_dict() for key, optimizer in self.optimizers.items()}}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        return state_dict
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = state_dict.copy()
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, state_dict)
+            if result is not None:
+                state_dict = result
+        self._load_children(state_dict)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def _load_children(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["optimizers"]
         if set(saved) != set(self.optimizers):
             raise ValueError(f"optimizer checkpoint holds {sorted(saved)}, this run has {sorted(self.optimizers)}")

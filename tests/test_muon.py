@@ -275,6 +275,33 @@ def test_composite_state_reads_each_parameter_from_its_owner_and_counts_the_comp
         optimizer.state[torch.nn.Parameter(torch.zeros(1))]  # not a parameter of either child
 
 
+def test_composite_runs_step_state_dict_and_load_hooks_as_torch_does():
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    model = TinyLanguageModel()
+    optimizer = build_optimizer("muon", model, lr=0.02, companion={"name": "adamw", "lr": 1e-3})
+    calls = []
+    optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append(("step pre", opt is optimizer)))
+    optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(("step post", opt is optimizer)))
+    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(
+        ("global pre", opt is optimizer)) if isinstance(opt, CompositeOptimizer) else None)
+    optimizer.register_state_dict_pre_hook(lambda opt: calls.append(("state_dict pre", opt is optimizer)))
+    optimizer.register_state_dict_post_hook(lambda opt, sd: {**sd, "tag": "post"})
+    optimizer.register_load_state_dict_pre_hook(lambda opt, sd: {k: v for k, v in sd.items() if k != "tag"})
+    optimizer.register_load_state_dict_post_hook(lambda opt: calls.append(("load post", opt is optimizer)))
+    try:
+        logits = model(torch.tensor([[1, 2, 3]]))
+        nn.functional.cross_entropy(logits.flatten(0, 1), torch.tensor([2, 3, 4])).backward()
+        optimizer.step()
+    finally:
+        handle.remove()
+    saved = optimizer.state_dict()
+    assert saved["tag"] == "post"
+    optimizer.load_state_dict(saved)  # the pre hook drops the tag the post hook added
+    assert calls == [("global pre", True), ("step pre", True), ("step post", True), ("state_dict pre", True),
+                     ("load post", True)]
+
+
 def test_torch_muon_is_torch_for_matrices_and_flattens_conv_kernels():
     assert get_spec("muon_torch").main_roles == ("matrix",) and get_spec("muon").main_roles == ("matrix",)
     shapes = [(9, 4), (4, 3, 3, 3)]
