@@ -154,20 +154,26 @@ def state_dtype_for(cast_dtype: torch.dtype | None, param_dtype: torch.dtype) ->
 
 
 def _accumulate_factor(factor: Tensor, contribution: Tensor, beta: float, numel: int) -> None:
-    """``S ← β S + (1−β)/c · contribution`` with c = N/d, with the reference's operations (and rounding)."""
-    factor.mul_(beta).add_(contribution, alpha=(1.0 - beta) / (numel / factor.shape[0]))
+    """``S ← β S + (1−β)/c · contribution`` with c = N/d, with the reference's operations (and rounding).
+
+    ``factor`` may be one d×d factor or a stack of them (``B×d×d``, the per-shape step)."""
+    factor.mul_(beta).add_(contribution, alpha=(1.0 - beta) / (numel / factor.shape[-1]))
 
 
 def _accumulate_gram(factor: Tensor, rows: Tensor, beta: float, numel: int) -> None:
-    """:func:`_accumulate_factor` with ``contribution = rows rowsᵀ``.
+    """:func:`_accumulate_factor` with ``contribution = rows rowsᵀ``, for one factor or a stack of them.
 
-    Factors narrower than ``2·SYMMETRIC_BLOCK`` use the reference's ops. Wider factors use one fused update by
-    symmetric blocks (``linalg.gram_update_``), which needs about 5/8 of the product's flops at 1536 wide and
-    rounds slightly differently.
+    Factors narrower than ``2·SYMMETRIC_BLOCK`` use the reference's ops (a stack as one batched product). Wider
+    factors use one fused update by symmetric blocks (``linalg.gram_update_``), which needs about 5/8 of the
+    product's flops at 1536 wide and rounds slightly differently; a stack of them is updated factor by factor, so
+    each rounds as it would alone.
     """
-    size = factor.shape[0]
+    size = factor.shape[-1]
     if size < 2 * SYMMETRIC_BLOCK:
         _accumulate_factor(factor, rows @ rows.mT, beta, numel)
+    elif factor.dim() == 3:
+        for one_factor, one_rows in zip(factor.unbind(0), rows.unbind(0)):
+            gram_update_(one_factor, one_rows, beta=beta, alpha=(1.0 - beta) / (numel / size))
     else:
         gram_update_(factor, rows, beta=beta, alpha=(1.0 - beta) / (numel / size))
 

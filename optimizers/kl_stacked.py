@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from optimizers.batching import StackedSteps, rebind, stacked_state
-from optimizers.linalg import SYMMETRIC_BLOCK, gram_update_, rotate_matrix, unrotate_matrix
+from optimizers.linalg import rotate_matrix, unrotate_matrix
 from optimizers.stepping import group_lr
 
 SHAMPOO_SLOTS = (("exp_avg",), ("factors", 0), ("factors", 1), ("bases", 0), ("bases", 1),
@@ -74,7 +74,9 @@ class StackedKLSteps(StackedSteps):
         if self._using_klsoap:
             left_rotated = (grads.mT @ left).mT
             rotated = (left_rotated, left_rotated @ right)
-            eigen_direction = self._klsoap_stack_direction(stacked, rotated[1], group)
+            moments = {"exp_avg": stacked[("exp_avg",)], "exp_avg_sq": stacked[("exp_avg_sq",)]}
+            # The per-parameter direction works on stacks as they are: every op in it is elementwise.
+            eigen_direction = self._klsoap_rotated_direction(grads, moments, group, rotated[1])
         else:
             eigen_direction = self._klshampoo_stack_direction(grads, stacked, group)
         lr = group_lr(group)
@@ -110,21 +112,11 @@ class StackedKLSteps(StackedSteps):
         scale.div_(1.0 + (scale * group["eps"]))
         return rotate_matrix(exp_avg, stacked[("bases", 0)], stacked[("bases", 1)]) * scale
 
-    @staticmethod
-    def _klsoap_stack_direction(stacked, grad_rotated: Tensor, group: dict[str, Any]) -> Tensor:
-        """:meth:`_klsoap_rotated_direction` on a stack: ``m/(√v + ε)`` after the moment updates."""
-        beta1, beta2 = group["betas"]
-        exp_avg, exp_avg_sq = stacked[("exp_avg",)], stacked[("exp_avg_sq",)]
-        exp_avg.lerp_(grad_rotated, 1.0 - beta1)
-        exp_avg_sq.lerp_(grad_rotated.square(), 1.0 - beta2)
-        denominator = exp_avg_sq.sqrt().add_(group["eps"])
-        return torch.div(exp_avg, denominator, out=denominator)
-
     def _update_stack_curvature(
         self, grads: Tensor, stacked, group: dict[str, Any], rotated: tuple[Tensor, Tensor] | None
     ) -> None:
         """:meth:`_update_curvature_2d` on a stack (module docstring: which products stay per matrix)."""
-        from optimizers.kl import _updated_inv_sqrt_eigenvalues
+        from optimizers.kl import _accumulate_gram, _updated_inv_sqrt_eigenvalues
 
         beta = self._shampoo_beta(group)
         rows, columns = grads.shape[1:]
@@ -133,14 +125,14 @@ class StackedKLSteps(StackedSteps):
         left_inv_sqrt, right_inv_sqrt = stacked[("inv_sqrt_eigenvalues", 0)], stacked[("inv_sqrt_eigenvalues", 1)]
 
         right_whitened = (right_basis.mT @ grads.mT) * right_inv_sqrt.unsqueeze(-1)
-        self._accumulate_stack_gram(stacked[("factors", 0)], right_whitened.mT, beta, numel)
+        _accumulate_gram(stacked[("factors", 0)], right_whitened.mT, beta, numel)
         if rotated is None:
             left_rotated = left_basis.mT @ grads
             fully_rotated = left_rotated @ right_basis
         else:
             left_rotated, fully_rotated = rotated
         left_whitened = left_rotated * left_inv_sqrt.unsqueeze(-1)
-        self._accumulate_stack_gram(stacked[("factors", 1)], left_whitened.mT, beta, numel)
+        _accumulate_gram(stacked[("factors", 1)], left_whitened.mT, beta, numel)
 
         squared = fully_rotated.square()
         right_squared, left_squared = right_inv_sqrt.square(), left_inv_sqrt.square()
@@ -152,14 +144,3 @@ class StackedKLSteps(StackedSteps):
         right_inv_sqrt.copy_(_updated_inv_sqrt_eigenvalues(
             right_inv_sqrt, right_new_term, beta, self._clamp_max(group, columns), None
         ))  # fmt: skip
-
-    @staticmethod
-    def _accumulate_stack_gram(factors: Tensor, rows: Tensor, beta: float, numel: int) -> None:
-        """``kl._accumulate_gram`` for a stack: ``S ← β S + (1−β)/c · R Rᵀ`` (wide factors one by one)."""
-        size = factors.shape[-1]
-        alpha = (1.0 - beta) / (numel / size)
-        if size < 2 * SYMMETRIC_BLOCK:
-            factors.mul_(beta).add_(rows @ rows.mT, alpha=alpha)
-            return
-        for factor, one in zip(factors.unbind(0), rows.unbind(0)):
-            gram_update_(factor, one, beta=beta, alpha=alpha)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl, kl_stacked, linalg, soap_stacked
+from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl, linalg, soap_stacked
 from optimizers.batching import StackedState
 from optimizers.linalg import LinalgHealth, orthonormalize_qr
 from tests.conftest import assert_identical
@@ -40,7 +40,7 @@ OPTIONS = {
 
 def _narrow_symmetric_blocks(monkeypatch) -> None:
     """Factors from 16 wide take the block-symmetric update (linalg.gram_update_) that 768-wide ones take."""
-    for module in (linalg, kl, kl_stacked):
+    for module in (linalg, kl):
         monkeypatch.setattr(module, "SYMMETRIC_BLOCK", 8)
 
 
