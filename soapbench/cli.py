@@ -221,6 +221,8 @@ def hydra_error_line(error: BaseException) -> str | None:
         first = str(error).splitlines()[0]
         key = getattr(cause, "full_key", None)
         if key and "not in struct" in str(cause):
+            if key.startswith("optimizer."):
+                return unlisted_optimizer_keyword_line(key)
             return f"{key}: unknown key; check the spelling (python scripts/train.py --cfg job prints every key)"
         if isinstance(cause, yaml.YAMLError):
             return hydra_error_line(cause)
@@ -235,6 +237,15 @@ def hydra_error_line(error: BaseException) -> str | None:
         key = getattr(error, "full_key", None)
         return f"{key or 'config'}: {str(error).splitlines()[0]}"
     return None
+
+
+def unlisted_optimizer_keyword_line(key: str, argv: list[str] | None = None) -> str:
+    """An optimizer keyword its yaml does not list (``optimizer=custom``'s class keywords, most often) is added
+    with Hydra's ``+``; the line repeats the user's own override with the ``+`` in front."""
+    argv = sys.argv[1:] if argv is None else argv
+    override = next((arg for arg in argv if arg.startswith(f"{key}=")), f"{key}=<value>")
+    return (f"{key}: not a key of the optimizer's yaml; use +{override} to pass a keyword the yaml does not list "
+            "(it is checked against the optimizer's signature)")
 
 
 def run_app(hydra_main: Callable[[], Any]) -> None:

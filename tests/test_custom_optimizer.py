@@ -110,6 +110,9 @@ def test_a_typo_is_not_swallowed_by_kwargs_unless_asked() -> None:
         (["optimizer.target=no_such_package.Opt", "optimizer.extra=peers"], 'install the \'peers\' extra: pip install -e ".[peers]"'),
         (["optimizer.target=torch.optim.NoSuchOptimizer"], "module 'torch.optim' has no 'NoSuchOptimizer'; its optimizers: "),
         (["optimizer.target=torch.nn.Linear"], "optimizer.target: torch.nn.Linear is a class but not a torch.optim.Optimizer"),
+        # the README's command without Hydra's '+': the line gives the exact override to type instead
+        (["optimizer.target=torch.optim.SGD", "optimizer.lr=0.1"],
+         "optimizer.lr: not a key of the optimizer's yaml; use +optimizer.lr=0.1 to pass a keyword the yaml does not list"),
     ],
 )  # fmt: skip
 def test_bad_custom_optimizer_is_one_line_exit_2_and_no_run_dir(results_dir, overrides, expected) -> None:
