@@ -1,0 +1,140 @@
+"""The run store as two tables anyone can query: ``runs.parquet`` and ``metrics.parquet``.
+
+``runs.parquet`` has one row per run directory, whatever its status:
+
+* identity: ``experiment``, ``run`` (the directory name), ``identity`` (the config-and-data hash the run is filed
+  under), ``status``, ``optimizer``, ``workload``, ``seed``;
+* ``config.<dotted key>``: every leaf of the stored ``config.yaml`` (lists as their JSON text);
+* ``summary.<key>``: every scalar of ``summary.json`` (final losses on the fixed set and the whole split, train
+  seconds, device, ``machine_shared``, the world size, ...), ``summary.versions.<package>`` for the versions;
+  lists and nested records (segments, failures) as their JSON text;
+* ``problems``: what the store loader found wrong with the run (a truncated metrics file, no summary), ``; ``-joined.
+
+``metrics.parquet`` has one row per logged record: ``experiment``, ``run``, ``identity``, ``event`` (train or
+eval), ``step`` and every metric the record carries (``train/loss``, ``val/loss``, ``train_seconds``, ...).
+
+Both are written with pandas and pyarrow and read back by pandas, DuckDB or polars::
+
+    duckdb -c "SELECT optimizer, median(\\"summary.final_full_val_loss\\") AS loss FROM 'results/export/runs.parquet'
+               WHERE status = 'completed' GROUP BY optimizer ORDER BY loss"
+
+The export never writes over files it did not make: its folder is new, or one it made before (its marker file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pandas as pd
+
+from soapbench.report.store import ReportError, Run, load_experiment
+
+MARKER = ".soapbench-export"
+OUTPUTS = ("runs.parquet", "metrics.parquet")
+
+
+def _cell(value: Any) -> Any:
+    """A parquet-friendly scalar: numbers, strings, booleans and None as they are, anything else as JSON text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else (None if math.isnan(value) else value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _leaves(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    leaves: dict[str, Any] = {}
+    for key, value in mapping.items():
+        name = f"{prefix}.{key}"
+        if isinstance(value, Mapping) and value:
+            leaves.update(_leaves(value, name))
+        else:
+            leaves[name] = _cell(value)
+    return leaves
+
+
+def _number(value: Any) -> Any:
+    """Summaries write non-finite floats as the strings "inf"/"nan"; the table has them as floats."""
+    if isinstance(value, str) and value.lower() in ("inf", "-inf", "nan", "infinity", "-infinity"):
+        return float(value)
+    return value
+
+
+def run_row(run: Run) -> dict[str, Any]:
+    summary = run.summary or {}
+    row: dict[str, Any] = {
+        "experiment": run.experiment, "run": run.name, "identity": run.config_hash, "status": run.status,
+        "optimizer": run.optimizer, "workload": run.workload, "seed": _cell(run.seed),
+    }
+    row.update(_leaves(run.config, "config"))
+    row.update({key: _number(value) for key, value in _leaves(summary, "summary").items()})
+    row["problems"] = "; ".join(run.problems)
+    return row
+
+
+def metric_rows(run: Run) -> pd.DataFrame:
+    frame = run.metrics.copy()
+    frame.insert(0, "identity", run.config_hash)
+    frame.insert(0, "run", run.name)
+    frame.insert(0, "experiment", run.experiment)
+    return frame
+
+
+def experiments_in(results_dir: Path) -> list[str]:
+    runs_root = results_dir / "runs"
+    if not runs_root.is_dir():
+        raise ReportError(f"no run store at {runs_root}; pass --results-dir with a runs/ folder")
+    names = sorted(p.name for p in runs_root.iterdir() if p.is_dir())
+    if not names:
+        raise ReportError(f"the run store {runs_root} has no experiments")
+    return names
+
+
+def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    runs: list[Run] = [run for experiment in experiments for run in load_experiment(results_dir, experiment)]
+    table = pd.DataFrame.from_records([run_row(run) for run in runs])
+    metric_frames = [metric_rows(run) for run in runs if not run.metrics.empty]
+    metrics = pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame(
+        columns=["experiment", "run", "identity", "event", "step"])
+    # A column that mixes numbers and text (a config key that is a number in one run, a string in another) is text.
+    for frame in (table, metrics):
+        for column in frame.columns[frame.dtypes == object]:
+            kinds = {type(value) for value in frame[column] if value is not None}
+            if len(kinds) > 1:
+                frame[column] = frame[column].map(lambda value: None if value is None else str(value))
+    return table, metrics
+
+
+def check_out_dir(out_dir: Path, results_dir: Path) -> None:
+    """The folder is new, empty, or one an export made; and it is not inside the run store."""
+    runs_root = (results_dir / "runs").resolve()
+    resolved = out_dir.resolve()
+    if resolved == runs_root or runs_root in resolved.parents:
+        raise ReportError(f"--out {out_dir} is inside the run store {runs_root}; choose a folder outside it")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportError(f"--out {out_dir} is a file; choose a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
+        raise ReportError(f"--out {out_dir} holds files the export did not write; choose a new or empty folder")
+
+
+def export_store(results_dir: Path, out_dir: Path, experiments: Iterable[str] | None = None) -> tuple[int, int]:
+    """Write runs.parquet and metrics.parquet; returns (runs, metric records). Each file is replaced atomically."""
+    check_out_dir(out_dir, results_dir)
+    table, metrics = _frames(results_dir, experiments or experiments_in(results_dir))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MARKER).write_text("written by soapbench's export; it may replace runs.parquet and metrics.parquet\n")
+    for name, frame in zip(OUTPUTS, (table, metrics)):
+        handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
+        os.close(handle)
+        try:
+            frame.to_parquet(temporary, index=False)
+            os.replace(temporary, out_dir / name)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    return len(table), len(metrics)
