@@ -55,16 +55,30 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         raise SoapbenchError(f"{key or 'config'}: {str(error).splitlines()[0]}") from error
 
 
+def _shared_line(machine: Any) -> str | None:
+    """``machine_shared`` as the one line a reader needs before trusting the train seconds above it."""
+    if not isinstance(machine, dict):
+        return None
+    if not machine.get("shared"):
+        return "no (timings are clean)"
+    return "yes: " + "; ".join(machine.get("reasons") or []) + " (wall-clock numbers are unreliable)"
+
+
 def format_result(summary: dict[str, Any]) -> str:
-    val = summary.get("final_val_loss")
+    def loss(key: str) -> Any:
+        value = summary.get(key)
+        return f"{value:.4f}" if isinstance(value, float) else value
+
     rows = [
         ("run", summary.get("run_dir")),
         ("status", summary.get("status") + (f" at step {summary['diverged_step']}" if summary.get("diverged_step") else "")),
         ("optimizer / model", f"{summary.get('optimizer')} / {summary.get('model')}"),
         ("steps", summary.get("steps")),
-        ("final val loss", f"{val:.4f}" if isinstance(val, float) else val),
-        ("best val loss", f"{summary['best_val_loss']:.4f}" if isinstance(summary.get("best_val_loss"), float) else None),
+        ("final val loss", f"{loss('final_val_loss')} (fixed evaluation set)"),
+        ("whole-split val loss", loss("final_full_val_loss")),
+        ("best val loss", loss("best_val_loss")),
         ("train seconds", f"{summary.get('train_seconds', 0):.1f} (optimizer {summary.get('optimizer_seconds', 0):.1f})"),
+        ("machine shared", _shared_line(summary.get("machine_shared"))),
         ("device", summary.get("device")),
     ]
     width = max(len(k) for k, _ in rows)

@@ -115,3 +115,18 @@ def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(re
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["wandb_mode"] == "offline"
     assert list((run_dir / "wandb").glob("offline-run-*/*.wandb")), "an offline run for `wandb sync`"
+
+
+def test_the_run_summary_prints_the_whole_split_final_and_whether_the_machine_was_shared() -> None:
+    from soapbench.cli import format_result
+
+    summary = {"run_dir": "r", "status": "completed", "optimizer": "soap", "model": "m", "steps": 10,
+               "final_val_loss": 1.2345678, "final_full_val_loss": 1.25, "best_val_loss": 1.2,
+               "train_seconds": 3.0, "optimizer_seconds": 1.0, "device": "cpu",
+               "machine_shared": {"shared": True, "reasons": ["load 3.9 on 2 cores"]}}
+    text = format_result(summary)
+    assert "final val loss        1.2346 (fixed evaluation set)" in text
+    assert "whole-split val loss  1.2500" in text
+    assert "machine shared        yes: load 3.9 on 2 cores (wall-clock numbers are unreliable)" in text
+    clean = format_result({**summary, "machine_shared": {"shared": False, "reasons": []}})
+    assert "machine shared        no (timings are clean)" in clean
