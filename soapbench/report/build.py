@@ -19,6 +19,7 @@ from typing import Sequence
 
 from soapbench.report import figures as figs
 from soapbench.report.analysis import Analysis, analyze
+from soapbench.report.html import write_html
 from soapbench.report.reference import Reference, load_reference
 from soapbench.report.render import markdown, sources_json, write_tables
 from soapbench.report.store import ReportError, Run, load_experiment
@@ -119,6 +120,8 @@ def build_report(
     saved = draw_figures(analysis, out_dir) if figures else []
     report, tables = markdown(analysis, command, generated, reference, saved)
     (out_dir / "report.md").write_text(report, encoding="utf-8")
+    arms = list(dict.fromkeys(arm for w in analysis.workloads for arm in w.optimizers))
+    write_html(report, analysis, saved, figs._colors(arms), out_dir)
     write_tables(out_dir, analysis, reference)
     sources = sources_json(analysis, command, saved)
     sources["generated"] = generated

@@ -1,0 +1,125 @@
+"""``report.html``: the report as one self-contained page — the same text, tables and verdicts as ``report.md``, the
+figures embedded, and interactive loss curves.
+
+* The body is ``report.md`` rendered by Python-Markdown (tables included), so the page never says anything the
+  Markdown does not; after it, every PNG figure with its caption, embedded as a data URI.
+* Verdict words in table cells are coloured (``better`` / ``holds`` green, ``worse`` / ``does not hold`` red,
+  ``equivalent`` blue, ``inconclusive`` / ``not tested`` grey); the notes beside a verdict stay beside it.
+* Above the figures, each workload's loss curves are drawn with plotly: validation loss of each arm's best
+  configuration (mean over seeds) against steps and against training seconds, hover for step, loss and seconds,
+  click a legend entry to hide or show an arm. plotly.js is inlined once, so the page opens without a network.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+from pathlib import Path
+from typing import Sequence
+
+import markdown as markdown_lib
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from soapbench.report.analysis import Analysis, WorkloadResult
+from soapbench.report.figures import SavedFigure
+
+VERDICT_CLASSES = {
+    "better": "good", "holds": "good", "worse": "bad", "does not hold": "bad", "equivalent": "same",
+    "inconclusive": "open", "not tested": "open", "tie": "open", "within noise": "open",
+}
+# Longest first, so "does not hold" is not caught as "holds".
+_VERDICT_PATTERN = re.compile(
+    r"\b(" + "|".join(re.escape(word) for word in sorted(VERDICT_CLASSES, key=len, reverse=True)) + r")\b"
+)
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; }
+img { max-width: 100%; }
+figure { margin: 1.5em 0; }
+figcaption { font-size: 0.85em; color: #444; }
+code { background: #f5f5f5; padding: 0 0.2em; }
+.verdict { font-weight: 600; padding: 0 0.2em; border-radius: 3px; }
+.verdict.good { color: #116611; background: #e6f4e6; }
+.verdict.bad { color: #9b1111; background: #f8e4e4; }
+.verdict.same { color: #114a8b; background: #e4edf8; }
+.verdict.open { color: #555; background: #eee; }
+"""
+
+
+def _colour_verdicts(cell: re.Match) -> str:
+    opening, body, closing = cell.group(1), cell.group(2), cell.group(3)
+    coloured = _VERDICT_PATTERN.sub(
+        lambda word: f'<span class="verdict {VERDICT_CLASSES[word.group(1)]}">{word.group(1)}</span>', body)
+    return f"{opening}{coloured}{closing}"
+
+
+def _data_uri(path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _gallery(figures: Sequence[SavedFigure]) -> str:
+    items = "".join(
+        f'<figure><img alt="{html.escape(f.path.name)}" src="{_data_uri(f.path)}">'
+        f"<figcaption><code>{html.escape(f.path.name)}</code>: {html.escape(f.caption)}</figcaption></figure>"
+        for f in figures if f.path.is_file()
+    )
+    return f'<section id="figures"><h2>Figures</h2>{items}</section>' if items else ""
+
+
+def curves_figure(workload: WorkloadResult, metric: str, colours: dict[str, str]) -> go.Figure | None:
+    bests = {arm: o.best for arm, o in workload.optimizers.items() if o.best is not None and o.best.curve is not None}
+    if not bests:
+        return None
+    figure = make_subplots(rows=1, cols=2, subplot_titles=("vs optimizer steps", "vs training wall-clock [s]"))
+    for arm, config in bests.items():
+        curve = config.curve
+        for column, x in enumerate(("step", "seconds"), start=1):
+            figure.add_trace(go.Scatter(
+                x=curve[x], y=curve["mean"], mode="lines", name=f"{arm} (n={config.n})", legendgroup=arm,
+                showlegend=column == 1, line={"color": colours.get(arm)},
+                customdata=list(zip(curve["step"], curve["seconds"])),
+                hovertemplate=f"{html.escape(arm)}<br>step %{{customdata[0]:.0f}}<br>{metric} %{{y:.4f}}"
+                              "<br>%{customdata[1]:.1f} s<extra></extra>",
+            ), row=1, col=column)
+    if workload.target is not None:
+        for column in (1, 2):
+            figure.add_hline(y=workload.target, line_dash="dash", line_color="black", row=1, col=column)
+    figure.update_yaxes(title_text=metric)
+    figure.update_layout(title=f"{workload.workload}: {metric} of each arm's best configuration (mean over seeds)",
+                         height=450, legend={"title": "click to hide / show"})
+    return figure
+
+
+def _hex(colour: tuple) -> str:
+    return "#" + "".join(f"{round(channel * 255):02x}" for channel in colour[:3])
+
+
+def render_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure], colours: dict[str, tuple]) -> str:
+    body = markdown_lib.markdown(report_markdown, extensions=["tables", "fenced_code"])
+    body = re.sub(r"(<td[^>]*>)(.*?)(</td>)", _colour_verdicts, body, flags=re.S)
+    plots, include_js = [], True
+    for workload in analysis.workloads:
+        figure = curves_figure(workload, analysis.metric, {arm: _hex(c) for arm, c in colours.items()})
+        if figure is None:
+            continue
+        plots.append(figure.to_html(full_html=False, include_plotlyjs=include_js, config={"responsive": True}))
+        include_js = False  # plotly.js once per page
+    title = html.escape(" + ".join(sorted({w.experiment for w in analysis.workloads})))
+    curves = "".join(f'<div class="curves">{plot}</div>' for plot in plots)
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}: soapbench report</title>'
+        f"<style>{_STYLE}</style></head><body>\n"
+        f'<section id="interactive-curves"><h2>Interactive loss curves</h2>{curves}</section>\n'
+        f'<section id="report">{body}</section>\n{_gallery(figures)}\n</body></html>\n'
+    )
+
+
+def write_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure], colours: dict[str, tuple],
+               out_dir: Path) -> Path:
+    path = out_dir / "report.html"
+    path.write_text(render_html(report_markdown, analysis, figures, colours), encoding="utf-8")
+    return path
