@@ -40,7 +40,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from optimizers import build_optimizer
 from optimizers.imported import describe_source, with_label
-from optimizers.registry import split_optimizer_config
+from optimizers.composite import CompositeOptimizer
+from optimizers.registry import resolve_spec, split_optimizer_config
 from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
@@ -52,6 +53,7 @@ from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, Soapbenc
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
+from soapbench.parameter_map import misplaced, parameter_map
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
 from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
@@ -114,6 +116,12 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     optimizer = build_optimizer(
         optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
     )
+    main_name = next(iter(optimizer.optimizers)) if isinstance(optimizer, CompositeOptimizer) else optimizer_name
+    trained_by = parameter_map(model, optimizer, main_name)  # before a schedule scales the group lrs
+    main_roles = build_args.get("main_roles") or resolve_spec(optimizer_name, build_args.get("source")).main_roles
+    misplaced_line = misplaced(trained_by, main_name, main_roles)
+    if misplaced_line and ctx.is_main:
+        print(misplaced_line, file=sys.stderr, flush=True)
     refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
     scaler = build_grad_scaler(trainer, device)
@@ -231,6 +239,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     )
     state["wandb_run_id"] = tracker.run_id
     meta["wandb_mode"] = tracker.mode
+    meta["parameters"] = trained_by  # in the summary only: W&B's config has no use for a per-parameter list
 
     def summary(status: str, **extra: Any) -> dict[str, Any]:
         return {
