@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from optimizers import build_optimizer
 from optimizers.imported import describe_source, with_label
 from optimizers.composite import CompositeOptimizer
+from optimizers.modes import evaluation_weights, set_mode
 from optimizers.registry import resolve_spec, split_optimizer_config
 from optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
@@ -266,25 +267,25 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             tracker.log(record)
         state["metric_records"] += 1
 
-    def evaluated(prefix: str, evaluate_model) -> dict[str, float]:
-        model.eval()
-        with torch.no_grad(), _autocast(trainer.precision, device):
-            # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
-            metrics = {f"{prefix}/{k.removeprefix('val_')}": v for k, v in evaluate_model(model).items()}
-            if ema is not None:
-                metrics |= {f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()}
-        model.train()
+    def evaluated(prefix: str, evaluate_model, artifacts: bool = False) -> dict[str, float]:
+        # At the optimizer's evaluation weights (Schedule-Free's x, not the y it takes gradients at).
+        with evaluation_weights(model, optimizer):
+            with torch.no_grad(), _autocast(trainer.precision, device):
+                # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
+                metrics = {f"{prefix}/{k.removeprefix('val_')}": v for k, v in evaluate_model(model).items()}
+                if ema is not None:
+                    metrics |= {f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()}
+            if artifacts and ctx.is_main:
+                tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
         return metrics
 
     def evaluate() -> None:
-        metrics = evaluated("val", workload.evaluate)
+        metrics = evaluated("val", workload.evaluate, artifacts=True)
         state["final_val_loss"] = metrics["val/loss"]
         state["final_val_metrics"] = metrics
         if math.isfinite(metrics["val/loss"]) and (state["best_val_loss"] is None or metrics["val/loss"] < state["best_val_loss"]):
             state["best_val_loss"] = metrics["val/loss"]
         log({"event": "eval", **metrics})
-        if ctx.is_main:
-            tracker.log_images(state["step"], workload.save_artifacts(model, state["step"], plan.run_dir))
         write_summary(summary("running"))
         progress.message(f"[{plan.run_name}] step {state['step']}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
@@ -328,6 +329,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         if state["step"] == 0 and trainer.eval_at_start and state["metric_records"] == 0:
             evaluate()
         model.train()
+        set_mode(optimizer, "train")  # an optimizer with modes (Schedule-Free) starts in neither
         while state["step"] < max_steps:
             if any_rank(bool(stop_requested), ctx):
                 status, extra = "interrupted", {"signal": signal.Signals(stop_requested[0] if stop_requested else signal.SIGTERM).name}

@@ -6,7 +6,8 @@
 
 Rows: the generic contract's categories (:mod:`soapbench.contract`: convergence with and without schedulers,
 param groups, state_dict round trips, hooks, deepcopy, tensor lr, error inputs), bf16 parameters, parameters
-without gradients, parity with the golden reference trajectory where one applies, a short nanogpt_char_cpu run
+without gradients, train/eval modes (Schedule-Free: evaluation at the eval weights), parity with the golden
+reference trajectory where one applies, a short nanogpt_char_cpu run
 beside AdamW, and a trainer run stopped halfway and resumed, which must end bit-identical to one never stopped.
 """
 
@@ -17,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from soapbench.optimizer_check.probes import check_bf16, check_gradless, check_golden_parity, golden_run_for
+from soapbench.optimizer_check.probes import check_bf16, check_gradless, check_golden_parity, check_modes, golden_run_for
 from soapbench.optimizer_check.target import Target, parse_kwargs, resolve_target
 from soapbench.optimizer_check.training import check_resume, check_training
 
@@ -93,6 +94,7 @@ def check_optimizer(
     progress("bf16, grad-less, parity ...")
     rows.append(_timed("bf16 parameters", lambda: check_bf16(target.factory, target.kwargs, matrices_only)))
     rows.append(_timed("parameters without gradients", lambda: check_gradless(target.factory, target.kwargs, matrices_only)))
+    rows.append(_timed("train/eval modes", lambda: check_modes(target.factory, target.kwargs, matrices_only)))
     run = golden if golden not in (None, "auto") else golden_run_for([target.registered, target.family, name])
     if golden == "none" or run is None:
         rows.append(Row("golden parity", "skip", "no golden reference for this optimizer (--golden RUN picks one)", 0.0))

@@ -90,6 +90,33 @@ def check_gradless(factory: Factory, kwargs: dict[str, Any], matrices_only: bool
     return "pass", ""
 
 
+def check_modes(factory: Factory, kwargs: dict[str, Any], matrices_only: bool) -> tuple[str, str]:
+    """An optimizer with train/eval modes: eval() moves to its evaluation weights, train() back to the training
+    weights (to rounding), and the trainer's evaluation (``evaluation_weights``) sees the evaluation weights."""
+    from optimizers.modes import evaluation_weights, has_modes, set_mode
+
+    params = _matrices(torch.float32, matrices_only)
+    optimizer = _quiet(factory, params, kwargs)
+    if not has_modes(optimizer):
+        return "skip", "no train()/eval() modes"
+    set_mode(optimizer, "train")
+    for step in range(STEPS):
+        _step(optimizer, params, step)
+    training = [p.detach().clone() for p in params]
+    set_mode(optimizer, "eval")
+    evaluation = [p.detach().clone() for p in params]
+    set_mode(optimizer, "train")
+    if not all(torch.allclose(p, t, rtol=1e-5, atol=1e-6) for p, t in zip(params, training)):
+        worst = max((p - t).abs().max().item() for p, t in zip(params, training))
+        return "fail", f"train() after eval() did not restore the training weights (max |Δ| {worst:.3g})"
+    with evaluation_weights(nn.Module(), optimizer):
+        seen = [p.detach().clone() for p in params]
+    if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(seen, evaluation)):  # a lerp round trip
+        return "fail", "the trainer's evaluation does not see the weights eval() sets"
+    moved = max((e - t).abs().max().item() for e, t in zip(evaluation, training))
+    return "pass", f"evaluation weights differ from the training weights by up to {moved:.3g}; the trainer evaluates at them"
+
+
 def golden_run_for(keys: list[str]) -> str | None:
     """The golden run(s) for the first of ``keys`` (registered name, algorithm family, import path) that has one;
     several, comma-separated, are tried in order (an implementation that rejects float64 is checked in float32)."""
