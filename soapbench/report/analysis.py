@@ -224,11 +224,15 @@ class OptimizerResult:
         for c in sorted(family, key=lambda c: c.max_steps or 0):
             if c.max_steps is None or (c.n == 0 and not c.diverged):
                 continue  # nothing measured at this budget (failed, running or never started)
-            loss = c.curve_score  # the fixed evaluation set, like the target
-            points.append(
-                BudgetPoint(float(c.max_steps), c.seconds, loss, c.n, tuple(r.source for r in c.runs))
-            )
+            points.append(budget_point(c))
         return points
+
+
+def budget_point(c: ConfigResult) -> BudgetPoint:
+    """One schedule length: its loss on the fixed evaluation set (like the target), per seed and averaged."""
+    assert c.max_steps is not None
+    seeds = tuple((str(r.seed), v, run_seconds(r)) for r, v in zip(c.completed, c.curve_values))
+    return BudgetPoint(float(c.max_steps), c.seconds, c.curve_score, c.n, tuple(r.source for r in c.runs), seeds)
 
 
 @dataclass
@@ -541,7 +545,7 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     """
     mine = workload.configs_of(optimizer)
     theirs = workload.best_arm(versus)
-    out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None}
+    out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None, "fit": None}
     if not mine or not theirs or theirs.best is None or not math.isfinite(theirs.best.curve_score):
         return out
     config = best_of(mine, match)
@@ -553,15 +557,11 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     if hit_mine and hit_theirs:
         out["steps"], out["time"] = hit_theirs[0] / hit_mine[0], hit_theirs[1] / hit_mine[1]
     family = [c for c in arm.configs + arm.shortened if c.family == config.family and c.max_steps]
-    points = [
-        BudgetPoint(float(c.max_steps), c.seconds, c.curve_score, c.n)
-        for c in family
-        if c.max_steps is not None and (c.n > 0 or c.diverged)
-    ]
+    points = [budget_point(c) for c in family if c.max_steps is not None and (c.n > 0 or c.diverged)]
     n_base = float(theirs.best.max_steps) if theirs.best.max_steps else None
     t_base = theirs.best.seconds if math.isfinite(theirs.best.seconds) else None
     fitted = schedule_efficiency(points, target, n_base, t_base)
-    out["fit_steps"], out["fit_time"] = fitted.steps.efficiency, fitted.time.efficiency
+    out["fit_steps"], out["fit_time"], out["fit"] = fitted.steps.efficiency, fitted.time.efficiency, fitted
     return out
 
 

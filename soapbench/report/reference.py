@@ -37,6 +37,12 @@ compare alike, :mod:`soapbench.report.confounds`). A run that misses any is repo
 and the claim's verdict is ``not tested`` with each unmet condition named. A claim without a regime is
 never tested.
 
+Inside its regime a claim is judged by paired t-tests (:mod:`soapbench.report.stats`) on the gaps it asserts,
+Holm-adjusted within the claim: an ordering's consecutive pairs, a best arm against each other arm, a spread's
+largest gap. ``holds``: every asserted gap significant in its direction (a spread: the 95% interval of its
+largest gap at most the stated value); ``does not hold``: a gap significantly reversed, every such pair named
+(a spread: that interval above the value); else ``inconclusive``, naming the unresolved pairs.
+
 Our side of each comparison: ``final_loss`` = mean final loss of our best configuration among those
 matching ``match``; ``best_loss`` = mean over its seeds of the lowest eval loss; ``step_saving`` =
 1 − N_opt/N_versus = 1 − 1/efficiency, from the schedule fit when it exists (the paper's method),
@@ -256,10 +262,16 @@ def ours_for(entry: ReferenceEntry, workload: WorkloadResult) -> tuple[float | N
         return other.best.score - config.score, f"{entry.versus} − {entry.optimizer}"
     eff = pairwise(workload, entry.optimizer, entry.versus, entry.match)
     axis = "steps" if entry.quantity == "step_saving" else "time"
-    if eff[f"fit_{axis}"] is not None:
-        return _saving(eff[f"fit_{axis}"]), "schedule fit"
+    # The schedule fit is the paper's method, but it is trusted only where it has an uncertainty: with no more
+    # budgets than its three parameters it passes through every point, so the curve crossing is used instead.
+    fitted = getattr(eff["fit"], axis) if eff["fit"] is not None else None
+    if fitted is not None and fitted.interval is not None:
+        low, high = (_saving(v) for v in fitted.interval)
+        interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+        return _saving(fitted.efficiency), f"schedule fit, 95% seed bootstrap{interval}"
     if eff[axis] is not None:
-        return _saving(eff[axis]), "curve crossing (no schedule fit)"
+        why = fitted.interval_note if fitted is not None and fitted.interval_note else "no schedule fit"
+        return _saving(eff[axis]), f"curve crossing (schedule fit: {why})"
     return None, f"target of {entry.versus} not reached or no runs"
 
 
@@ -383,7 +395,7 @@ def judge_claim(claim: Claim, workload: WorkloadResult) -> dict[str, Any]:
     measured = "; ".join(_pair_text(lo, hi, t, p, d) for (lo, hi), t, p in zip(pairs, tests, adjusted))
     unmet = unmet_regime(claim, arms)
     if unmet:
-        return {"verdict": "not tested", "reason": "not tested: " + "; ".join(unmet), "measured": measured}
+        return {"verdict": "not tested", "reason": "; ".join(unmet), "measured": measured}
     if any(p is None for p in adjusted):
         return {"verdict": "inconclusive", "reason": "fewer than 2 paired seeds: no test", "measured": measured}
     if claim.kind == "spread":

@@ -1,4 +1,5 @@
-"""Turn an :class:`~soapbench.report.analysis.Analysis` into report.md, report.csv, configurations.csv, sources.json.
+"""Turn an :class:`~soapbench.report.analysis.Analysis` into report.md, report.csv, configurations.csv, sources.json,
+and the rows every verdict is made of: per_seed.csv, comparisons.csv and claims.csv (report.md prints the same rows).
 
 Formatting only: every number here was computed in analysis/efficiency/reference. Nothing is dropped:
 runs that are not in any mean (diverged, failed, running, no summary, unreadable) are counted per
@@ -175,7 +176,9 @@ def _fit_eff(axis: AxisEfficiency | None) -> str:
         return "no shortened runs"
     if axis.efficiency is None:
         return axis.reason or "–"
-    return f"{axis.efficiency:.2f}×" + (" (extrapolated)" if axis.extrapolated else "")
+    text = f"{axis.efficiency:.2f}×"
+    text += f" [{axis.interval[0]:.2f}, {axis.interval[1]:.2f}]" if axis.interval else f" ({axis.interval_note})"
+    return text + (" (extrapolated)" if axis.extrapolated else "")
 
 
 def _share(arm: OptimizerResult) -> str:
@@ -269,6 +272,8 @@ def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "budget to target": _num(axis.budget_to_target, "{:.1f}"),
                     "baseline budget": _num(axis.baseline_budget, "{:.1f}"),
                     "efficiency": _num(axis.efficiency, "{:.3f}×"),
+                    "95% interval": (f"[{axis.interval[0]:.3f}, {axis.interval[1]:.3f}]" if axis.interval
+                                     else axis.interval_note or "–"),
                     "notes": "; ".join(notes) or "–",
                 }
             )
@@ -365,8 +370,11 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "fit_b": fit_s.b if fit_s else None,
                     "fit_beta": fit_s.beta if fit_s else None,
                     "fit_efficiency_steps": sched.steps.efficiency if sched else None,
+                    "fit_efficiency_steps_ci95_low": sched.steps.interval[0] if sched and sched.steps.interval else None,
+                    "fit_efficiency_steps_ci95_high": sched.steps.interval[1] if sched and sched.steps.interval else None,
                     "fit_efficiency_time": sched.time.efficiency if sched else None,
-                    "fit_note_steps": sched.steps.reason if sched else "no shortened-schedule runs",
+                    "fit_note_steps": (sched.steps.reason or sched.steps.interval_note) if sched
+                    else "no shortened-schedule runs",
                     "fit_note_time": sched.time.reason if sched else "no shortened-schedule runs",
                     **{f"runs_{s}": opt.counts.get(s, 0) for s in STATUSES},
                     "paper_final": paper_final_for(reference, w, opt.arm) if reference else None,
@@ -500,19 +508,14 @@ def verdict_lines(reference: Reference | None, w: WorkloadResult) -> list[str]:
     """The paper's claims this run can test, one line each: what it says, the verdict and why, our numbers."""
     if reference is None:
         return []
-    rows = check_claims(reference, w)
-    lines = [f"- [{row['setting']}] {row['claim']}: **{row['verdict']}** ({row['reason']}; {row['ours']})"
-             for row in rows if row["verdict"] != "not tested"]
-    untested = [row for row in rows if row["verdict"] == "not tested"]
-    if untested:
-        lines.append(f"- not tested ({len(untested)} claim(s) outside their regime or without runs): "
-                     + "; ".join(f"[{row['setting']}] {row['claim']}: {row['reason']}" for row in untested))
-    return lines
+    return [f"- [{row['setting']}] {row['claim']}: **not tested**: {row['reason']}" if row["verdict"] == "not tested"
+            else f"- [{row['setting']}] {row['claim']}: **{row['verdict']}** ({row['reason']}; {row['ours']})"
+            for row in check_claims(reference, w)]
 
 
 def measured_rows(reference: Reference, w: WorkloadResult) -> list[dict[str, Any]]:
     """Claims outside their regime: what we measured, as effect sizes with intervals, not as a verdict."""
-    return [{"claim": f"[{row['setting']}] {row['claim']}", "why not tested": row["reason"].removeprefix("not tested: "),
+    return [{"claim": f"[{row['setting']}] {row['claim']}", "why not tested": row["reason"],
              "measured (arm − arm, 95% interval, Holm p, n)": row["measured"] or "–"}
             for row in check_claims(reference, w) if row["verdict"] == "not tested"]
 

@@ -140,7 +140,10 @@ def power(effect: float, sd: float, n: int, alpha: float = ALPHA) -> float:
     df = n - 1
     critical = stats.t.ppf(1 - alpha / 2, df)
     shift = abs(effect) * math.sqrt(n) / sd
-    return float(stats.nct.sf(critical, df, shift) + stats.nct.cdf(-critical, df, shift))
+    # The wrong-sign tail is negligible wherever power matters, and scipy's nct.cdf returns nan for some large
+    # shifts at df = 1 (two seeds): count it as 0 there rather than let a nan stop the root search.
+    wrong_sign = float(np.nan_to_num(stats.nct.cdf(-critical, df, shift), nan=0.0))
+    return float(stats.nct.sf(critical, df, shift)) + wrong_sign
 
 
 def minimum_detectable_effect(sd: float, n: int, alpha: float = ALPHA, target: float = POWER) -> float:
