@@ -215,7 +215,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
-        "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
+        "params": param_count, "params_by_optimizer": _params_by_optimizer(optimizer),
+        "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(
@@ -435,6 +436,13 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     tracker.finish(final)
     shutdown(ctx)
     return final
+
+
+def _params_by_optimizer(optimizer: torch.optim.Optimizer) -> dict[str, int]:
+    """Trained parameter count per optimizer (the main one and its companion): the report's confound check."""
+    children = getattr(optimizer, "optimizers", None) or {"main": optimizer}
+    return {name: sum(p.numel() for group in child.param_groups for p in group["params"])
+            for name, child in children.items()}
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:

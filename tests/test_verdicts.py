@@ -219,3 +219,29 @@ def test_a_run_slower_than_its_arms_median_for_the_same_work_is_flagged(tmp_path
     _, table = markdown(analysis, "cmd", "now", None, [])
     assert "(timing outlier in its seeds)" in table.split("| adamw |")[1].split("\n")[0]
     assert math.isfinite(analysis.workloads[0].optimizers["adamw"].best.seconds)
+
+
+def test_the_report_counts_the_parameters_each_optimizer_trains(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    counts = {"muon": 200_000, "companion_adamw": 600_000}
+    for seed in (0, 1):
+        syn.write_run(root, "exp", f"muon-s{seed}", syn.base_config("exp", "muon", seed, 0.02, 400),
+                      [(400, 40.0, 1.7 + 0.01 * seed)], summary_extra={"params_by_optimizer": counts})
+        syn.write_run(root, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 400),
+                      [(400, 40.0, 1.8 + 0.01 * seed)])
+    report, _ = markdown(analyze(load_experiment(root, "exp")), "cmd", "now", None, [])
+    section = report.split("### Who trains which parameters")[1]
+    assert "| muon | muon 0.2M (25%); companion_adamw 0.6M (75%) | ('vector', 'embedding', 'head', 'input') |" in section
+    assert "| adamw | not recorded" in section
+
+
+def test_the_trainer_records_the_parameters_each_optimizer_trains() -> None:
+    import torch
+
+    from optimizers import build_optimizer
+    from soapbench.trainer import _params_by_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))
+    counts = _params_by_optimizer(build_optimizer("muon", model, lr=0.02))
+    assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
+    assert counts["muon"] == 12 and set(counts) == {"muon", "companion_adamw"}

@@ -237,10 +237,33 @@ def differences_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
             continue
         optimizer_keys = [f"{k.removeprefix('optimizer.')}={v}" for k, v, _, confound in opt.differences if not confound]
         confounds = [f"{k}: {v} (baseline {b})" for k, v, b, confound in opt.differences if confound]
-        confounds += [f"{k}: {_short(v)} (baseline {_short(b)})" for k, v, b in opt.treatment_confounds]
+        confounds += [f"{k}: {_plain(v)} (baseline {_plain(b)})" for k, v, b in opt.treatment_confounds]
         rows.append({"arm": opt.arm, "optimizer settings (what is compared)": ", ".join(optimizer_keys) or "–",
                      "other differences (confounds)": "**" + "; ".join(confounds) + "**" if confounds else "none"})
     return rows
+
+
+def _trained_by(arm: OptimizerResult) -> str:
+    """'muon 0.21M (26%); companion_adamw 0.59M (74%)' from the runs' summaries (recorded since the trainer counts them)."""
+    counts = next(((r.summary or {}).get("params_by_optimizer") for r in (arm.best.completed if arm.best else [])
+                   if (r.summary or {}).get("params_by_optimizer")), None)
+    if not counts:
+        return "not recorded (runs older than the per-optimizer count)"
+    total = sum(counts.values()) or 1
+    ordered = sorted(counts.items(), key=lambda kv: kv[0].startswith("companion"))  # the main optimizer first
+    return "; ".join(f"{name} {n / 1e6:.3g}M ({n / total:.0%})" for name, n in ordered)
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else _short(value)
+
+
+def treatment_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
+    """Per arm: who trains which parameters, and with what, for the parameters no arm compares."""
+    keys = list(dict.fromkeys(k for o in workload.optimizers.values() for k in o.treatment))
+    return [{"arm": o.arm, "parameters per optimizer": _trained_by(o),
+             **{k: _plain(o.treatment.get(k, "–")) for k in keys}}
+            for o in workload.optimizers.values() if o.best is not None]
 
 
 def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
@@ -560,6 +583,12 @@ def markdown(
         differences = differences_rows(w)
         if differences:
             out += ["### What differs from the baseline arm", "", md_table(differences, list(differences[0])), ""]
+        treated = treatment_rows(w)
+        if treated:
+            out += ["### Who trains which parameters", "",
+                    "Read from each arm's config.yaml (the companion takes the main optimizer's lr and weight decay "
+                    "unless set); a difference between arms here is a confound, flagged beside the verdict.", "",
+                    md_table(treated, list(treated[0])), ""]
         efficiency = efficiency_rows(w)
         if efficiency:
             out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "",
