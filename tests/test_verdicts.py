@@ -245,3 +245,58 @@ def test_the_trainer_records_the_parameters_each_optimizer_trains() -> None:
     counts = _params_by_optimizer(build_optimizer("muon", model, lr=0.02))
     assert sum(counts.values()) == sum(p.numel() for p in model.parameters())
     assert counts["muon"] == 12 and set(counts) == {"muon", "companion_adamw"}
+
+
+def test_figures_share_one_colour_per_arm_mark_unreliable_time_and_draw_no_empty_bars(tmp_path: Path) -> None:
+    from matplotlib.colors import to_rgba
+
+    from soapbench.report import figures as figs
+
+    root = tmp_path / "results"
+    shared = {"machine_shared": {"shared": True, "slowed_fraction": 0.4, "max_load": 3.0}}
+    _arm(root, "adamw", SEED_LEVELS[:3])
+    _arm(root, "adamw", [a + 0.02 for a in SEED_LEVELS[:1]], lr=1e-2)  # a single-seed grid point
+    _arm(root, "adamw", [a + 0.03 for a in SEED_LEVELS[:1]], lr=1e-4)
+    _arm(root, "shampoo", [a - 0.01 for a in SEED_LEVELS[:3]], precondition_frequency=1)
+    _arm(root, "shampoo", [a - 0.02 for a in SEED_LEVELS[:3]], precondition_frequency=10)
+    for seed in range(3):  # never reaches AdamW's target, on a shared machine
+        evals = [(step, step * 0.3, SEED_LEVELS[seed] + 0.5 + 20.0 / step) for step in (100, 200, 300, 400)]
+        syn.write_run(root, "exp", f"soap-s{seed}", syn.base_config("exp", "soap", seed, 1e-3, 400,
+                                                                    precondition_frequency=10),
+                      evals, summary_extra=shared)
+    (w,) = analyze(load_experiment(root, "exp")).workloads
+    colors = figs.arm_colors(w)
+    drawn = {}
+    original = figs._save
+
+    def keep(fig, out_dir, name, caption, experiment, runs):
+        drawn[name] = fig
+        return original(fig, out_dir, name, caption, experiment, runs)
+
+    figs._save = keep
+    try:
+        curves = figs.loss_curves(w, "val/loss", tmp_path, "loss_curves")
+        sensitivity = figs.lr_sensitivity(w, "val/loss", tmp_path, "lr_sensitivity")
+        figs.frequency_ablation(w, "val/loss", tmp_path, "frequency_ablation")
+        figs.efficiency_bars(w, tmp_path, "efficiency")
+    finally:
+        figs._save = original
+    # the same arm has the same colour in every figure
+    for ax in drawn["loss_curves"].axes:
+        for line in ax.get_lines():
+            arm = line.get_label().split(",")[0].split(" (")[0]
+            if arm in colors:
+                assert to_rgba(line.get_color()) == to_rgba(colors[arm]), (arm, line.get_color())
+    (speed, time_panel) = drawn["efficiency"].axes
+    bar_colors = {to_rgba(p.get_facecolor()) for p in time_panel.patches if p.get_height() > 0}
+    assert to_rgba(colors["shampoo f=10"]) in bar_colors and to_rgba(colors["soap f=10"]) not in bar_colors
+    assert all(p.get_height() > 0 for ax in (speed, time_panel) for p in ax.patches)  # no zero-height bars
+    assert any("not\nreached" in t.get_text() for t in time_panel.texts)
+    # the wall-clock panel of the curves names the unreliable arm, the step panel does not
+    labels = [t.get_text() for t in drawn["loss_curves"].axes[1].get_legend().get_texts()]
+    assert any(t.startswith("soap f=10") and t.endswith("(time unreliable)") for t in labels)
+    # every point of an lr line averages the same seeds (the grid ran lr 1e-2 and 1e-4 on seed 0 only)
+    (adamw_line,) = [ln for ln in drawn["lr_sensitivity"].axes[0].get_lines() if ln.get_label().startswith("adamw")]
+    assert "n=1 per point" in adamw_line.get_label()
+    assert list(adamw_line.get_ydata()) == pytest.approx([SEED_LEVELS[0] + 0.03, SEED_LEVELS[0], SEED_LEVELS[0] + 0.02])
+    assert "same n" in sensitivity.caption and curves is not None
