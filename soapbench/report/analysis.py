@@ -19,9 +19,13 @@ Per workload (experiment × model × data) and optimizer:
   s* = s_i + (s_{i+1} − s_i)·(L_i − L*)/(L_i − L_{i+1}), and the same fraction for seconds. Using the
   mean curve makes the baseline reach its own target exactly at its final eval (per-seed crossings
   would miss it for about half the seeds).
+* **Versus the baseline**: each arm's best configuration against the baseline's, paired seed by seed
+  (:mod:`soapbench.report.stats`), Holm-adjusted across the workload's arms (:func:`comparisons`).
 * **Warnings** flag what can make a comparison unfair: unfinished seeds in a best configuration,
   best configurations averaging different numbers of seeds or run on different devices, a best
-  learning rate on the edge of the values tried (with ≥ 3 tried).
+  learning rate on the edge of the values tried (with ≥ 3 tried), a different treatment of the parameters
+  no arm compares (:mod:`soapbench.report.confounds`), and timing outliers: runs more than
+  ``TIMING_OUTLIER_EXCESS`` slower per step than the median of their arm's runs of the same length.
 * **Efficiency** vs the baseline: steps_base / steps_opt and seconds_base / seconds_opt (> 1 is
   better). Not reached within its budget → no ratio, only the bound ratio < base / budget_opt.
 """
