@@ -300,3 +300,24 @@ def test_figures_share_one_colour_per_arm_mark_unreliable_time_and_draw_no_empty
     assert "n=1 per point" in adamw_line.get_label()
     assert list(adamw_line.get_ydata()) == pytest.approx([SEED_LEVELS[0] + 0.03, SEED_LEVELS[0], SEED_LEVELS[0] + 0.02])
     assert "same n" in sensitivity.caption and curves is not None
+
+
+def test_inside_its_regime_a_claim_holds_or_is_inconclusive_and_treatment_is_a_condition(tmp_path: Path) -> None:
+    root = tmp_path / "results"
+    _arm(root, "adamw", [a + 0.05 + 0.002 * i for i, a in enumerate(SEED_LEVELS[:4])])
+    _arm(root, "soap", [a + 0.004 * (-1) ** i for i, a in enumerate(SEED_LEVELS[:4])], precondition_frequency=10)
+    _arm(root, "shampoo", SEED_LEVELS[:4], precondition_frequency=10)
+    regime = "regime: {tokens: 1.0e6, same_parameter_treatment: true, why: toy}"
+    _, holds = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [shampoo, adamw], text: t, "
+                                          f"source: toy, {regime}}}")
+    assert holds["verdict"] == "holds", holds
+    _, unsure = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [soap, shampoo], text: t, "
+                                           f"source: toy, {regime}}}")
+    assert unsure["verdict"] == "inconclusive" and unsure["reason"].startswith("not significant after Holm: soap f=10")
+    # Muon sends the embeddings and head to a companion; AdamW trains them itself: no verdict on such a claim
+    _arm(root, "muon", SEED_LEVELS[:4], lr=0.02)
+    _, untested = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [muon, adamw], text: t, "
+                                             f"source: toy, {regime}}}")
+    assert untested["verdict"] == "not tested"
+    assert "the arms treat the parameters they do not compare differently (companion" in untested["reason"]
+    assert "roles to the companion" in untested["reason"]
