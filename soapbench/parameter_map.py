@@ -69,3 +69,12 @@ def misplaced(records: Iterable[dict[str, Any]], main_name: str, main_roles: Ite
     if not parts:
         return None
     return "warning: " + "; ".join(parts) + " (summary.json 'parameters' lists who trains each one)"
+
+
+def counts_by_optimizer(records: Iterable[dict[str, Any]]) -> dict[str, int]:
+    """Trained parameter count per optimizer (the main one and its companion), for the report's confound table."""
+    counts: dict[str, int] = {}
+    for record in records:
+        if record["trainable"] and record["optimizer"] is not None:
+            counts[record["optimizer"]] = counts.get(record["optimizer"], 0) + math.prod(record["shape"])
+    return counts

@@ -54,7 +54,7 @@ from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, Soapbenc
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
-from soapbench.parameter_map import misplaced, parameter_map
+from soapbench.parameter_map import counts_by_optimizer, misplaced, parameter_map
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
 from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
@@ -224,7 +224,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
-        "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
+        "params": param_count, "params_by_optimizer": counts_by_optimizer(trained_by),
+        "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(

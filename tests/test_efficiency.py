@@ -109,3 +109,44 @@ def test_performance_profile_hand_computed() -> None:
     assert rho.loc[1.0].tolist() == pytest.approx([0.0, 1 / 3, 1 / 3])
     assert rho.loc[2.0].tolist() == pytest.approx([2 / 3, 1 / 3, 1 / 3])
     assert rho.loc[4.0].tolist() == pytest.approx([2 / 3, 2 / 3, 1 / 3])
+
+
+def _noisy_points(fractions, seeds=(0, 1, 2, 3), full=1000):
+    """L(N) = 3 + 5 (1.5 N)^-0.5 plus a per-seed offset: the same seed is as lucky at every budget."""
+    offsets = {0: -0.004, 1: 0.003, 2: 0.001, 3: -0.002}
+    points = []
+    for f in fractions:
+        n = full * f
+        per_seed = tuple((str(s), 3 + 5 * (1.5 * n) ** -0.5 + offsets[s] + 0.001 * (s - 1.5) * f, 0.012 * n)
+                         for s in seeds)
+        points.append(BudgetPoint(n, 0.012 * n, float(np.mean([v for _, v, _ in per_seed])), len(seeds),
+                                  seed_losses=per_seed))
+    return points
+
+
+def test_fit_efficiency_has_a_seed_bootstrap_interval_only_with_more_budgets_than_parameters() -> None:
+    target = 3 + 5 * 1000**-0.5
+    five = schedule_efficiency(_noisy_points(FRACTIONS), target, baseline_steps=1000, baseline_seconds=10.0)
+    low, high = five.steps.interval
+    assert low < five.steps.efficiency < high and high - low < 0.5
+    assert five.steps.interval_note.startswith("95% seed bootstrap")
+    # three budgets, three parameters: the curve passes through every point, there is no noise left to measure
+    three = schedule_efficiency(_noisy_points((0.5, 0.75, 1.0)), target, baseline_steps=1000, baseline_seconds=10.0)
+    assert three.steps.efficiency is not None and three.steps.interval is None
+    assert three.steps.interval_note == "exact interpolation: no uncertainty"
+    assert three.time.interval_note == "exact interpolation: no uncertainty"
+
+
+def test_a_saving_uses_the_curve_crossing_when_the_fit_interpolates_exactly(tmp_path) -> None:
+    from soapbench.report.reference import ReferenceEntry, ours_for
+
+    syn.power_law_schedule_runs(tmp_path, "eff", "adamw", lambda n: 3 + 5 * n**-0.5, 0.01, 1000, [1.0],
+                                seeds=(0, 1))
+    syn.power_law_schedule_runs(tmp_path, "eff", "soap", lambda n: 3 + 5 * (1.5 * n) ** -0.5, 0.012, 1000,
+                                (0.5, 0.75, 1.0), seeds=(0, 1), precondition_frequency=10)
+    (workload,) = analyze(load_experiment(tmp_path, "eff")).workloads
+    entry = ReferenceEntry("soap", "paper", "step_saving", ">=", 0.4, {}, "adamw", "toy", "toy")
+    saving, how = ours_for(entry, workload)
+    assert how == "curve crossing (schedule fit: exact interpolation: no uncertainty)"
+    soap = workload.optimizers["soap f=10"]
+    assert saving == pytest.approx(1 - 1 / soap.efficiency_steps)

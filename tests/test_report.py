@@ -204,13 +204,14 @@ def test_reference_files_hold_the_paper_specs_numbers() -> None:
         ref = load_reference(path.stem, REFERENCE_DIR)
         for entry in ref.entries:
             assert entry.optimizer in registered and entry.source and entry.tag
-        for ordering in ref.orderings:
-            assert set(ordering.order) <= registered
-        # Every paper comparison states what the paper concludes, its scale and a legend of its source tags.
+        # Every paper comparison states what the paper concludes, its scale, a legend of its source tags, and an
+        # equivalence margin with its reason; every claim the regime in which a run can test it.
         assert ref.claims and ref.legend and ref.scale, path.name
+        assert ref.margin is not None and ref.margin.value > 0 and ref.margin.reason, path.name
         for claim in ref.claims:
             assert {name.split()[0] for name in claim.names} <= registered and claim.text and claim.source, claim
             assert claim.setting in ref.settings, claim
+            assert claim.regime and claim.regime.get("why") and len(claim.regime) >= 3, claim
     nano = load_reference("whitening_nanogpt:paper", REFERENCE_DIR)
     got = {(e.optimizer, e.match.get("precondition_frequency")): e.value for e in nano.entries}
     assert got == {("adamw", None): 1.4632, ("soap", 1): 1.4654, ("soap", 10): 1.4724,

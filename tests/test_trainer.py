@@ -30,6 +30,7 @@ def test_run_writes_config_metrics_summary_and_checkpoint(results_dir) -> None:
     assert on_disk["status"] == "completed" and summary["status"] == "completed"
     assert on_disk["steps"] == 12
     assert on_disk["tokens"] == 12 * 4 * 32
+    assert sum(on_disk["params_by_optimizer"].values()) == on_disk["params"]  # the report's confound check reads it
     records = RunStore(run_dir).read_metrics()
     assert all({"step", "train_seconds", "tokens", "samples"} <= set(r) for r in records)
     evals = [r for r in records if "val/loss" in r]  # the fixed set; the whole split is val_full/*

@@ -19,9 +19,13 @@ Per workload (experiment × model × data) and optimizer:
   s* = s_i + (s_{i+1} − s_i)·(L_i − L*)/(L_i − L_{i+1}), and the same fraction for seconds. Using the
   mean curve makes the baseline reach its own target exactly at its final eval (per-seed crossings
   would miss it for about half the seeds).
+* **Versus the baseline**: each arm's best configuration against the baseline's, paired seed by seed
+  (:mod:`soapbench.report.stats`), Holm-adjusted across the workload's arms (:func:`comparisons`).
 * **Warnings** flag what can make a comparison unfair: unfinished seeds in a best configuration,
   best configurations averaging different numbers of seeds or run on different devices, a best
-  learning rate on the edge of the values tried (with ≥ 3 tried).
+  learning rate on the edge of the values tried (with ≥ 3 tried), a different treatment of the parameters
+  no arm compares (:mod:`soapbench.report.confounds`), and timing outliers: runs more than
+  ``TIMING_OUTLIER_EXCESS`` slower per step than the median of their arm's runs of the same length.
 * **Efficiency** vs the baseline: steps_base / steps_opt and seconds_base / seconds_opt (> 1 is
   better). Not reached within its budget → no ratio, only the bound ratio < base / budget_opt.
 """
@@ -34,9 +38,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from soapbench.report.confounds import confounds, treatment
 from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_full_final, run_seconds
 from soapbench.report.efficiency import BudgetPoint, ScheduleEfficiency, schedule_efficiency
-from soapbench.report.stats import Comparison, Estimate, decimals_for, estimate, welch
+from soapbench.report.stats import Comparison, Estimate, PairedTest, decimals_for, estimate, judge_all, paired_test
 from soapbench.report.store import Run, config_key, is_ignored, status_counts, swept_keys
 
 OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon", "kl_soap", "kl_shampoo")
@@ -205,8 +210,11 @@ class OptimizerResult:
     schedule: ScheduleEfficiency | None = None
     arm: str = ""
     arm_values: dict[str, Any] = field(default_factory=dict)
-    versus_baseline: Comparison | None = None
+    paired: PairedTest | None = None  # against the baseline arm's best configuration, seed by seed
+    versus_baseline: Comparison | None = None  # the verdict without an equivalence margin
     differences: list[tuple[str, Any, Any, bool]] = field(default_factory=list)  # key, ours, baseline's, confound
+    treatment: dict[str, Any] = field(default_factory=dict)  # confounds.treatment of the best configuration
+    treatment_confounds: list[tuple[str, Any, Any]] = field(default_factory=list)  # setting, ours, baseline's
 
     def __post_init__(self) -> None:
         self.arm = self.arm or self.optimizer
@@ -220,11 +228,15 @@ class OptimizerResult:
         for c in sorted(family, key=lambda c: c.max_steps or 0):
             if c.max_steps is None or (c.n == 0 and not c.diverged):
                 continue  # nothing measured at this budget (failed, running or never started)
-            loss = c.curve_score  # the fixed evaluation set, like the target
-            points.append(
-                BudgetPoint(float(c.max_steps), c.seconds, loss, c.n, tuple(r.source for r in c.runs))
-            )
+            points.append(budget_point(c))
         return points
+
+
+def budget_point(c: ConfigResult) -> BudgetPoint:
+    """One schedule length: its loss on the fixed evaluation set (like the target), per seed and averaged."""
+    assert c.max_steps is not None
+    seeds = tuple((str(r.seed), v, run_seconds(r)) for r, v in zip(c.completed, c.curve_values))
+    return BudgetPoint(float(c.max_steps), c.seconds, c.curve_score, c.n, tuple(r.source for r in c.runs), seeds)
 
 
 @dataclass
@@ -367,15 +379,21 @@ def _best_arm_of(arms: list[OptimizerResult], optimizer: str) -> OptimizerResult
 
 
 def _compare_with_baseline(result: WorkloadResult, extra_ignored: Iterable[str]) -> None:
-    """Significance of each arm's gap to the baseline arm, and every setting in which it differs."""
+    """Paired test of each arm's gap to the baseline arm, and every setting in which it differs."""
     base = result.optimizers.get(result.baseline)
     if base is None or base.best is None:
         return
     base_flat = {k: v for k, v in base.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
     for arm in result.optimizers.values():
+        if arm.best is not None:
+            arm.treatment = treatment(arm.best.runs[0].config)
+    for arm in result.optimizers.values():
+        if arm is not base and arm.best is not None:
+            arm.treatment_confounds = confounds(arm.treatment, base.treatment)
         if arm is base or arm.best is None or (arm.best.n == 0 and not arm.best.diverged):
             continue
-        arm.versus_baseline = welch(arm.best.values, base.best.values) if not arm.best.diverged else None
+        if not arm.best.diverged:
+            arm.paired = paired_test(arm.best.seed_values(), base.best.seed_values())
         flat = {k: v for k, v in arm.best.runs[0].flat.items() if not is_ignored(k, extra_ignored)}
         for key in sorted(set(flat) | set(base_flat)):
             ours, theirs = flat.get(key), base_flat.get(key)
@@ -385,6 +403,15 @@ def _compare_with_baseline(result: WorkloadResult, extra_ignored: Iterable[str])
             # the model, and the AdamW companion that trains embeddings and head) must match, or it is a confound.
             confound = not key.startswith("optimizer.") or key.startswith("optimizer.companion.")
             arm.differences.append((key, ours, theirs, confound))
+    for label, comparison in comparisons(result, None).items():
+        result.optimizers[label].versus_baseline = comparison
+
+
+def comparisons(result: WorkloadResult, margin: float | None) -> dict[str, Comparison]:
+    """Each tested arm's verdict (by arm label) against the baseline: one Holm family per workload, equivalence
+    within ``margin``."""
+    tested = [o for o in result.optimizers.values() if o.paired is not None]
+    return dict(zip((o.arm for o in tested), judge_all([o.paired for o in tested], margin, result.decimals)))
 
 
 def _fill_targets(result: WorkloadResult) -> None:
@@ -472,10 +499,22 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
             if len(tried) >= 3 and best.value(key) in (tried[0], tried[-1]):
                 notes.append(f"{opt.arm}: best {key} = {best.value(key)} is at the edge of the values "
                              f"tried ({', '.join(map(str, tried))}); the optimum may lie outside the grid.")
-        confounds = [k for k, _, _, confound in opt.differences if confound]
-        if confounds:
+        differing_settings = [k for k, _, _, confound in opt.differences if confound]
+        if differing_settings:
             notes.append(f"{opt.arm}: confound: differs from the baseline arm {workload.baseline} in "
-                         f"non-optimizer settings ({', '.join(confounds)}); see the arms table.")
+                         f"non-optimizer settings ({', '.join(differing_settings)}); see the arms table.")
+        if opt.treatment_confounds:
+            notes.append(f"{opt.arm}: confound: treats the parameters it does not compare differently from "
+                         f"{workload.baseline}: " + "; ".join(f"{k} {_short(v)} (baseline {_short(b)})"
+                                                              for k, v, b in opt.treatment_confounds) + ".")
+        slow = timing_outliers(opt)
+        slow_best = [name for name in slow if name in {r.name for r in best.completed}]
+        if slow:
+            notes.append(f"{opt.arm}: timing outlier(s): " + ", ".join(
+                f"{name} {v:.3g} s/step vs the arm's median {m:.3g} for the same number of steps" for name, (v, m)
+                in slow.items()) + f" (> {TIMING_OUTLIER_EXCESS:.0%} slower for the same work)"
+                + (f"; {len(slow_best)} of them in the best configuration, so its times are suspect." if slow_best
+                   else "."))
         differing = [r.name for r in best.completed if (r.summary or {}).get("segments_differ")]
         if differing:
             notes.append(f"{opt.arm}: resumed on a different device, CPU or thread count part-way "
@@ -494,6 +533,14 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
     return notes
 
 
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_short, value)) + ")"
+    return str(value)
+
+
 def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mapping[str, Any] | None = None) -> dict:
     """Efficiency of ``optimizer`` (best config, optionally constrained by ``match``) vs ``versus``'s best.
 
@@ -502,7 +549,7 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     """
     mine = workload.configs_of(optimizer)
     theirs = workload.best_arm(versus)
-    out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None}
+    out: dict[str, Any] = {"steps": None, "time": None, "fit_steps": None, "fit_time": None, "fit": None}
     if not mine or not theirs or theirs.best is None or not math.isfinite(theirs.best.curve_score):
         return out
     config = best_of(mine, match)
@@ -514,13 +561,41 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     if hit_mine and hit_theirs:
         out["steps"], out["time"] = hit_theirs[0] / hit_mine[0], hit_theirs[1] / hit_mine[1]
     family = [c for c in arm.configs + arm.shortened if c.family == config.family and c.max_steps]
-    points = [
-        BudgetPoint(float(c.max_steps), c.seconds, c.curve_score, c.n)
-        for c in family
-        if c.max_steps is not None and (c.n > 0 or c.diverged)
-    ]
+    points = [budget_point(c) for c in family if c.max_steps is not None and (c.n > 0 or c.diverged)]
     n_base = float(theirs.best.max_steps) if theirs.best.max_steps else None
     t_base = theirs.best.seconds if math.isfinite(theirs.best.seconds) else None
     fitted = schedule_efficiency(points, target, n_base, t_base)
-    out["fit_steps"], out["fit_time"] = fitted.steps.efficiency, fitted.time.efficiency
+    out["fit_steps"], out["fit_time"], out["fit"] = fitted.steps.efficiency, fitted.time.efficiency, fitted
+    return out
+
+
+# A run slower per step than the median of the same arm's runs of the same length by more than this fraction is a
+# timing outlier: the same work took longer, so the machine (not the optimizer) is the likely cause.
+TIMING_OUTLIER_EXCESS = 0.30
+
+
+def seconds_per_step(run: Run) -> float | None:
+    summary = run.summary or {}
+    seconds, steps = summary.get("train_seconds"), summary.get("steps")
+    if not isinstance(seconds, (int, float)) or not isinstance(steps, (int, float)) or steps <= 0:
+        return None
+    return float(seconds) / float(steps)
+
+
+def timing_outliers(arm: OptimizerResult) -> dict[str, tuple[float, float]]:
+    """Run name → (its seconds per step, the median of its arm's completed runs of the same length).
+
+    Needs at least 3 runs of that length for the median to stand for "the same work".
+    """
+    by_length: dict[Any, list[tuple[Run, float]]] = {}
+    for config in arm.configs + arm.shortened:
+        for run in config.completed:
+            if (per_step := seconds_per_step(run)) is not None:
+                by_length.setdefault(config.max_steps, []).append((run, per_step))
+    out = {}
+    for members in by_length.values():
+        if len(members) < 3:
+            continue
+        median = float(np.median([v for _, v in members]))
+        out.update({run.name: (v, median) for run, v in members if v > (1 + TIMING_OUTLIER_EXCESS) * median})
     return out

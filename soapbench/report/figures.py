@@ -6,14 +6,19 @@ Figures per workload (file names get a ``_<workload>`` suffix when a report cove
   best configuration: mean over seeds with a min–max band (as in the SOAP-Muon report's Figure 1);
   the wall-clock axis is the mean cumulative ``train_seconds`` at each eval. Dashed line: the target.
 * ``lr_sensitivity``: final loss vs learning rate (log x). For each lr the best configuration with that
-  lr is shown (other swept hyperparameters tuned), mean ± std over seeds; × at the top = every
-  configuration at that lr diverged.
+  lr is shown (other swept hyperparameters tuned), averaged over the seeds every lr of the arm ran, so
+  every point of a line has the same n (said in the legend); × at the top = every configuration at that
+  lr diverged.
 * ``frequency_ablation``: final loss and training seconds vs ``precondition_frequency`` (log x), best
   configuration per frequency, the baseline's best as a horizontal line (SOAP paper Fig. 1 right/Fig. 7).
 * ``efficiency_fit``: final loss vs budget fraction with the fitted L(N) = a + b·N^−β and the target
   (SOAP paper Fig. 2), in steps and in seconds.
 * ``efficiency``: bars of efficiency vs the baseline in steps and in time (curve crossing and, where it
-  exists, the schedule fit); "not reached" is written where there is no ratio.
+  exists, the schedule fit with its seed-bootstrap interval); where there is no ratio, no bar, only a
+  note with the arm's final-loss verdict.
+
+Every figure colours an arm by one map (:func:`arm_colors`), and every wall-clock panel marks the arms whose
+times come from a shared machine or include a timing outlier.
 * ``images``: for colorization runs with ``images/step_*.png``, the latest image of the best
   configuration's first completed seed, side by side across optimizers.
 
@@ -38,7 +43,15 @@ import matplotlib.pyplot as plt  # noqa: E402 - the backend must be chosen first
 import numpy as np  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from soapbench.report.analysis import Analysis, ConfigResult, WorkloadResult, best_of  # noqa: E402
+from soapbench.report.analysis import (  # noqa: E402
+    Analysis,
+    ConfigResult,
+    OptimizerResult,
+    WorkloadResult,
+    comparisons,
+    machine_shared,
+    timing_outliers,
+)
 from soapbench.report.profiles import (  # noqa: E402
     default_taus,
     performance_profile,
@@ -72,9 +85,18 @@ def _title(workload: WorkloadResult, what: str, width: int = 100) -> str:
     return textwrap.fill(f"{workload.experiment} ({model_data}): {what}", width)
 
 
-def _colors(names: Sequence[str]) -> dict[str, tuple]:
+def arm_colors(workload: WorkloadResult) -> dict[str, tuple]:
+    """The one arm → colour map every figure of a workload uses, so a colour means the same arm everywhere."""
     cmap = plt.get_cmap("tab10")
-    return {name: cmap(i % 10) for i, name in enumerate(names)}
+    return {name: cmap(i % 10) for i, name in enumerate(workload.optimizers)}
+
+
+def _unreliable(arm: OptimizerResult) -> str:
+    """' (time unreliable)' when the arm's wall-clock comes from a shared machine or has a timing outlier."""
+    if arm.best is None:
+        return ""
+    slow = set(timing_outliers(arm)) & {r.name for r in arm.best.completed}
+    return " (time unreliable)" if machine_shared(arm.best.completed) or slow else ""
 
 
 def _label(arm: str, config: ConfigResult) -> str:
@@ -88,7 +110,9 @@ def _x_scale(ax: plt.Axes, values: Iterable[float]) -> None:
     if len(distinct) >= 3:
         ax.set_xscale("log")
     if 0 < len(distinct) <= 6:
-        ax.set_xticks(sorted(distinct), [f"{v:g}" for v in sorted(distinct)])
+        # values a half-decade apart sit close on a log axis: slanted labels do not run into each other
+        ax.set_xticks(sorted(distinct), [f"{v:g}" for v in sorted(distinct)], rotation=30, ha="right", fontsize=8)
+        ax.minorticks_off()
 
 
 def _band_note(configs: Iterable[ConfigResult]) -> str:
@@ -102,13 +126,15 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
     bests = {n: o.best for n, o in workload.optimizers.items() if o.best is not None and o.best.curve is not None}
     if not bests:
         return None
-    colors = _colors(list(workload.optimizers))
+    colors = arm_colors(workload)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     lows, highs = [], []
     for opt_name, config in bests.items():
         curve = config.curve
         for ax, x in zip(axes, ("step", "seconds")):
-            ax.plot(curve[x], curve["mean"], color=colors[opt_name], label=_label(opt_name, config))
+            mark = _unreliable(workload.optimizers[opt_name]) if x == "seconds" else ""
+            ax.plot(curve[x], curve["mean"], color=colors[opt_name], label=_label(opt_name, config) + mark,
+                    ls=":" if mark else "-")
             if config.n > 1:
                 ax.fill_between(curve[x], curve["min"], curve["max"], color=colors[opt_name], alpha=0.2, lw=0)
         values = curve["mean"].to_numpy(float)
@@ -132,6 +158,9 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
             ax.set_ylim(min(lows) - pad, max(highs) + pad)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
+    if any(_unreliable(workload.optimizers[n]) for n in bests):
+        axes[1].legend(fontsize=7)
+        axes[1].set_title("dotted: wall-clock unreliable (machine shared or timing outlier)", fontsize=8)
     band = _band_note(bests.values())
     fig.suptitle(_title(workload, f"{metric} of each arm's best configuration ({band})"))
     caption = (
@@ -159,20 +188,42 @@ def _mark_missing(ax: plt.Axes, xs_diverged, xs_missing, color, name: str) -> No
                    transform=top, label=f"{name}: no completed seed")
 
 
+def _common_seed_means(configs: Sequence[ConfigResult]) -> tuple[dict[int, float], int]:
+    """Each configuration's mean over the seeds every one of them completed, and that count (0: none shared).
+
+    A tuning grid runs each lr on one seed and the winner on more: plotting the winner's 3-seed mean beside
+    its neighbours' single seeds mixes n and can make the chosen lr look worse than the one it beat.
+    """
+    usable = [c for c in configs if math.isfinite(c.score)]
+    if not usable:
+        return {}, 0
+    common = set.intersection(*(set(c.seed_values()) for c in usable))
+    if not common:
+        return {}, 0
+    return {id(c): float(np.mean([c.seed_values()[s] for s in common])) for c in usable}, len(common)
+
+
 def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
     """Final loss vs lr, per arm (only the lr changes along a line: the arm's other settings are fixed)."""
     key = "optimizer.lr"
     arms = {n: o for n, o in workload.optimizers.items() if len({c.value(key) for c in o.configs} - {None}) > 1}
     if not arms:
         return None
-    colors = _colors(list(workload.optimizers))
+    colors = arm_colors(workload)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     runs: list[Run] = []
     all_x: list[float] = []
     for arm_name, arm in arms.items():
         by_lr = {float(c.value(key)): c for c in arm.configs if isinstance(c.value(key), (int, float))}
         ok = sorted((x, c) for x, c in by_lr.items() if math.isfinite(c.score))
-        _errorbar(ax, [x for x, _ in ok], [c for _, c in ok], colors[arm_name], arm_name)
+        shared, n = _common_seed_means([c for _, c in ok])
+        if n:
+            ax.plot([x for x, _ in ok], [shared[id(c)] for _, c in ok], marker="o", color=colors[arm_name],
+                    label=f"{arm_name}, n={n} per point (the seeds every lr ran)")
+        else:  # no seed shared by every lr: each point its own mean, its n written beside it
+            _errorbar(ax, [x for x, _ in ok], [c for _, c in ok], colors[arm_name], f"{arm_name} (n varies)")
+            for x, c in ok:
+                ax.annotate(f"n={c.n}", (x, c.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
         _mark_missing(ax, [x for x, c in by_lr.items() if not math.isfinite(c.score) and c.diverged],
                       [x for x, c in by_lr.items() if not math.isfinite(c.score) and not c.diverged],
                       colors[arm_name], arm_name)
@@ -183,9 +234,10 @@ def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: s
     ax.set_ylabel(f"final {metric}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
-    fig.suptitle(_title(workload, "final loss vs lr per arm (mean ± std over seeds where n > 1)", 70))
+    fig.suptitle(_title(workload, "final loss vs lr per arm (the same seeds at every point of a line)", 70))
     caption = (f"{workload.experiment}: final {metric} vs lr, one line per arm (nothing else changes along a "
-               "line); × at the top = diverged, ○ = no completed seed.")
+               "line), each point the mean over the seeds every lr of the arm ran, so all points of a line have "
+               "the same n (said in the legend); × at the top = diverged, ○ = no completed seed.")
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
 
 
@@ -199,27 +251,40 @@ def frequency_ablation(workload: WorkloadResult, metric: str, out_dir: Path, nam
     by_optimizer = {k: v for k, v in by_optimizer.items() if len(v) > 1}
     if not by_optimizer:
         return None
-    colors = _colors(list(by_optimizer))
+    colors = arm_colors(workload)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), layout="constrained")
     runs: list[Run] = []
     all_x: list[float] = []
     same_lr = True
+    styles = iter(["-", "--", "-.", ":"] * 4)
     for optimizer, arms in by_optimizer.items():
-        points = sorted((float(a.best.value(key)), a.best) for a in arms)
-        ok = [(x, c) for x, c in points if math.isfinite(c.score)]
-        _errorbar(axes[0], [x for x, _ in ok], [c for _, c in ok], colors[optimizer], optimizer)
-        _mark_missing(axes[0], [x for x, c in points if c.diverged], [x for x, c in points if not c.diverged
-                                                                        and not math.isfinite(c.score)],
-                      colors[optimizer], optimizer)
-        axes[1].plot([x for x, _ in ok], [c.seconds for _, c in ok], marker="o", color=colors[optimizer], label=optimizer)
+        points = sorted(((float(a.best.value(key)), a.best, a) for a in arms), key=lambda p: p[0])
+        ok = [(x, c, a) for x, c, a in points if math.isfinite(c.score)]
+        style = next(styles)
+        # a grey line per optimizer through its arms; each point in its arm's colour, as in every other figure
+        axes[0].plot([x for x, *_ in ok], [c.mean for _, c, _ in ok], color="0.5", ls=style, label=optimizer)
+        axes[1].plot([x for x, *_ in ok], [c.seconds for _, c, _ in ok], color="0.5", ls=style, label=optimizer)
+        for x, c, a in ok:
+            axes[0].errorbar([x], [c.mean], yerr=[c.std if c.n > 1 else 0.0], marker="o", capsize=3,
+                             color=colors[a.arm], label=f"{a.arm}, n={c.n}")
+            mark = _unreliable(a)
+            axes[1].scatter([x], [c.seconds], marker="o" if not mark else "^", color=colors[a.arm], zorder=3,
+                            label=a.arm + mark)
+        _mark_missing(axes[0], [x for x, c, _ in points if c.diverged], [x for x, c, _ in points if not c.diverged
+                                                                           and not math.isfinite(c.score)],
+                      "0.3", optimizer)
+        points = [(x, c) for x, c, _ in points]
         same_lr &= len({repr(c.value("optimizer.lr")) for _, c in points}) == 1
         all_x += [x for x, _ in points]
         runs += [r for _, c in points for r in c.runs]
     base = workload.optimizers.get(workload.baseline)
     if base is not None and base.best is not None and math.isfinite(base.best.score) and base.optimizer not in by_optimizer:
-        axes[0].axhline(base.best.score, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
-        axes[1].axhline(base.best.seconds, color="k", ls="--", lw=1, label=f"{workload.baseline} (best)")
+        axes[0].axhline(base.best.score, color=colors[base.arm], ls="--", lw=1, label=f"{workload.baseline} (best)")
+        axes[1].axhline(base.best.seconds, color=colors[base.arm], ls="--", lw=1,
+                        label=f"{workload.baseline} (best)" + _unreliable(base))
         runs += base.best.runs
+    if any(_unreliable(a) for arms in by_optimizer.values() for a in arms) or (base is not None and _unreliable(base)):
+        axes[1].set_title("▲ / marked: wall-clock unreliable (machine shared or timing outlier)", fontsize=8)
     for ax, ylabel in zip(axes, (f"final {metric}", "training seconds")):
         _x_scale(ax, all_x)
         ax.set_xlabel("precondition_frequency")
@@ -235,7 +300,7 @@ def frequency_ablation(workload: WorkloadResult, metric: str, out_dir: Path, nam
 
 def train_loss_curves(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure | None:
     """Training loss (logged window means) vs steps, each arm's best configuration, mean over seeds."""
-    colors = _colors(list(workload.optimizers))
+    colors = arm_colors(workload)
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
     runs: list[Run] = []
     for arm_name, arm in workload.optimizers.items():
@@ -279,17 +344,21 @@ def cost_bars(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure
         return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     x = np.arange(len(arms))
-    for ax, values, ylabel, fmt in ((axes[0], shares, "optimizer.step() share of training time [%]", "{:.1f}%"),
-                                    (axes[1], memory, "optimizer state [MiB]", "{:.2f}")):
-        ax.bar(x, [0 if math.isnan(v) else v for v in values])
-        for xi, v in zip(x, values):
-            ax.text(xi, 0 if math.isnan(v) else v, "not recorded" if math.isnan(v) else fmt.format(v),
+    colors = arm_colors(workload)
+    for ax, values, ylabel, fmt, timed in ((axes[0], shares, "optimizer.step() share of training time [%]", "{:.1f}%", True),
+                                           (axes[1], memory, "optimizer state [MiB], companion included", "{:.2f}",
+                                            False)):
+        drawn = [(xi, v, a) for xi, v, a in zip(x, values, arms) if not math.isnan(v)]
+        ax.bar([xi for xi, _, _ in drawn], [v for _, v, _ in drawn], color=[colors[a.arm] for *_, a in drawn])
+        for xi, v, a in zip(x, values, arms):  # nothing recorded: a note, not a zero-height bar
+            mark = "\n(unreliable)" if timed and _unreliable(a) and not math.isnan(v) else ""
+            ax.text(xi, 0 if math.isnan(v) else v, ("not recorded" if math.isnan(v) else fmt.format(v)) + mark,
                     ha="center", va="bottom", fontsize=7)
-        ax.set_xticks(x, [a.arm for a in arms], rotation=30)
+        ax.set_xticks(x, [a.arm for a in arms], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
-    shared = any((r.summary or {}).get("machine_shared", {}).get("shared") for a in arms for r in a.best.completed)
+    shared = any(_unreliable(a) for a in arms)
     fig.suptitle(_title(workload, "optimizer time share and state memory per arm"
-                        + (" (time share from runs on a shared machine: unreliable)" if shared else "")))
+                        + (" (time share of arms marked unreliable: machine shared or timing outlier)" if shared else "")))
     caption = (f"{workload.experiment}: optimizer.step() seconds / training seconds (mean over seeds) and the "
                "optimizer state's size, best configuration per arm.")
     return _save(fig, out_dir, name, caption, workload.experiment, [r for a in arms for r in a.best.completed])
@@ -299,7 +368,7 @@ def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: s
     fitted = {n: o for n, o in workload.optimizers.items() if o.schedule is not None and len(o.schedule.points) > 1}
     if not fitted or workload.target is None:
         return None
-    colors = _colors(list(workload.optimizers))
+    colors = arm_colors(workload)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     runs: list[Run] = []
     for opt_name, opt in fitted.items():
@@ -315,6 +384,8 @@ def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: s
                         label=f"{opt_name}: a={fit.a:.4g}, b={fit.b:.3g}, β={fit.beta:.3g}")
             else:
                 ax.plot([], [], color=colors[opt_name], label=f"{opt_name}: {axis.reason}")
+            if attr == "seconds" and _unreliable(opt):
+                ax.plot([], [], color=colors[opt_name], ls=":", label=f"{opt_name}{_unreliable(opt)}")
         runs += [r for c in opt.configs + opt.shortened if opt.best and c.family == opt.best.family for r in c.runs]
     for ax, xlabel in zip(axes, ("schedule length N [steps]", "training wall-clock T [s]")):
         ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}")
@@ -331,36 +402,56 @@ def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: s
 
 
 def efficiency_bars(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure | None:
+    """Efficiency per arm, bars in the arm's colour (schedule fit hatched, with its seed-bootstrap interval).
+
+    An arm that does not reach the target gets no bar (a zero-height bar reads as "efficiency 0"), only a note
+    with its final-loss verdict against the baseline: an arm equivalent in final loss can miss the target by noise.
+    """
     opts = [o for o in workload.optimizers.values() if o.best is not None]
     if workload.target is None or not opts:
         return None
+    colors = arm_colors(workload)
+    verdicts = {label: c.verdict for label, c in comparisons(workload, None).items()}
+    has_fit = any(o.schedule is not None for o in opts)
+    width = 0.4 if has_fit else 0.6
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     x = np.arange(len(opts))
     for ax, axis in zip(axes, ("steps", "time")):
-        curve = [getattr(o, f"efficiency_{axis}") for o in opts]
-        curve_why = ["not\nreached" if o.best.curve is not None else "no\nruns" for o in opts]
-        fit = [getattr(o.schedule, axis).efficiency if o.schedule else None for o in opts]
-        fit_why = [("no fit" if getattr(o.schedule, axis).outcome.reason else "not\nreached") if o.schedule
-                   else "no short\nruns" for o in opts]
-        has_fit = any(o.schedule is not None for o in opts)
-        bars = ((-0.2, curve, curve_why, "curve crossing"), (0.2, fit, fit_why, "schedule fit")) if has_fit else (
-            (0.0, curve, curve_why, "curve crossing"),)
-        for offset, values, why, label in bars:
-            heights = [v if v is not None else 0.0 for v in values]
-            ax.bar(x + offset, heights, width=0.4 if has_fit else 0.6, label=label)
-            for xi, v, w in zip(x + offset, values, why):
-                ax.text(xi, v if v is not None else 0.02, f"{v:.2f}" if v is not None else w,
-                        ha="center", va="bottom", fontsize=7)
+        for xi, o in zip(x, opts):
+            bars = [(-0.2 if has_fit else 0.0, getattr(o, f"efficiency_{axis}"), None, None)]
+            if has_fit:
+                fitted = getattr(o.schedule, axis) if o.schedule else None
+                bars.append((0.2, fitted.efficiency if fitted else None, fitted.interval if fitted else None, "//"))
+            for offset, value, interval, hatch in bars:
+                if value is None:
+                    why = "not\nreached" if o.best.curve is not None else "no\nruns"
+                    if hatch and o.schedule is None:
+                        why = "no short\nruns"
+                    if o.arm in verdicts and why.startswith("not"):
+                        why += f"\n(final: {verdicts[o.arm]})"
+                    ax.text(xi + offset, 0.02, why, ha="center", va="bottom", fontsize=6,
+                            transform=blended_transform_factory(ax.transData, ax.transAxes))
+                    continue
+                err = None if interval is None else [[value - interval[0]], [interval[1] - value]]
+                ax.bar(xi + offset, value, width=width, color=colors[o.arm], hatch=hatch, edgecolor="k", lw=0.5,
+                       yerr=err, capsize=3)
+                mark = _unreliable(o) if axis == "time" else ""
+                ax.text(xi + offset, value, f"{value:.2f}" + ("\n(unreliable)" if mark else ""), ha="center",
+                        va="bottom", fontsize=7)
         ax.axhline(1.0, color="k", lw=1)
-        ax.set_xticks(x, [o.arm for o in opts], rotation=30)
+        ax.set_xticks(x, [o.arm for o in opts], rotation=30, ha="right")
         ax.set_ylabel(f"efficiency vs {workload.baseline} ({axis}); >1 is better")
-        ax.legend(fontsize=7)
+        if has_fit:
+            ax.bar([], [], color="w", edgecolor="k", label="curve crossing")
+            ax.bar([], [], color="w", edgecolor="k", hatch="//", label="schedule fit (95% seed bootstrap)")
+            ax.legend(fontsize=7)
     fig.suptitle(_title(workload, f"efficiency vs {workload.baseline} in steps and in wall-clock"))
-    shared = any((r.summary or {}).get("machine_shared", {}).get("shared") for o in opts for r in o.best.completed)
+    shared = any(_unreliable(o) for o in opts)
     caption = (
         f"{workload.experiment}: {workload.baseline}'s steps (time) to target / each arm's, from the mean curves"
-        + (" and from the schedule fit" if any(o.schedule for o in opts) else "") + "."
-        + (" Time ratios come from runs on a shared machine: unreliable." if shared else "")
+        + (" and from the schedule fit (hatched, with its 95% seed-bootstrap interval where the fit has one)"
+           if has_fit else "") + "; an arm that does not reach the target has no bar, only a note."
+        + (" Time ratios marked unreliable come from a shared machine or a timing outlier." if shared else "")
     )
     runs = [r for o in opts for c in o.configs + o.shortened for r in c.runs]
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
@@ -410,8 +501,9 @@ def profile_figure(analysis: Analysis, out_dir: Path, name: str, experiment: str
         ratios = performance_ratios(times_to_target(analysis, axis))
         taus = default_taus(ratios)
         profile = performance_profile(ratios, taus)
+        colors = {name: c for w in reversed(analysis.workloads) for name, c in arm_colors(w).items()}
         for opt_name in profile.columns:
-            ax.step(profile.index, profile[opt_name], where="post", label=opt_name)
+            ax.step(profile.index, profile[opt_name], where="post", label=opt_name, color=colors.get(opt_name))
         ax.set_xscale("log")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xlabel(f"τ (ratio to the best {axis}-to-target)")

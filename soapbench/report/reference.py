@@ -16,16 +16,32 @@ A reference file holds the numbers of one paper comparison, each with its source
         versus: adamw                # savings and gaps: the other optimizer
         range: [lo, hi]  n_seeds: 6  paper_hyperparameters: {...}  note: ...
         source: <paper, table/figure>   tag: <paper_specs tag and section>
-    orderings:                       # qualitative claims: final loss, lowest first
-      - {setting: <id>, order: [kl_shampoo, soap, kl_soap], source: ..., tag: ...}
+    margin: {value: 0.01, reason: <why gaps inside ±value count as equivalent>}  # in the metric's units
+    regimes: {<setting id>: {tokens: 40.0e6, ...}}  # the regime of every claim of that setting without its own
     claims:                          # what the paper concludes, checked against our seeds
-      - {setting: <id>, kind: spread, arms: [adamw, soap f=1, ...], value: 0.013, text: ..., source: ..., tag: ...}
-      - {setting: <id>, kind: best, arm: shampoo f=1, among: [...], text: ..., source: ..., tag: ...}
-      - {setting: <id>, kind: order, order: [shampoo f=1, shampoo f=10], text: ..., source: ..., tag: ...}
+      - {setting: <id>, kind: spread, arms: [adamw, soap f=1, ...], value: 0.013, text: ..., source: ..., tag: ...,
+         regime: {tokens: 40.0e6, steps: 2500, same_parameter_treatment: true, why: ...}}
+      - {setting: <id>, kind: best, arm: shampoo f=1, among: [...], text: ..., regime: ..., source: ..., tag: ...}
+      - {setting: <id>, kind: order, order: [shampoo f=1, shampoo f=10], text: ..., regime: ..., source: ..., tag: ...}
+    orderings:                       # shorthand for kind: order claims (final loss, lowest first)
+      - {setting: <id>, order: [kl_shampoo, soap, kl_soap], regime: ..., source: ..., tag: ...}
     scale: {<setting id>: {steps: 5000, params: 10.65e6, tokens_per_step: 16384}}  # the paper's budget
     legend: <one line explaining the source tags>
 
-Names in orderings and claims are arms (``soap f=10``) or optimizers (their best arm).
+Names in claims are arms (``soap f=10``) or optimizers (their best arm).
+
+A claim's ``regime`` holds the conditions under which a run can test it (:data:`REGIME_KEYS`): at least
+``tokens`` (or ``samples``) seen per run, ``steps``, ``params``, ``tuning_runs_per_arm`` (where the paper's
+verdict rests on its tuning) and ``same_parameter_treatment`` (the arms train the parameters they do not
+compare alike, :mod:`soapbench.report.confounds`). A run that misses any is reported as measured effect sizes,
+and the claim's verdict is ``not tested`` with each unmet condition named. A claim without a regime is
+never tested.
+
+Inside its regime a claim is judged by paired t-tests (:mod:`soapbench.report.stats`) on the gaps it asserts,
+Holm-adjusted within the claim: an ordering's consecutive pairs, a best arm against each other arm, a spread's
+largest gap. ``holds``: every asserted gap significant in its direction (a spread: the 95% interval of its
+largest gap at most the stated value); ``does not hold``: a gap significantly reversed, every such pair named
+(a spread: that interval above the value); else ``inconclusive``, naming the unresolved pairs.
 
 Our side of each comparison: ``final_loss`` = mean final loss of our best configuration among those
 matching ``match``; ``best_loss`` = mean over its seeds of the lowest eval loss; ``step_saving`` =
@@ -42,8 +58,9 @@ from typing import Any
 
 import yaml
 
-from soapbench.report.analysis import WorkloadResult, best_of, pairwise, run_curve
-from soapbench.report.stats import difference_interval, estimate, welch
+from soapbench.report.analysis import OptimizerResult, WorkloadResult, best_of, pairwise, run_curve
+from soapbench.report.confounds import confounds
+from soapbench.report.stats import ALPHA, PairedTest, holm, paired_test
 from soapbench.report.store import ReportError
 
 QUANTITIES = ("final_loss", "best_loss", "step_saving", "time_saving", "final_gap")
@@ -67,15 +84,10 @@ class ReferenceEntry:
     note: str | None = None
 
 
-@dataclass(frozen=True)
-class Ordering:
-    setting: str
-    order: tuple[str, ...]
-    source: str
-    tag: str
-
-
 CLAIM_KINDS = ("spread", "best", "order")
+# Regime conditions a run must meet for a claim to be tested; every number is a minimum per run.
+REGIME_KEYS = ("tokens", "samples", "steps", "params", "tuning_runs_per_arm", "same_parameter_treatment", "why")
+CLAIM_VERDICTS = ("holds", "does not hold", "inconclusive", "not tested")
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,15 @@ class Claim:
     text: str
     source: str
     tag: str
+    regime: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Margin:
+    """Gaps inside ±value (in the metric's units) count as equivalent; ``reason`` says where the value comes from."""
+
+    value: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -97,8 +118,8 @@ class Reference:
     metric: str
     settings: dict[str, str]
     entries: tuple[ReferenceEntry, ...]
-    orderings: tuple[Ordering, ...]
     claims: tuple[Claim, ...] = ()
+    margin: Margin | None = None
     scale: dict[str, dict[str, float]] | None = None
     legend: str = ""
 
@@ -158,18 +179,14 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
                 note=raw.get("note"),
             )
         )
-    orderings = []
-    for i, raw in enumerate(data.get("orderings") or []):
-        where = f"{path.name} orderings[{i}]"
-        setting = str(_require(raw, "setting", where))
-        if only and setting != only:
-            continue
-        orderings.append(
-            Ordering(setting, tuple(_require(raw, "order", where)), str(raw.get("source", "")), str(raw.get("tag", "")))
-        )
+    regimes = data.get("regimes") or {}
+    if not isinstance(regimes, dict) or any(k not in settings for k in regimes):
+        raise ReportError(f"{path.name}: 'regimes' must map declared settings to their regimes")
     claims = []
-    for i, raw in enumerate(data.get("claims") or []):
-        where = f"{path.name} claims[{i}]"
+    raw_claims = [(f"claims[{i}]", raw) for i, raw in enumerate(data.get("claims") or [])]
+    raw_claims += [(f"orderings[{i}]", {**raw, "kind": "order"}) for i, raw in enumerate(data.get("orderings") or [])]
+    for label, raw in raw_claims:
+        where = f"{path.name} {label}"
         kind = str(_require(raw, "kind", where))
         setting = str(_require(raw, "setting", where))
         if kind not in CLAIM_KINDS:
@@ -182,10 +199,14 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
             names, value = (str(_require(raw, "arm", where)), *_require(raw, "among", where)), None
         else:
             names, value = tuple(_require(raw, "order", where)), None
+        regime = raw.get("regime", regimes.get(setting))
+        if regime is not None and (not isinstance(regime, dict) or set(regime) - set(REGIME_KEYS)):
+            raise ReportError(f"{where}: regime must be a mapping with keys among {', '.join(REGIME_KEYS)}")
         if only and setting != only:
             continue
-        claims.append(Claim(setting, kind, tuple(map(str, names)), value, str(raw.get("text", "")),
-                            str(raw.get("source", "")), str(raw.get("tag", ""))))
+        text = str(raw.get("text") or " ≤ ".join(map(str, names)))
+        claims.append(Claim(setting, kind, tuple(map(str, names)), value, text, str(raw.get("source", "")),
+                            str(raw.get("tag", "")), dict(regime) if regime is not None else None))
     scale = data.get("scale") or {}
     if not isinstance(scale, dict) or any(k not in settings for k in scale):
         raise ReportError(f"{path.name}: 'scale' must map declared settings to their budgets")
@@ -196,11 +217,20 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
         metric=str(data.get("metric", "val/loss")),
         settings={k: v for k, v in settings.items() if not only or k == only},
         entries=tuple(entries),
-        orderings=tuple(orderings),
         claims=tuple(claims),
+        margin=_margin(data.get("margin"), path.name),
         scale={str(k): {str(a): float(b) for a, b in (v or {}).items()} for k, v in scale.items()},
         legend=str(data.get("legend") or ""),
     )
+
+
+def _margin(raw: Any, where: str) -> Margin | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("value"), (int, float)) or raw["value"] <= 0 \
+            or not str(raw.get("reason") or "").strip():
+        raise ReportError(f"{where}: 'margin' must be {{value: <positive number>, reason: <where it comes from>}}")
+    return Margin(float(raw["value"]), str(raw["reason"]).strip())
 
 
 def _saving(efficiency: float | None) -> float | None:
@@ -232,18 +262,25 @@ def ours_for(entry: ReferenceEntry, workload: WorkloadResult) -> tuple[float | N
         return other.best.score - config.score, f"{entry.versus} − {entry.optimizer}"
     eff = pairwise(workload, entry.optimizer, entry.versus, entry.match)
     axis = "steps" if entry.quantity == "step_saving" else "time"
-    if eff[f"fit_{axis}"] is not None:
-        return _saving(eff[f"fit_{axis}"]), "schedule fit"
+    # The schedule fit is the paper's method, but it is trusted only where it has an uncertainty: with no more
+    # budgets than its three parameters it passes through every point, so the curve crossing is used instead.
+    fitted = getattr(eff["fit"], axis) if eff["fit"] is not None else None
+    if fitted is not None and fitted.interval is not None:
+        low, high = (_saving(v) for v in fitted.interval)
+        interval = f" [{low:.3g}, {high:.3g}]" if low is not None and high is not None else ""
+        return _saving(fitted.efficiency), f"schedule fit, 95% seed bootstrap{interval}"
     if eff[axis] is not None:
-        return _saving(eff[axis]), "curve crossing (no schedule fit)"
+        why = fitted.interval_note if fitted is not None and fitted.interval_note else "no schedule fit"
+        return _saving(eff[axis]), f"curve crossing (schedule fit: {why})"
     return None, f"target of {entry.versus} not reached or no runs"
 
 
 def check(relation: str, ours: float, paper: float) -> str:
+    """Our number beside the paper's: a comparison of two numbers, never a verdict on the paper (that is a claim's)."""
     if relation == ">=":
-        return "holds" if ours >= paper else "does not hold"
+        return "ours ≥ paper's" if ours >= paper else "ours < paper's"
     if relation == "<=":
-        return "holds" if ours <= paper else "does not hold"
+        return "ours ≤ paper's" if ours <= paper else "ours > paper's"
     return f"Δ = {ours - paper:+.4g}"
 
 
@@ -270,83 +307,127 @@ def compare(reference: Reference, workload: WorkloadResult) -> list[dict[str, An
     return rows
 
 
-def _arm_values(workload: WorkloadResult, name: str) -> tuple[str, list[float] | None]:
-    arm = workload.best_arm(name)
-    if arm is None or arm.best is None or not math.isfinite(arm.best.score):
-        return name, None
-    return arm.arm, arm.best.values
+# ---------------------------------------------------------------------------------------------
+# Claims: the regime first, then paired tests between the claim's arms
+# ---------------------------------------------------------------------------------------------
 
 
-def _order_verdict(workload: WorkloadResult, order: tuple[str, ...]) -> tuple[str, str]:
-    """(verdict, our numbers) for 'lowest first' along ``order``: holds / does not hold / within noise."""
-    found = [_arm_values(workload, n) for n in order]
-    missing = [n for n, v in found if v is None]
+def _claim_arms(workload: WorkloadResult, names: tuple[str, ...]) -> tuple[list[OptimizerResult], list[str]]:
+    found, missing = [], []
+    for name in names:
+        arm = workload.best_arm(name)
+        if arm is None or arm.best is None or not math.isfinite(arm.best.score):
+            missing.append(name)
+        else:
+            found.append(arm)
+    return found, missing
+
+
+def _measured(arms: list[OptimizerResult], key: str) -> float | None:
+    """The smallest per-run value of ``key`` (tokens, samples, steps, params) among the arms' reported runs."""
+    values = [float(v) for a in arms for r in a.best.completed if isinstance(v := (r.summary or {}).get(key), (int, float))]
+    if key == "steps" and not values:
+        values = [float(a.best.max_steps) for a in arms if a.best.max_steps]
+    return min(values) if values else None
+
+
+def _amount(value: float) -> str:
+    return _millions(value) if value >= 1e5 else f"{value:.0f}"
+
+
+def unmet_regime(claim: Claim, arms: list[OptimizerResult]) -> list[str]:
+    """Each condition of the claim's regime these arms' runs do not meet, said as 'what we ran, what it is about'."""
+    if claim.regime is None:
+        return ["the reference file states no regime for this claim"]
+    unmet = []
+    for key, noun in (("tokens", "tokens seen"), ("samples", "samples seen"), ("steps", "steps"), ("params", "params")):
+        wanted = claim.regime.get(key)
+        if wanted is None:
+            continue
+        ours = _measured(arms, key)
+        if ours is None:
+            unmet.append(f"{noun} unknown (no run records them), the claim is about ≥ {_amount(float(wanted))}")
+        elif ours < float(wanted):
+            unmet.append(f"{_amount(ours)} {noun}, the claim is about ≥ {_amount(float(wanted))}")
+    runs_wanted = claim.regime.get("tuning_runs_per_arm")
+    if runs_wanted is not None:
+        fewest = min(arms, key=lambda a: len(a.configs))
+        if len(fewest.configs) < int(runs_wanted):
+            unmet.append(f"{len(fewest.configs)} tuning configurations for {fewest.arm}, the paper's verdict rests "
+                         f"on {int(runs_wanted)} per arm")
+    if claim.regime.get("same_parameter_treatment"):
+        differing = sorted({k for a in arms[1:] for k, _, _ in confounds(a.treatment, arms[0].treatment)})
+        if differing:
+            unmet.append(f"the arms treat the parameters they do not compare differently ({', '.join(differing)})")
+    return unmet
+
+
+def _pair_text(lower: OptimizerResult, higher: OptimizerResult, test: PairedTest, p_adjusted: float | None,
+               d: int) -> str:
+    """'soap f=1 − shampoo f=1: −0.0100 [−0.0150, −0.0050], p_adj 0.01 (n=3)': an effect size with its interval."""
+    text = f"{higher.arm} − {lower.arm}: {test.mean_diff:+.{d}f}"
+    if test.ci95 is not None:
+        text += f" [{test.ci95[0]:+.{d}f}, {test.ci95[1]:+.{d}f}]"
+    if p_adjusted is not None:
+        text += f", Holm p {p_adjusted:.2g}"
+    return text + f" (n={test.n})"
+
+
+def _pairs(claim: Claim, arms: list[OptimizerResult]) -> list[tuple[OptimizerResult, OptimizerResult]]:
+    """(the arm the claim puts lower, the one it puts higher) for each gap the claim asserts."""
+    if claim.kind == "order":
+        return list(zip(arms, arms[1:]))
+    if claim.kind == "best":
+        return [(arms[0], other) for other in arms[1:]]
+    ranked = sorted(arms, key=lambda a: a.best.mean)
+    return [(ranked[0], ranked[-1])]
+
+
+def judge_claim(claim: Claim, workload: WorkloadResult) -> dict[str, Any]:
+    """Verdict, reason and the measured effects of one claim (see the module docstring)."""
+    arms, missing = _claim_arms(workload, claim.names)
     d = workload.decimals
-    ours = ", ".join(f"{n} {estimate(v).mean:.{d}f}" for n, v in found if v is not None)
     if missing:
-        return "n/a (missing: " + ", ".join(missing) + ")", ours
-    pairs = [welch(later, earlier) for (_, earlier), (_, later) in zip(found, found[1:])]
-    if any(p.verdict == "better" for p in pairs):  # a later arm significantly lower: reversed
-        return "does not hold", ours
-    if all(p.verdict == "worse" for p in pairs):
-        return "holds", ours
-    if any(p.verdict == "n/a" for p in pairs):
-        agrees = all(p.delta >= 0 for p in pairs)
-        return ("holds" if agrees else "does not hold") + " (n = 1: no noise estimate)", ours
-    agrees = all(p.delta >= 0 for p in pairs)
-    return "within noise (" + ("same order, gaps not significant" if agrees else "reversed, not significant") + ")", ours
-
-
-def check_orderings(reference: Reference, workload: WorkloadResult) -> list[dict[str, Any]]:
-    rows = []
-    for ordering in reference.orderings:
-        verdict, ours = _order_verdict(workload, ordering.order)
-        rows.append({"setting": ordering.setting, "claim": " ≤ ".join(ordering.order), "ours": ours,
-                     "check": verdict, "source": f"{ordering.source}; {ordering.tag}"})
-    return rows
-
-
-def _spread_verdict(workload: WorkloadResult, claim: Claim) -> tuple[str, str]:
-    found = [_arm_values(workload, n) for n in claim.names]
-    missing = [n for n, v in found if v is None]
-    if missing:
-        return "n/a (missing: " + ", ".join(missing) + ")", ""
-    means = [(estimate(v).mean, n, v) for n, v in found]
-    (low, low_name, low_values), (high, high_name, high_values) = min(means), max(means)
-    d = workload.decimals
-    ours = f"spread {high - low:.{d}f} ({high_name} {high:.{d}f} − {low_name} {low:.{d}f})"
-    interval = difference_interval(high_values, low_values)
-    if interval is None:
-        verdict = "holds" if high - low <= claim.value else "does not hold"
-        return verdict + " (n = 1: no noise estimate)", ours
-    ours += f"; 95% CI of the gap [{interval[0]:.{d}f}, {interval[1]:.{d}f}]"
-    if interval[1] <= claim.value:
-        return "holds", ours
-    if interval[0] > claim.value:
-        return "does not hold", ours
-    return "within noise", ours
+        return {"verdict": "not tested", "reason": "no usable runs of " + ", ".join(missing), "measured": ""}
+    pairs = _pairs(claim, arms)
+    tests = [paired_test(higher.best.seed_values(), lower.best.seed_values()) for lower, higher in pairs]
+    adjusted = holm([t.p_value for t in tests])
+    measured = "; ".join(_pair_text(lo, hi, t, p, d) for (lo, hi), t, p in zip(pairs, tests, adjusted))
+    unmet = unmet_regime(claim, arms)
+    if unmet:
+        return {"verdict": "not tested", "reason": "; ".join(unmet), "measured": measured}
+    if any(p is None for p in adjusted):
+        return {"verdict": "inconclusive", "reason": "fewer than 2 paired seeds: no test", "measured": measured}
+    if claim.kind == "spread":
+        (test,) = tests
+        low, high = test.ci95
+        if high <= claim.value:
+            return {"verdict": "holds", "reason": f"95% interval of the largest gap ≤ {claim.value:g}", "measured": measured}
+        if low > claim.value:
+            return {"verdict": "does not hold", "reason": f"95% interval of the largest gap > {claim.value:g}",
+                    "measured": measured}
+        return {"verdict": "inconclusive", "reason": f"95% interval of the largest gap straddles {claim.value:g}",
+                "measured": measured}
+    reversed_ = [f"{hi.arm} below {lo.arm}" for (lo, hi), t, p in zip(pairs, tests, adjusted) if p < ALPHA and t.mean_diff < 0]
+    if reversed_:
+        return {"verdict": "does not hold", "reason": "reversed (Holm p < 0.05): " + "; ".join(reversed_),
+                "measured": measured}
+    if all(p < ALPHA for p in adjusted):
+        return {"verdict": "holds", "reason": "every gap in the claimed direction (Holm p < 0.05)", "measured": measured}
+    open_pairs = [f"{lo.arm} vs {hi.arm}" + (" (reversed, not significant)" if t.mean_diff < 0 else "")
+                  for (lo, hi), t, p in zip(pairs, tests, adjusted) if p >= ALPHA]
+    return {"verdict": "inconclusive", "reason": "not significant after Holm: " + "; ".join(open_pairs),
+            "measured": measured}
 
 
 def check_claims(reference: Reference, workload: WorkloadResult) -> list[dict[str, Any]]:
-    """One row per paper claim: holds / does not hold / within noise, with our numbers."""
+    """One row per paper claim: holds / does not hold / inconclusive / not tested, why, and what we measured."""
     rows = []
     for claim in reference.claims:
-        if claim.kind == "spread":
-            verdict, ours = _spread_verdict(workload, claim)
-            what = f"final losses of {', '.join(claim.names)} within {claim.value:g}"
-        elif claim.kind == "best":
-            # "X is best" = X below each other arm: the order X ≤ other, pair by pair.
-            verdicts = [_order_verdict(workload, (claim.names[0], other)) for other in claim.names[1:]]
-            texts = [v for v, _ in verdicts]
-            verdict = next((v for v in texts if v.startswith(("n/a", "does not hold"))), None) or next(
-                (v for v in texts if not v.startswith("holds")), texts[0] if texts else "n/a")
-            found = [_arm_values(workload, n) for n in claim.names]
-            ours = ", ".join(f"{n} {estimate(v).mean:.{workload.decimals}f}" for n, v in found if v is not None)
-            what = f"{claim.names[0]} lowest among {', '.join(claim.names)}"
-        else:
-            verdict, ours = _order_verdict(workload, claim.names)
-            what = " ≤ ".join(claim.names)
-        rows.append({"setting": claim.setting, "claim": claim.text or what, "ours": ours, "check": verdict,
+        found = [workload.best_arm(n) for n in claim.names]
+        ours = ", ".join(f"{a.arm} {a.best.mean:.{workload.decimals}f}" for a in found
+                         if a is not None and a.best is not None and math.isfinite(a.best.score))
+        rows.append({"setting": claim.setting, "claim": claim.text, "ours": ours, **judge_claim(claim, workload),
                      "source": claim.source})
     return rows
 

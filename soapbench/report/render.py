@@ -1,4 +1,5 @@
-"""Turn an :class:`~soapbench.report.analysis.Analysis` into report.md, report.csv, configurations.csv, sources.json.
+"""Turn an :class:`~soapbench.report.analysis.Analysis` into report.md, report.csv, configurations.csv, sources.json,
+and the rows every verdict is made of: per_seed.csv, comparisons.csv and claims.csv (report.md prints the same rows).
 
 Formatting only: every number here was computed in analysis/efficiency/reference. Nothing is dropped:
 runs that are not in any mean (diverged, failed, running, no summary, unreadable) are counted per
@@ -15,10 +16,11 @@ from typing import Any, Sequence
 
 import pandas as pd
 
-from soapbench.report.analysis import Analysis, ConfigResult, OptimizerResult, WorkloadResult, fairness_warnings, machine_shared
+from soapbench.report.analysis import (Analysis, ConfigResult, OptimizerResult, WorkloadResult, comparisons,
+                                       fairness_warnings, machine_shared, seconds_per_step, timing_outliers)
 from soapbench.report.efficiency import AxisEfficiency
 from soapbench.report.figures import SavedFigure
-from soapbench.report.reference import Reference, check_claims, check_orderings, compare, paper_final_for
+from soapbench.report.reference import Reference, check_claims, compare, paper_final_for
 from soapbench.report.stats import decimals_for
 from soapbench.report.store import STATUSES, Run, status_counts
 
@@ -72,16 +74,51 @@ def final_text(config: ConfigResult | None, decimals: int = 4) -> str:
     return f"{est.mean:.{d}f} ± {est.std:.{d}f} [{est.low:.{d}f}, {est.high:.{d}f}] (n={est.n})"
 
 
-def verdict_text(arm: OptimizerResult, workload: WorkloadResult) -> str:
+def comparison_rows(workload: WorkloadResult, reference: Reference | None) -> list[dict[str, Any]]:
+    """One row per arm tested against the baseline: what comparisons.csv holds and the report's verdicts print.
+
+    ``mean_diff`` = arm − baseline over paired seeds (lower is better), its 95% interval, the paired t-test's p,
+    the Holm-adjusted p over this workload's comparisons, the equivalence margin and the verdict.
+    """
+    margin = reference.margin.value if reference is not None and reference.margin is not None else None
+    rows = []
+    for label, c in comparisons(workload, margin).items():
+        arm = workload.optimizers[label]
+        rows.append({
+            "arm": label, "baseline": workload.baseline, "n_pairs": c.test.n,
+            "mean_diff": _rounded(c.delta, 10), "ci_low": _rounded(c.test.ci95[0], 10) if c.test.ci95 else None,
+            "ci_high": _rounded(c.test.ci95[1], 10) if c.test.ci95 else None,
+            "p_value": c.p_value, "p_adjusted": c.p_adjusted, "margin": margin, "verdict": c.verdict,
+            "reason": c.reason,
+            "ci90_low": _rounded(c.test.ci90[0], 10) if c.test.ci90 else None,
+            "ci90_high": _rounded(c.test.ci90[1], 10) if c.test.ci90 else None,
+            "bootstrap_low": _rounded(c.test.bootstrap95[0], 10) if c.test.bootstrap95 else None,
+            "bootstrap_high": _rounded(c.test.bootstrap95[1], 10) if c.test.bootstrap95 else None,
+            "confounds": "; ".join(k for k, _, _ in arm.treatment_confounds)
+            + ("; " if arm.treatment_confounds and any(f for *_, f in arm.differences) else "")
+            + "; ".join(k for k, _, _, f in arm.differences if f),
+            "workload": workload.workload,
+        })
+    return rows
+
+
+def verdict_text(arm: OptimizerResult, workload: WorkloadResult, row: dict[str, Any] | None) -> str:
     if arm.arm == workload.baseline:
         return "baseline"
-    c = arm.versus_baseline
-    if c is None:
+    if row is None:
         return "–" if arm.best is None or not arm.best.diverged else "diverged"
     d = workload.decimals
-    if c.verdict == "n/a":
-        return f"Δ {c.delta:+.{d}f}; no test ({c.reason})"
-    return f"Δ {c.delta:+.{d}f}, p={c.p_value:.2g}: **{c.verdict}**"
+    text = f"Δ {row['mean_diff']:+.{d}f}"
+    if row["ci_low"] is not None:
+        text += f" [{row['ci_low']:+.{d}f}, {row['ci_high']:+.{d}f}]"
+    if row["p_adjusted"] is not None:
+        text += f", p={row['p_value']:.2g}, Holm p={row['p_adjusted']:.2g}"
+    text += f" (n={row['n_pairs']} pairs): **{row['verdict']}**"
+    if row["verdict"] == "inconclusive":
+        text += f" ({row['reason']})"
+    if row["confounds"]:
+        text += f"; ⚠ confounded: {row['confounds']}"
+    return text
 
 
 def tuned_text(arm: OptimizerResult) -> str:
@@ -139,7 +176,9 @@ def _fit_eff(axis: AxisEfficiency | None) -> str:
         return "no shortened runs"
     if axis.efficiency is None:
         return axis.reason or "–"
-    return f"{axis.efficiency:.2f}×" + (" (extrapolated)" if axis.extrapolated else "")
+    text = f"{axis.efficiency:.2f}×"
+    text += f" [{axis.interval[0]:.2f}, {axis.interval[1]:.2f}]" if axis.interval else f" ({axis.interval_note})"
+    return text + (" (extrapolated)" if axis.extrapolated else "")
 
 
 def _share(arm: OptimizerResult) -> str:
@@ -159,18 +198,21 @@ def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> lis
     """One row per arm (every variant, each with its own tuned hyperparameters)."""
     has_target = workload.target is not None
     has_fit = any(opt.schedule is not None for opt in workload.optimizers.values())
+    verdicts = {row["arm"]: row for row in comparison_rows(workload, reference)}
     rows = []
     for opt in workload.optimizers.values():
         curve = opt.best is not None and opt.best.curve is not None
         shared = opt.best is not None and machine_shared(opt.best.completed) is not None
+        slow = opt.best is not None and bool(set(timing_outliers(opt)) & {r.name for r in opt.best.completed})
         final_set = opt.best.final_set if opt.best else ""
         row = {
             "arm": opt.arm,
             "tuned (best of grid)": tuned_text(opt),
             "final: mean ± std [95% CI] (n)": final_text(opt.best, workload.decimals) + (" †" if final_set == "fixed validation set" else ""),
-            f"vs {workload.baseline}": verdict_text(opt, workload),
+            f"vs {workload.baseline}": verdict_text(opt, workload, verdicts.get(opt.arm)),
             "steps to target*": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
-            "time to target* [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}", shared),
+            "time to target* [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}", shared)
+            + (" (timing outlier in its seeds)" if slow and opt.seconds_to_target is not None else ""),
             "eff. steps": _eff(opt.efficiency_steps, opt.efficiency_steps_bound, has_target, curve),
             "eff. time": _eff(opt.efficiency_time, opt.efficiency_time_bound, has_target, curve)
             + (" (unreliable)" if shared and opt.efficiency_time is not None else ""),
@@ -195,9 +237,33 @@ def differences_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
             continue
         optimizer_keys = [f"{k.removeprefix('optimizer.')}={v}" for k, v, _, confound in opt.differences if not confound]
         confounds = [f"{k}: {v} (baseline {b})" for k, v, b, confound in opt.differences if confound]
+        confounds += [f"{k}: {_plain(v)} (baseline {_plain(b)})" for k, v, b in opt.treatment_confounds]
         rows.append({"arm": opt.arm, "optimizer settings (what is compared)": ", ".join(optimizer_keys) or "–",
                      "other differences (confounds)": "**" + "; ".join(confounds) + "**" if confounds else "none"})
     return rows
+
+
+def _trained_by(arm: OptimizerResult) -> str:
+    """'muon 0.21M (26%); companion_adamw 0.59M (74%)' from the runs' summaries (recorded since the trainer counts them)."""
+    counts = next(((r.summary or {}).get("params_by_optimizer") for r in (arm.best.completed if arm.best else [])
+                   if (r.summary or {}).get("params_by_optimizer")), None)
+    if not counts:
+        return "not recorded (runs older than the per-optimizer count)"
+    total = sum(counts.values()) or 1
+    ordered = sorted(counts.items(), key=lambda kv: kv[0].startswith("companion"))  # the main optimizer first
+    return "; ".join(f"{name} {n / 1e6:.3g}M ({n / total:.0%})" for name, n in ordered)
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else _short(value)
+
+
+def treatment_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
+    """Per arm: who trains which parameters, and with what, for the parameters no arm compares."""
+    keys = list(dict.fromkeys(k for o in workload.optimizers.values() for k in o.treatment))
+    return [{"arm": o.arm, "parameters per optimizer": _trained_by(o),
+             **{k: _plain(o.treatment.get(k, "–")) for k in keys}}
+            for o in workload.optimizers.values() if o.best is not None]
 
 
 def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
@@ -229,6 +295,8 @@ def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "budget to target": _num(axis.budget_to_target, "{:.1f}"),
                     "baseline budget": _num(axis.baseline_budget, "{:.1f}"),
                     "efficiency": _num(axis.efficiency, "{:.3f}×"),
+                    "95% interval": (f"[{axis.interval[0]:.3f}, {axis.interval[1]:.3f}]" if axis.interval
+                                     else axis.interval_note or "–"),
                     "notes": "; ".join(notes) or "–",
                 }
             )
@@ -288,11 +356,12 @@ def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
 def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, Any]]:
     rows = []
     for w in analysis.workloads:
+        verdicts = {row["arm"]: row for row in comparison_rows(w, reference)}
         for opt in w.optimizers.values():
             best = opt.best
             sched = opt.schedule
             fit_s = sched.steps.outcome.fit if sched and sched.steps.outcome.reason is None else None
-            comparison = opt.versus_baseline
+            comparison = verdicts.get(opt.arm)
             rows.append(
                 {
                     "workload": w.workload,
@@ -306,9 +375,10 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "final_ci95_high": _rounded(best.estimate.high, w.decimals) if best else None,
                     "final_set": best.final_set if best else None,
                     "n_seeds": best.n if best else 0,
-                    "delta_vs_baseline": _rounded(comparison.delta, w.decimals) if comparison else None,
-                    "p_value_vs_baseline": comparison.p_value if comparison else None,
-                    "verdict_vs_baseline": comparison.verdict if comparison else ("baseline" if opt.arm == w.baseline else None),
+                    "delta_vs_baseline": _rounded(comparison["mean_diff"], w.decimals) if comparison else None,
+                    "p_value_vs_baseline": comparison["p_value"] if comparison else None,
+                    "p_adjusted_vs_baseline": comparison["p_adjusted"] if comparison else None,
+                    "verdict_vs_baseline": comparison["verdict"] if comparison else ("baseline" if opt.arm == w.baseline else None),
                     "wallclock_unreliable": machine_shared(best.completed) if best else None,
                     "best_diverged_seeds": best.diverged if best else 0,
                     "target": w.target,
@@ -323,8 +393,11 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "fit_b": fit_s.b if fit_s else None,
                     "fit_beta": fit_s.beta if fit_s else None,
                     "fit_efficiency_steps": sched.steps.efficiency if sched else None,
+                    "fit_efficiency_steps_ci95_low": sched.steps.interval[0] if sched and sched.steps.interval else None,
+                    "fit_efficiency_steps_ci95_high": sched.steps.interval[1] if sched and sched.steps.interval else None,
                     "fit_efficiency_time": sched.time.efficiency if sched else None,
-                    "fit_note_steps": sched.steps.reason if sched else "no shortened-schedule runs",
+                    "fit_note_steps": (sched.steps.reason or sched.steps.interval_note) if sched
+                    else "no shortened-schedule runs",
                     "fit_note_time": sched.time.reason if sched else "no shortened-schedule runs",
                     **{f"runs_{s}": opt.counts.get(s, 0) for s in STATUSES},
                     "paper_final": paper_final_for(reference, w, opt.arm) if reference else None,
@@ -377,15 +450,19 @@ def _provenance(analysis: Analysis) -> list[str]:
     return [f"- git commits of the runs: {unique('git_commit')}", f"- devices: {unique('device')}"]
 
 
-def table_notes(w: WorkloadResult) -> list[str]:
+def table_notes(w: WorkloadResult, reference: Reference | None = None) -> list[str]:
     """What the main table's columns mean, with the numbers that qualify them (eval spacing, the final set)."""
     spacing = f"every {w.eval_interval} steps" if w.eval_interval else "at each run's evaluation steps"
     sets = {o.best.final_set for o in w.optimizers.values() if o.best is not None and o.best.n}
     notes = [
         "Each arm is one optimizer setting (e.g. precondition frequency) with its own tuned hyperparameters; "
         "'final' is the best configuration's mean over seeds with its sample std and 95% t-interval.",
-        f"'vs {w.baseline}': Δ = arm − baseline in mean final loss, Welch's t-test over seeds (two-sided, α = 0.05); "
-        "**tie** = the gap is not significant.",
+        f"'vs {w.baseline}': Δ = arm − baseline in final loss over the seeds both ran (paired: same initial weights "
+        "and batches per seed) with its 95% interval; paired t-test (`scipy.stats.ttest_rel`, two-sided), p-values "
+        f"Holm-adjusted across the {len(comparisons(w, None))} comparison(s) with the baseline in this table; "
+        "**better**/**worse** = Holm p < 0.05; **equivalent** = not significant and the 90% interval inside "
+        "±margin (TOST at 5%); **inconclusive** = neither, with the smallest gap these seeds detect at 80% power. "
+        + _margin_note(reference) + " Every number is in per_seed.csv and comparisons.csv.",
         f"*Steps and time to target are interpolated linearly between evaluations ({spacing}) on the mean curve "
         "over seeds of the fixed evaluation set; efficiency = the baseline's steps (seconds) to target / the arm's "
         "(>1 is better).",
@@ -396,8 +473,15 @@ def table_notes(w: WorkloadResult) -> list[str]:
         notes.append("Final losses are on the whole validation split; the target uses the fixed evaluation set "
                      "of the curves, so that crossings and target are on the same data.")
     notes.append("'optimizer time share' = optimizer.step() seconds / training seconds; 'state memory' = the "
-                 "optimizer's state tensors at the end of training; 'runs' counts every run of the arm.")
+                 "optimizer's state tensors at the end of training, the companion's included; 'runs' counts every "
+                 "run of the arm.")
     return notes
+
+
+def _margin_note(reference: Reference | None) -> str:
+    if reference is None or reference.margin is None:
+        return "No equivalence margin is stated (no reference file with one), so no gap is called equivalent."
+    return f"Margin ±{reference.margin.value:g} ({reference.margin.reason})."
 
 
 _COMPARE_COLUMNS = ["setting", "optimizer", "quantity", "paper", "ours", "ours_how", "check", "our scale vs paper's",
@@ -444,11 +528,19 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
 
 
 def verdict_lines(reference: Reference | None, w: WorkloadResult) -> list[str]:
-    """The paper's claims, one line each: what it says, holds / does not hold / within noise, our numbers."""
+    """The paper's claims this run can test, one line each: what it says, the verdict and why, our numbers."""
     if reference is None:
         return []
-    rows = check_claims(reference, w) + check_orderings(reference, w)
-    return [f"- [{row['setting']}] {row['claim']}: **{row['check']}** ({row['ours']})" for row in rows]
+    return [f"- [{row['setting']}] {row['claim']}: **not tested**: {row['reason']}" if row["verdict"] == "not tested"
+            else f"- [{row['setting']}] {row['claim']}: **{row['verdict']}** ({row['reason']}; {row['ours']})"
+            for row in check_claims(reference, w)]
+
+
+def measured_rows(reference: Reference, w: WorkloadResult) -> list[dict[str, Any]]:
+    """Claims outside their regime: what we measured, as effect sizes with intervals, not as a verdict."""
+    return [{"claim": f"[{row['setting']}] {row['claim']}", "why not tested": row["reason"],
+             "measured (arm − arm, 95% interval, Holm p, n)": row["measured"] or "–"}
+            for row in check_claims(reference, w) if row["verdict"] == "not tested"]
 
 
 def reference_section(reference: Reference, w: WorkloadResult, metric: str) -> list[str]:
@@ -458,7 +550,12 @@ def reference_section(reference: Reference, w: WorkloadResult, metric: str) -> l
     out += [f"- setting `{k}`: {v}" for k, v in reference.settings.items()] + [""]
     claims = verdict_lines(reference, w)
     if claims:
-        out += ["Paper claims, checked against our seeds:", "", *claims, ""]
+        out += ["Paper claims, checked against our seeds where the run meets the claim's regime (verdicts: holds, "
+                "does not hold, inconclusive, not tested):", "", *claims, ""]
+    measured = measured_rows(reference, w)
+    if measured:
+        out += ["#### Measured at our scale (effect sizes, not verdicts on the paper)", "",
+                md_table(measured, list(measured[0])), ""]
     comparisons = compare(reference, w)
     if comparisons:
         out += [md_table(comparisons, _COMPARE_COLUMNS), ""]
@@ -480,12 +577,18 @@ def markdown(
     tables = []
     for w in analysis.workloads:
         tables.append(main_table(w, reference) + ("\n\n" + "\n".join(verdict_lines(reference, w)) if reference else ""))
-        out += [main_table(w, reference), "", *[f"- {n}" for n in table_notes(w)], ""]
+        out += [main_table(w, reference), "", *[f"- {n}" for n in table_notes(w, reference)], ""]
         if w.experiment in analysis.tuning:
             out += ["### Tuning", "", *tuning_lines(analysis.tuning[w.experiment]), ""]
         differences = differences_rows(w)
         if differences:
             out += ["### What differs from the baseline arm", "", md_table(differences, list(differences[0])), ""]
+        treated = treatment_rows(w)
+        if treated:
+            out += ["### Who trains which parameters", "",
+                    "Read from each arm's config.yaml (the companion takes the main optimizer's lr and weight decay "
+                    "unless set); a difference between arms here is a confound, flagged beside the verdict.", "",
+                    md_table(treated, list(treated[0])), ""]
         efficiency = efficiency_rows(w)
         if efficiency:
             out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "",
@@ -507,7 +610,46 @@ def markdown(
     return "\n".join(out) + "\n", "\n\n".join(tables) + "\n"
 
 
+def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
+    """One row per full-budget run with a final value: role ``report`` when it is one of the seeds averaged into
+    its arm's reported mean, else ``tune`` (a run the lr search made)."""
+    rows = []
+    for opt in w.optimizers.values():
+        slow = timing_outliers(opt)
+        for config in opt.configs:
+            finals = config.seed_values()
+            for run in config.runs:
+                if run.status == "diverged":
+                    final = math.inf
+                elif run in config.completed:
+                    final = finals[str(run.seed)]
+                else:
+                    continue
+                rows.append({"arm": opt.arm, "seed": run.seed,
+                             "role": "report" if config is opt.best and run in config.completed else "tune",
+                             "hyperparameters": hyperparameter_text(config), "final": final,
+                             "seconds_per_step": seconds_per_step(run), "timing_outlier": run.name in slow,
+                             "run": run.name, "workload": w.workload})
+    return rows
+
+
+PER_SEED_COLUMNS = ["arm", "seed", "role", "hyperparameters", "final", "seconds_per_step", "timing_outlier", "run",
+                    "workload"]
+COMPARISON_COLUMNS = ["arm", "baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted", "margin",
+                      "verdict", "reason", "ci90_low", "ci90_high", "bootstrap_low", "bootstrap_high", "confounds",
+                      "workload"]
+CLAIM_COLUMNS = ["claim", "verdict", "reason", "measured", "setting", "workload"]
+
+
 def write_tables(out_dir: Path, analysis: Analysis, reference: Reference | None) -> None:
     pd.DataFrame(csv_rows(analysis, reference)).to_csv(out_dir / "report.csv", index=False)
     rows = [row for w in analysis.workloads for row in configuration_rows(w)]
     pd.DataFrame(rows).to_csv(out_dir / "configurations.csv", index=False)
+    # Every verdict recomputable: the per-seed finals, the paired comparisons and the claims, as report.md has them.
+    seeds = [row for w in analysis.workloads for row in per_seed_rows(w)]
+    pd.DataFrame(seeds, columns=PER_SEED_COLUMNS).to_csv(out_dir / "per_seed.csv", index=False)
+    compared = [row for w in analysis.workloads for row in comparison_rows(w, reference)]
+    pd.DataFrame(compared, columns=COMPARISON_COLUMNS).to_csv(out_dir / "comparisons.csv", index=False)
+    claims = [{**row, "workload": w.workload} for w in analysis.workloads
+              for row in (check_claims(reference, w) if reference is not None else [])]
+    pd.DataFrame(claims, columns=CLAIM_COLUMNS).to_csv(out_dir / "claims.csv", index=False)
