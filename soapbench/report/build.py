@@ -120,8 +120,7 @@ def build_report(
     saved = draw_figures(analysis, out_dir) if figures else []
     report, tables = markdown(analysis, command, generated, reference, saved)
     (out_dir / "report.md").write_text(report, encoding="utf-8")
-    arms = list(dict.fromkeys(arm for w in analysis.workloads for arm in w.optimizers))
-    write_html(report, analysis, saved, figs._colors(arms), out_dir)
+    write_html(report, analysis, saved, out_dir)
     write_tables(out_dir, analysis, reference)
     sources = sources_json(analysis, command, saved)
     sources["generated"] = generated

@@ -23,7 +23,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from soapbench.report.analysis import Analysis, WorkloadResult
-from soapbench.report.figures import SavedFigure
+from soapbench.report.figures import SavedFigure, arm_colors
 
 VERDICT_CLASSES = {
     "better": "good", "holds": "good", "worse": "bad", "does not hold": "bad", "equivalent": "same",
@@ -98,12 +98,13 @@ def _hex(colour: tuple) -> str:
     return "#" + "".join(f"{round(channel * 255):02x}" for channel in colour[:3])
 
 
-def render_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure], colours: dict[str, tuple]) -> str:
+def render_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure]) -> str:
     body = markdown_lib.markdown(report_markdown, extensions=["tables", "fenced_code"])
     body = re.sub(r"(<td[^>]*>)(.*?)(</td>)", _colour_verdicts, body, flags=re.S)
     plots, include_js = [], True
     for workload in analysis.workloads:
-        figure = curves_figure(workload, analysis.metric, {arm: _hex(c) for arm, c in colours.items()})
+        colours = {arm: _hex(c) for arm, c in arm_colors(workload).items()}  # the PNG figures' colours
+        figure = curves_figure(workload, analysis.metric, colours)
         if figure is None:
             continue
         plots.append(figure.to_html(full_html=False, include_plotlyjs=include_js, config={"responsive": True}))
@@ -118,8 +119,7 @@ def render_html(report_markdown: str, analysis: Analysis, figures: Sequence[Save
     )
 
 
-def write_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure], colours: dict[str, tuple],
-               out_dir: Path) -> Path:
+def write_html(report_markdown: str, analysis: Analysis, figures: Sequence[SavedFigure], out_dir: Path) -> Path:
     path = out_dir / "report.html"
-    path.write_text(render_html(report_markdown, analysis, figures, colours), encoding="utf-8")
+    path.write_text(render_html(report_markdown, analysis, figures), encoding="utf-8")
     return path
