@@ -35,7 +35,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from soapbench.tuning import (  # noqa: E402
-    MAX_EXTENSIONS, Arm, Design, Interrupted, Job, Planner, parity_differences, run_design, simulate, train_command, write_json_atomic,
+    MAX_EXTENSIONS, Arm, Design, Interrupted, Job, Planner, parity_differences, run_design, simulate, train_command,
+    write_json_atomic,
 )
 
 SCALES = ("cpu", "paper")
@@ -311,7 +312,8 @@ def sweep(reproduction: Reproduction, experiment: str, args: argparse.Namespace,
     """A reproduction with its own grid (``hydra.sweeper.params``), its arms checked for parity first."""
     import yaml
 
-    params = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())["hydra"]["sweeper"]["params"]
+    preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
+    params = preset["hydra"]["sweeper"]["params"]
     variants = [v.strip() for v in str(params.get("variant", "")).split(",") if v.strip()]
     check_parity(experiment, {v: _compose(experiment, [f"variant={v}", *extra]) for v in variants})
     runs = math.prod(len(str(values).split(",")) for values in params.values())
