@@ -1,32 +1,45 @@
 """Reproduce a paper comparison with one command: tune and seed every arm, then report ours beside the paper's.
 
-    python scripts/reproduce.py whitening_nanogpt --scale cpu            # the main job
-    python scripts/reproduce.py whitening_nanogpt --scale full --jobs 8   # 8 GPUs: one run on each
+    python scripts/reproduce.py whitening_nanogpt --scale cpu               # the main job (AdamW, Shampoo, SOAP at f=10)
+    python scripts/reproduce.py whitening_nanogpt --scale cpu --all-arms    # all five arms of (a), f=1 included
+    python scripts/reproduce.py whitening_nanogpt --scale paper --jobs 8    # 8 GPUs: one run on each
+    python scripts/reproduce.py whitening_nanogpt --scale paper --dry-run   # the plan, its run count and GPU hours
 
 Each reproduction is an experiment preset per scale (``configs/experiment/``), a design of arms
 (``configs/variant/`` yamls) and a reference file of paper numbers (``results/reference/``). Every arm's
-learning rate is tuned on a log grid around its yaml value and the best runs on several seeds
-(:mod:`soapbench.tuning`); expensive siblings (f = 1) reuse their cheap sibling's tuned lr. Runs go
-``--jobs`` at a time with one thread each. Re-running is safe: finished runs are reused, interrupted ones
-resume. Ctrl-C or SIGTERM checkpoints the running jobs and stops the whole reproduction (exit 130/143);
-the same command continues it. Everything after ``--`` is passed to every run (extra overrides), except what the protocol sets (lr, seed, variant).
+learning rate is tuned on a log grid around its yaml value on tuning seeds, extended while its best is on
+an edge, and the best runs on other seeds, the ones reported (:mod:`soapbench.tuning`); at CPU scale
+expensive siblings (f = 1) reuse their cheap sibling's tuned lr, and tuning.json says so per arm. Before
+anything runs, every arm's config is composed and checked to differ from the others only in the compared
+optimizer's own knobs (weight decay, companion and its roles, schedule equal); the plan, its run count
+and a time estimate are printed (``--dry-run`` stops there, writing nothing). Runs go ``--jobs`` at a
+time with one thread each. Re-running is safe: finished runs are reused, interrupted ones resume.
+Ctrl-C or SIGTERM checkpoints the running jobs and stops the whole reproduction (exit 130/143); the same
+command continues it. Everything after ``--`` is passed to every run (extra overrides), except what the
+protocol sets (lr, seed, variant).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from soapbench.tuning import Arm, Design, Interrupted, Job, Planner, run_design, train_command, write_json_atomic  # noqa: E402
+from soapbench.tuning import (  # noqa: E402
+    MAX_EXTENSIONS, Arm, Design, Interrupted, Job, Planner, parity_differences, run_design, simulate, train_command,
+    write_json_atomic,
+)
+
+SCALES = ("cpu", "paper")
 
 
 @dataclass(frozen=True)
@@ -34,56 +47,77 @@ class Reproduction:
     description: str
     experiments: dict[str, str]  # scale -> experiment preset
     reference: str
-    compute: dict[str, str]
+    # Seconds one run of cost 1.0 takes at each scale, for the estimate printed before anything runs:
+    # at "cpu" from runs measured two at a time on 2 cores (start-up and final evaluation included), at
+    # "paper" on one H100 (rough, scaled from the paper's setup). An estimate, never a measurement.
+    unit_seconds: dict[str, float]
     # The optimizer whose best final loss is the target for steps/time-to-target and efficiency ratios.
     baseline: str = "adamw"
     arms: tuple[Arm, ...] = ()  # empty: the preset's own grid sweep (hydra.sweeper.params), untuned
-    seeds: int = 3
+    seeds: int = 3  # report seeds per arm
+    tune_seeds: int = 1
     points: int = 3  # lr grid points before any edge extension
+    max_extensions: int = MAX_EXTENSIONS  # edge extensions per arm before its best is flagged as on the edge
+    cpu_arms: tuple[str, ...] = ()  # the CPU-scale default subset when all arms do not fit its budget (--all-arms: all)
+    note: dict[str, str] = field(default_factory=dict)  # per scale, what a sweep reproduction costs (no design to estimate from)
 
-    def arms_for(self, scale: str) -> tuple[Arm, ...]:
-        """At CPU scale expensive siblings borrow a tuned lr; at full scale every arm is tuned."""
-        return self.arms if scale == "cpu" else tuple(replace(a, tune_from=None) for a in self.arms)
+    def arms_for(self, scale: str, all_arms: bool = False) -> tuple[Arm, ...]:
+        """At CPU scale expensive siblings borrow a tuned lr (and a subset may be the default); at paper scale every arm is tuned."""
+        if scale != "cpu":
+            return tuple(replace(a, tune_from=None) for a in self.arms)
+        if self.cpu_arms and not all_arms:
+            return tuple(a for a in self.arms if a.variant in self.cpu_arms)
+        return self.arms
 
 
 REPRODUCTIONS = {
     "whitening_nanogpt": Reproduction(
         "(a) gradient-whitening paper: AdamW vs Shampoo vs SOAP at precondition frequency 1 and 10, nanoGPT char",
-        {"cpu": "whitening_nanogpt_cpu", "full": "whitening_nanogpt"},
+        {"cpu": "whitening_nanogpt_cpu", "paper": "whitening_nanogpt"},
         "whitening_nanogpt",
-        {"cpu": "about 21 minutes on 2 idle CPU cores (measured: 24 runs)", "full": "about 25 runs, about 3 H100-hours"},
-        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 2.5), Arm("soap_f10", 3.0),
-              Arm("shampoo_f1", 12.0, tune_from="shampoo_f10"), Arm("soap_f1", 10.0, tune_from="soap_f10")),
+        # cpu: AdamW's measured 33-45 s per run (two at a time) plus ~15 s start-up and whole-split evaluation;
+        # costs from results/reproductions/whitening_nanogpt_cpu/configurations.csv (train_seconds_mean)
+        {"cpu": 55.0, "paper": 200.0},
+        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.5), Arm("soap_f10", 1.4),
+              Arm("shampoo_f1", 4.1, tune_from="shampoo_f10"), Arm("soap_f1", 3.1, tune_from="soap_f10")),
+        seeds=5, tune_seeds=2,
+        # all five arms at 5 report seeds are ~33-40 min on 2 cores (estimate): over the main job's 35
+        cpu_arms=("adamw", "shampoo_f10", "soap_f10"),
     ),
     "whitening_colorization": Reproduction(
         "(b) gradient-whitening paper: Adam vs Shampoo vs SOAP (frequency 1 and 10) on image colorization",
-        {"cpu": "whitening_colorization_cpu", "full": "whitening_colorization"},
+        {"cpu": "whitening_colorization_cpu", "paper": "whitening_colorization"},
         "whitening_colorization",
-        {"cpu": "about 10 minutes on 2 idle CPU cores (measured: 22 runs)", "full": "about 25 runs, about 5 H100-hours"},
-        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.5), Arm("soap_f10", 1.5),
-              Arm("shampoo_f1", 4.0, tune_from="shampoo_f10"), Arm("soap_f1", 4.0, tune_from="soap_f10")),
+        # cpu: from results/reproductions/whitening_colorization_cpu (AdamW 31 s per run, two at a time, + 15 s)
+        {"cpu": 46.0, "paper": 400.0},
+        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.15), Arm("soap_f10", 1.1),
+              Arm("shampoo_f1", 1.3), Arm("soap_f1", 1.25)),  # f=1 is cheap here: tuned on its own grid
     ),
     "soap_lm": Reproduction(
         "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, frequency ablation, efficiency fit)",
-        {"cpu": "soap_lm_cpu", "full": "soap_lm_360m"},
+        {"cpu": "soap_lm_cpu", "paper": "soap_lm_360m"},
         "soap_lm",
-        {"cpu": "about 30 minutes on 2 idle CPU cores (measured: 27 runs)", "full": "about 40 runs of ~4 H100-hours: a cluster job (hydra/launcher=slurm)"},
+        {},
+        note={"cpu": "about 30 minutes on 2 idle CPU cores (measured before the shared companion: 27 runs)",
+              "paper": "runs of ~4 H100-hours each: a cluster job (hydra/launcher=slurm)"},
     ),
     "soap_muon": Reproduction(
-        "(d) SOAP-Muon report: Muon vs SOAP-Muon at precondition frequency 1 and 40",
-        {"cpu": "soap_muon_cpu", "full": "soap_muon_124m"},
+        "(d) SOAP-Muon report: Muon (10 Newton-Schulz steps, as the report's baseline) vs SOAP-Muon at precondition frequency 1 and 40",
+        {"cpu": "soap_muon_cpu", "paper": "soap_muon_124m"},
         "soap_muon",
-        {"cpu": "about 15 minutes on 2 idle CPU cores (measured: 14 runs)", "full": "about 20 runs of ~2.5 H100-hours"},
+        # cpu: from results/reproductions/soap_muon_cpu (Muon 68 s per run at 5 Newton-Schulz steps, + 15 s, + ~10%)
+        {"cpu": 90.0, "paper": 7200.0},
         baseline="muon",
-        arms=(Arm("muon", 3.0), Arm("soap_muon_f40", 3.0), Arm("soap_muon_f1", 8.0, tune_from="soap_muon_f40")),
+        arms=(Arm("muon_ns10", 1.0), Arm("soap_muon_f40", 1.5), Arm("soap_muon_f1", 1.5)),  # f=1 tuned on its own grid
     ),
     "kl_methods": Reproduction(
         "(e) KL paper: KL-Shampoo and KL-SOAP vs Shampoo and SOAP",
-        {"cpu": "kl_methods_cpu", "full": "kl_methods_124m"},
+        {"cpu": "kl_methods_cpu", "paper": "kl_methods_124m"},
         "kl_methods",
-        {"cpu": "about 19 minutes on 2 idle CPU cores (measured: 24 runs)", "full": "about 20 runs of ~3 H100-hours"},
+        # cpu: from results/reproductions/kl_methods_cpu (Shampoo 80 s per run, two at a time, + 15 s)
+        {"cpu": 95.0, "paper": 10000.0},
         baseline="shampoo",
-        arms=(Arm("shampoo_f10", 1.0), Arm("soap_f10", 1.0), Arm("kl_shampoo_f10", 1.2), Arm("kl_soap_f10", 1.2)),
+        arms=(Arm("shampoo_f10", 1.0), Arm("soap_f10", 0.96), Arm("kl_shampoo_f10", 1.08), Arm("kl_soap_f10", 1.07)),
     ),
 }
 
@@ -183,22 +217,66 @@ def _thread_overrides(jobs: int) -> list[str]:
 _PROTOCOL_KEYS = ("optimizer.lr", "seed", "variant", "sweep_keys")
 
 
-def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
+def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> Planner:
+    """The design's planner, every arm's config composed and checked for parity first (BadInput if not)."""
     for override in extra:
         key = override.lstrip("+~").split("=", 1)[0]
         if key in _PROTOCOL_KEYS:
             raise BadInput(f"{key}: set by the tuning protocol for every run; drop '{override}' "
                            "(use --seeds for the seed count, or scripts/train.py for a single configuration)")
-    arms = reproduction.arms_for(args.scale)
-    design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points)
+    arms = reproduction.arms_for(args.scale, args.all_arms)
+    design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points,
+                    tune_seeds=reproduction.tune_seeds, max_extensions=reproduction.max_extensions)
     base = _compose(experiment, extra)
-    yaml_lrs = {a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms}
+    base_seed = int(base.get("seed") or 0)
     # every planned run's config must be one train.py accepts, before the first one starts
+    configs = {a.variant: _compose(experiment, [f"variant={a.variant}", *extra]) for a in arms}
     for arm in arms:
-        _compose(experiment, [*Job(arm.variant, yaml_lrs[arm.variant], int(base.get("seed") or 0),
+        _compose(experiment, [*Job(arm.variant, float(configs[arm.variant]["optimizer"]["lr"]), base_seed,
                                    "grid", arm.cost).overrides(), *extra])
-    planner = Planner(design, yaml_lrs)
-    planner.base_seed = int(base.get("seed") or 0)
+    check_parity(experiment, configs)
+    return Planner(design, {a: float(c["optimizer"]["lr"]) for a, c in configs.items()}, base_seed)
+
+
+def check_parity(experiment: str, configs: dict[str, dict]) -> None:
+    differences = parity_differences(configs)
+    if differences:
+        raise BadInput(f"{experiment}: the arms differ in what they do not compare ({'; '.join(differences)}); "
+                       f"set it once for every arm in configs/experiment/{experiment}.yaml")
+
+
+def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int) -> list[str]:
+    """The plan in words, with its run count and time from :func:`soapbench.tuning.simulate` (an estimate)."""
+    design, logs = planner.design, planner.logs
+    yaml_lrs = {name: log.yaml_lr for name, log in logs.items()}
+    borrowers = [f"{a.variant} takes {a.tune_from}'s tuned lr (not tuned: recorded in tuning.json)"
+                 for a in design.arms if a.tune_from]
+    lines = [f"arms: {', '.join(a.variant for a in design.arms)}",
+             f"tuning seeds {planner.tune_seeds}, report seeds {planner.report_seeds} (disjoint); lr grid of "
+             f"{design.points} points x{design.factor:.2f} around each yaml lr, extended while the best is on an edge, "
+             f"at most {design.max_extensions} times",
+             *borrowers]
+    unit = reproduction.unit_seconds.get(scale, 0.0)
+    cases = {"no extension": lambda j: abs(math.log(j.lr / yaml_lrs[j.arm])),
+             f"every arm extended {design.max_extensions} times": lambda j: -j.lr}
+    for case, final_of in cases.items():
+        fresh = Planner(design, yaml_lrs, planner.base_seed)
+        runs, wall, busy = simulate(fresh, final_of, lambda j: j.cost * unit, jobs)
+        if scale == "cpu":
+            cost = f"~{wall / 60:.0f} min at {jobs} jobs at a time on idle cores"
+        else:
+            cost = f"~{busy / 3600:.0f} GPU-hours (~{wall / 3600:.1f} h wall at {jobs} jobs)"
+        lines.append(f"planned runs ({case}): {runs}; estimated {cost}")
+    lines.append("(estimates from per-run times of earlier runs, not measurements)")
+    return lines
+
+
+def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
+    planner = plan(reproduction, experiment, args, extra)
+    for line in describe(planner, reproduction, args.scale, args.jobs):
+        print(line, flush=True)
+    if args.dry_run:
+        return 0
     results_dir = Path(args.results_dir)
     store = Store(results_dir, experiment, extra)
     log_dir = results_dir / "sweeps" / experiment / "logs"
@@ -221,8 +299,6 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
         final = store.final(job)
         return None if final is False else final
 
-    print(f"arms: {', '.join(a.variant for a in arms)}; lr grid x{design.factor:.2f} around each yaml lr, "
-          f"{design.points} points, then {design.seeds} seeds; {args.jobs} jobs at a time, 1 thread each", flush=True)
     try:
         counts = run_design(planner, launch, outcome, store.final, args.jobs, log_dir)
     finally:
@@ -230,6 +306,26 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
                           planner.tuning_record())
     print(f"runs: {counts['ran']} run, {counts['reused']} reused from the store, {counts['failed']} failed", flush=True)
     return 1 if counts["failed"] else 0
+
+
+def sweep(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
+    """A reproduction with its own grid (``hydra.sweeper.params``), its arms checked for parity first."""
+    import yaml
+
+    preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
+    params = preset["hydra"]["sweeper"]["params"]
+    variants = [v.strip() for v in str(params.get("variant", "")).split(",") if v.strip()]
+    check_parity(experiment, {v: _compose(experiment, [f"variant={v}", *extra]) for v in variants})
+    runs = math.prod(len(str(values).split(",")) for values in params.values())
+    command = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"experiment={experiment}",
+               f"paths.results_dir={args.results_dir}", *extra]  # fmt: skip
+    print(f"arms: {', '.join(variants)} (this reproduction's own grid, not tuned per arm)\nplanned runs: {runs}; "
+          f"{reproduction.note.get(args.scale, '')}\n$ " + " ".join(command[1:]), flush=True)
+    if args.dry_run:
+        return 0
+    if subprocess.run(command).returncode != 0:
+        raise BadInput(f"the sweep for {experiment} did not start (see above)")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -240,36 +336,36 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(REPRODUCTIONS), help="which paper comparison")
-    parser.add_argument("--scale", choices=("cpu", "full"), default="cpu", help="cpu: minutes on a laptop; full: the paper's setup on GPUs")
+    parser.add_argument("--scale", choices=(*SCALES, "full"), default="cpu",
+                        help="cpu: minutes on a laptop; paper (alias: full): the paper's setup on GPUs, every arm tuned")
     parser.add_argument("--results-dir", default="results", help="the results store (default: results)")
     parser.add_argument("--report-only", action="store_true", help="skip the runs; remake the report from the store")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan, its run count and time estimate; run and write nothing")
+    parser.add_argument("--all-arms", action="store_true", help="at CPU scale, every arm (the default may be a subset that fits its budget)")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each (default: cores)")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per arm's best configuration (default 3)")
+    parser.add_argument("--seeds", type=int, default=None, help="report seeds per arm (default: the reproduction's, 3 or 5)")
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.seeds is not None and args.seeds < 1):
         parser.error("--jobs and --seeds must be positive")
+    if args.dry_run and args.report_only:
+        parser.error("--dry-run and --report-only exclude each other")
+    args.scale = "paper" if args.scale == "full" else args.scale
 
     reproduction = REPRODUCTIONS[args.name]
     experiment = reproduction.experiments[args.scale]
-    print(f"{reproduction.description}\nscale: {args.scale} (expected compute: {reproduction.compute[args.scale]})", flush=True)
+    print(f"{reproduction.description}\nscale: {args.scale} (experiment={experiment})", flush=True)
     status = 0
     if not args.report_only:
         try:
-            if reproduction.arms:
-                status = tune_and_seed(reproduction, experiment, args, extra)
-            else:
-                sweep = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"experiment={experiment}",
-                         f"paths.results_dir={args.results_dir}", *extra]  # fmt: skip
-                print("$ " + " ".join(sweep[1:]) + "  (this reproduction's own grid, not tuned per arm)", flush=True)
-                if subprocess.run(sweep).returncode != 0:
-                    print(f"reproduce: error: the sweep for {experiment} did not start (see above)", file=sys.stderr)
-                    return 2
+            status = (tune_and_seed if reproduction.arms else sweep)(reproduction, experiment, args, extra)
         except BadInput as error:
             print(f"reproduce: error: {error}", file=sys.stderr)
             return 2
         except Interrupted as stop:
             print(f"reproduce: interrupted ({stop}); running jobs checkpointed. The same command resumes.", file=sys.stderr)
             return 128 + stop.signum
+    if args.dry_run:
+        return status
     report = [sys.executable, str(REPO / "scripts" / "report.py"), "--experiment", experiment,
               "--results-dir", args.results_dir, "--reference", reproduction.reference,
               "--baseline", reproduction.baseline]  # fmt: skip

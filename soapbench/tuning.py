@@ -1,14 +1,37 @@
-"""Tuned, seeded comparisons: each arm's learning rate on a log grid, then the best on several seeds.
+"""Tuned, seeded comparisons: each arm's learning rate on a log grid, then the best on other seeds.
 
-The protocol, per arm (a ``configs/variant/`` yaml inside an experiment preset):
+The protocol, the same for every arm of a design (a ``configs/variant/`` yaml inside an experiment preset):
 
-1. **Grid.** ``points`` learning rates centred on the arm's yaml lr, a factor ``factor`` (√10, a
-   half-decade) apart, each run on the first seed.
-2. **Edge.** If the best lr of the grid sits on an edge, one more point beyond that edge is run, once,
-   and the tuning log says so; a best still on the edge after that is reported as such.
-3. **Seeds.** The best lr then runs on ``seeds - 1`` more seeds (the grid's run is the first).
-4. **Siblings.** An arm with ``tune_from`` is not tuned: it takes the tuned lr of its cheaper sibling
-   (e.g. SOAP f=1 takes SOAP f=10's) and runs all seeds at it; the tuning log states the reuse.
+1. **Tuning seeds.** Tuning runs use their own seeds, the ``tune_seeds`` first from the preset's ``seed``
+   (by default one: seed 0); reported means use the next ``seeds`` (1 … ``seeds``) only, so the noise that
+   picked an lr is never averaged into the number reported for it.
+2. **Grid.** ``points`` learning rates centred on the arm's yaml lr, a factor ``factor`` (√10, a
+   half-decade) apart, each on every tuning seed; an lr's score is its mean final loss over them.
+3. **Bracketing.** While the best lr sits on an edge of what was tried, one more point a ``factor`` beyond
+   that edge is run, up to ``max_extensions`` times (3). A best still on an edge at the cap is flagged
+   (``still_on_edge``): the optimum may lie outside, and the report says so beside the arm's verdict.
+4. **Report seeds.** The best lr runs on the ``seeds`` report seeds.
+5. **Borrowers.** An arm with ``tune_from`` is not tuned: it takes the tuned lr of its cheaper sibling
+   (e.g. SOAP f=1 takes SOAP f=10's) and runs the report seeds at it; ``tuning: "borrowed"`` says so.
+
+Every arm thus gets the same grid size, the same tuning seeds and the same extension rule; what an arm
+does not compare (weight decay, companion, schedule) is checked equal across arms before anything runs
+(:func:`parity_differences`).
+
+``tuning.json`` (written by ``scripts/reproduce.py`` into ``runs/<experiment>/``), read by the report::
+
+    {"experiment": str,
+     "protocol": {"points", "factor", "tune_seeds": [int], "report_seeds": [int], "seeds": n_report,
+                  "max_extensions", "edge_extension": str},
+     "arms": {variant: {"yaml_lr", "grid": [lr, …] (in the order run), "results": {repr(lr): mean over
+              the tuning seeds | null (failed) | Infinity (diverged)}, "results_by_seed": {repr(lr):
+              {seed: final}}, "extensions": int, "extended": "up" | "down" | null (the last one),
+              "best_lr", "still_on_edge": bool, "tuning": "grid" | "borrowed", "tuned_from": variant | null,
+              "tune_seeds": [int], "seeds": [report seeds], "flags": [str]}},
+     "runs": [{"arm", "lr", "seed", "stage": grid | edge | seed | sibling, "role": tune | report}]}
+
+A run's identity for the report is (arm = variant, lr as written by ``%.6g``, seed); its ``role`` is
+``tune`` (grid and edge runs) or ``report`` (seed and sibling runs).
 
 Runs are separate ``scripts/train.py`` processes, ``jobs`` at a time, one thread each, highest cost
 first among the runs that are ready (a run becomes ready when the decision it depends on is made), so
@@ -36,6 +59,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 FACTOR = math.sqrt(10.0)
+MAX_EXTENSIONS = 3
 
 
 @dataclass(frozen=True)
@@ -43,7 +67,7 @@ class Arm:
     """One comparison arm: a variant yaml, how expensive it is, and whose lr it borrows (if any)."""
 
     variant: str
-    cost: float = 1.0  # relative run time, for scheduling the longest runs first
+    cost: float = 1.0  # run time relative to the design's cheapest arm, for scheduling and estimates
     tune_from: str | None = None  # reuse this arm's tuned lr instead of tuning (expensive siblings)
 
 
@@ -51,9 +75,11 @@ class Arm:
 class Design:
     experiment: str
     arms: tuple[Arm, ...]
-    seeds: int = 3
+    seeds: int = 3  # report seeds per arm
     points: int = 3
     factor: float = FACTOR
+    tune_seeds: int = 1
+    max_extensions: int = MAX_EXTENSIONS
 
     def __post_init__(self) -> None:
         names = [a.variant for a in self.arms]
@@ -62,11 +88,22 @@ class Design:
                 raise ValueError(f"arm {arm.variant}: tune_from {arm.tune_from!r} is not an arm of this design")
             if arm.tune_from is not None and self.arm(arm.tune_from).tune_from is not None:
                 raise ValueError(f"arm {arm.variant}: tune_from must name a tuned arm, not another borrower")
-        if self.points < 2 or self.seeds < 1:
-            raise ValueError("a design needs at least 2 grid points and 1 seed")
+        if self.points < 2 or self.seeds < 1 or self.tune_seeds < 1 or self.max_extensions < 0:
+            raise ValueError("a design needs at least 2 grid points, 1 tuning seed, 1 report seed "
+                             "and a non-negative extension cap")
 
     def arm(self, variant: str) -> Arm:
         return next(a for a in self.arms if a.variant == variant)
+
+    def tune_seed_list(self, base: int) -> list[int]:
+        return [base + i for i in range(self.tune_seeds)]
+
+    def report_seed_list(self, base: int) -> list[int]:
+        """The seeds reported means use: after the tuning seeds, so the two never share one."""
+        return [base + self.tune_seeds + i for i in range(self.seeds)]
+
+
+TUNE_STAGES = ("grid", "edge")
 
 
 @dataclass(frozen=True)
@@ -74,8 +111,12 @@ class Job:
     arm: str
     lr: float
     seed: int
-    stage: str  # grid | edge | seed | sibling
+    stage: str  # grid | edge (role tune) | seed | sibling (role report)
     cost: float
+
+    @property
+    def role(self) -> str:
+        return "tune" if self.stage in TUNE_STAGES else "report"
 
     def overrides(self) -> list[str]:
         # sweep_keys: the run directory and W&B name carry the arm and the lr (it is not part of the identity)
@@ -85,17 +126,22 @@ class Job:
 
 @dataclass
 class ArmLog:
-    """What the tuning did for one arm: the report prints it."""
+    """What the tuning did for one arm: the report prints it (the fields are tuning.json's, see above)."""
 
     arm: str
     yaml_lr: float
     grid: list[float] = field(default_factory=list)
-    results: dict[str, float | None] = field(default_factory=dict)  # lr (repr) -> final of the first seed
-    extended: str | None = None  # "up" / "down": one point added beyond that edge
+    results: dict[str, float | None] = field(default_factory=dict)  # lr (repr) -> mean over the tuning seeds
+    results_by_seed: dict[str, dict[int, float | None]] = field(default_factory=dict)
+    extensions: int = 0
+    extended: str | None = None  # direction of the last extension: "up" / "down"
     best_lr: float | None = None
     still_on_edge: bool = False
+    tuning: str = "grid"  # grid: tuned on its own grid; borrowed: takes tuned_from's lr
     tuned_from: str | None = None
-    seeds: list[int] = field(default_factory=list)
+    tune_seeds: list[int] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)  # report seeds
+    flags: list[str] = field(default_factory=list)
 
 
 class Interrupted(Exception):
@@ -114,6 +160,14 @@ def _round(value: float) -> float:
     return float(f"{value:.3g}")
 
 
+def _score(by_seed: dict[int, float | None], seeds: Sequence[int]) -> float | None:
+    """An lr's tuning score: the mean over every tuning seed; None when one failed (it cannot be ranked)."""
+    values = [by_seed.get(s) for s in seeds]
+    if any(v is None for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def _best(results: dict[float, float | None]) -> float | None:
     scored = {lr: v for lr, v in results.items() if v is not None}
     if not scored or all(math.isinf(v) for v in scored.values()):
@@ -124,78 +178,162 @@ def _best(results: dict[float, float | None]) -> float | None:
 class Planner:
     """Turns finished runs into the next runs, arm by arm, following the protocol above."""
 
-    def __init__(self, design: Design, yaml_lrs: dict[str, float]) -> None:
+    def __init__(self, design: Design, yaml_lrs: dict[str, float], base_seed: int = 0) -> None:
         self.design = design
+        self.base_seed = base_seed
+        self.tune_seeds = design.tune_seed_list(base_seed)
+        self.report_seeds = design.report_seed_list(base_seed)
         self.logs = {a.variant: ArmLog(a.variant, yaml_lrs[a.variant]) for a in design.arms}
-        self.first_seed: dict[str, dict[float, float | None]] = {a.variant: {} for a in design.arms}
         self.pending: dict[str, set[Job]] = {a.variant: set() for a in design.arms}
         self.done_arms: set[str] = set()
+        self.planned: list[Job] = []
 
     def initial(self) -> list[Job]:
         jobs = []
         for arm in self.design.arms:
+            log = self.logs[arm.variant]
             if arm.tune_from is None:
-                grid = log_grid(self.logs[arm.variant].yaml_lr, self.design.points, self.design.factor)
-                self.logs[arm.variant].grid = list(grid)
-                jobs += [self._job(arm, lr, 0, "grid") for lr in grid]
+                log.grid = log_grid(log.yaml_lr, self.design.points, self.design.factor)
+                log.tune_seeds = list(self.tune_seeds)
+                jobs += [self._job(arm, lr, seed, "grid") for lr in log.grid for seed in self.tune_seeds]
+            else:
+                log.tuning, log.tuned_from = "borrowed", arm.tune_from
+                log.flags.append(f"not tuned: takes {arm.tune_from}'s tuned lr")
         return jobs
 
-    def _job(self, arm: Arm, lr: float, seed_index: int, stage: str) -> Job:
-        job = Job(arm.variant, lr, self.base_seed + seed_index, stage, arm.cost)
+    def _job(self, arm: Arm, lr: float, seed: int, stage: str) -> Job:
+        job = Job(arm.variant, lr, seed, stage, arm.cost)
         self.pending[arm.variant].add(job)
+        self.planned.append(job)
         return job
-
-    base_seed = 0
 
     def finished(self, job: Job, final: float | None) -> list[Job]:
         """Record a run's final loss (None: it failed; inf: diverged); return the runs that became ready."""
         self.pending[job.arm].discard(job)
-        arm = self.design.arm(job.arm)
-        if job.stage in ("grid", "edge"):
-            self.first_seed[job.arm][job.lr] = final
-            self.logs[job.arm].results[repr(job.lr)] = final
+        if job.role == "tune":
+            log = self.logs[job.arm]
+            by_seed = log.results_by_seed.setdefault(repr(job.lr), {})
+            by_seed[job.seed] = final
+            if all(s in by_seed for s in self.tune_seeds):
+                log.results[repr(job.lr)] = _score(by_seed, self.tune_seeds)
         if self.pending[job.arm]:
             return []
-        return self._advance(arm)
+        return self._advance(self.design.arm(job.arm))
 
     def _advance(self, arm: Arm) -> list[Job]:
         log = self.logs[arm.variant]
         if arm.tune_from is not None or arm.variant in self.done_arms:
             self.done_arms.add(arm.variant)
             return []
-        results = self.first_seed[arm.variant]
+        results = {float(lr): v for lr, v in log.results.items()}
         best = _best(results)
         tried = sorted(results)
         on_edge = best is not None and best in (tried[0], tried[-1])
-        if on_edge and log.extended is None:
+        if on_edge and log.extensions < self.design.max_extensions:
+            log.extensions += 1
             log.extended = "down" if best == tried[0] else "up"
-            # one more grid point, from the centre (not from the rounded edge value, so rounding cannot drift)
+            # one more point on the grid, from the centre (not from the rounded edge value, so rounding cannot drift)
             k = round(math.log(best / log.yaml_lr) / math.log(self.design.factor)) + (-1 if log.extended == "down" else 1)
             lr = _round(log.yaml_lr * self.design.factor**k)
             log.grid.append(lr)
-            return [self._job(arm, lr, 0, "edge")]
+            return [self._job(arm, lr, seed, "edge") for seed in self.tune_seeds]
         log.best_lr, log.still_on_edge = best, on_edge
+        if on_edge:
+            log.flags.append(f"best lr on the {'lower' if best == tried[0] else 'upper'} edge after "
+                             f"{log.extensions} extensions (the cap): the optimum may lie outside the grid")
         self.done_arms.add(arm.variant)
         if best is None:
-            return []  # every lr diverged or failed: nothing to seed, the report shows the grid
-        log.seeds = [self.base_seed + i for i in range(self.design.seeds)]
-        jobs = [self._job(arm, best, i, "seed") for i in range(1, self.design.seeds)]
+            log.flags.append("no usable lr: every grid point diverged or failed")
+            return []  # nothing to seed, the report shows the grid
+        log.seeds = list(self.report_seeds)
+        jobs = [self._job(arm, best, seed, "seed") for seed in self.report_seeds]
         for sibling in (a for a in self.design.arms if a.tune_from == arm.variant):
             sibling_log = self.logs[sibling.variant]
-            sibling_log.best_lr, sibling_log.tuned_from = best, arm.variant
-            sibling_log.seeds = list(log.seeds)
-            jobs += [self._job(sibling, best, i, "sibling") for i in range(self.design.seeds)]
-        if not jobs:
-            self.done_arms.add(arm.variant)
+            sibling_log.best_lr, sibling_log.seeds = best, list(self.report_seeds)
+            jobs += [self._job(sibling, best, seed, "sibling") for seed in self.report_seeds]
         return jobs
 
     def tuning_record(self) -> dict[str, Any]:
+        d = self.design
         return {
-            "experiment": self.design.experiment,
-            "protocol": {"points": self.design.points, "factor": round(self.design.factor, 4),
-                         "seeds": self.design.seeds, "edge_extension": "one point beyond an edge, once"},
+            "experiment": d.experiment,
+            "protocol": {"points": d.points, "factor": round(d.factor, 4), "seeds": d.seeds,
+                         "tune_seeds": list(self.tune_seeds), "report_seeds": list(self.report_seeds),
+                         "max_extensions": d.max_extensions,
+                         "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions"},
             "arms": {name: asdict(log) for name, log in self.logs.items()},
+            "runs": [{"arm": j.arm, "lr": float(f"{j.lr:.6g}"), "seed": j.seed, "stage": j.stage, "role": j.role}
+                     for j in self.planned],
         }
+
+
+# What an arm may change in its optimizer section without being a confound: its own knobs. The rest of the
+# section (weight decay, which roles it trains, the companion of the other roles) is one treatment for all arms.
+_COMPANION_SHARED = ("lr", "weight_decay")  # a companion that omits these inherits the arm's (registry)
+
+
+def _treatment(variant: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a resolved run config that are not the compared optimizer's own, as comparable values."""
+    from optimizers.param_groups import ALL_ROLES
+    from optimizers.registry import resolve_spec
+
+    optimizer = dict(config.get("optimizer") or {})
+    treatment = {key: value for key, value in config.items() if key not in ("optimizer", "variant", "hydra")}
+    roles = optimizer.get("main_roles")
+    roles = frozenset(resolve_spec(optimizer["name"], None).main_roles if roles is None else roles)
+    treatment["optimizer.main_roles"] = sorted(roles)
+    treatment["optimizer.weight_decay"] = optimizer.get("weight_decay", 0.0)
+    if not roles >= set(ALL_ROLES):
+        companion = dict(optimizer.get("companion") or {})
+        companion.setdefault("name", resolve_spec(optimizer["name"], None).companion)
+        for key in _COMPANION_SHARED:
+            # inherited from the arm: the lr moves with each arm's tuning, so it is never one treatment
+            companion.setdefault(key, f"{variant}'s optimizer.{key}" if key == "lr" else optimizer.get(key))
+        treatment.update({f"optimizer.companion.{key}": value for key, value in companion.items()})
+    return treatment
+
+
+def parity_differences(configs: dict[str, dict[str, Any]]) -> list[str]:
+    """Every setting outside the compared optimizer's own knobs that is not the same in every arm.
+
+    ``configs`` maps each arm to its resolved run config (plain containers). Compared: everything outside
+    the ``optimizer`` section (model, data, trainer with its schedule, warmup and weight-decay roles, seed),
+    the optimizer's weight decay (one wd for every arm), the roles it trains, and the companion that trains
+    the others (name, lr, betas, eps, wd). One line per differing setting, naming each arm's value.
+    """
+    from soapbench.report.store import flatten
+
+    treatments = {variant: flatten(_treatment(variant, config)) for variant, config in configs.items()}
+    keys = sorted({key for t in treatments.values() for key in t})
+    missing = object()
+    lines = []
+    for key in keys:
+        values = {variant: t.get(key, missing) for variant, t in treatments.items()}
+        if len({repr(v) for v in values.values()}) > 1:
+            shown = ", ".join(f"{variant}={'(unset)' if v is missing else v}" for variant, v in values.items())
+            lines.append(f"{key}: {shown}")
+    return lines
+
+
+def simulate(planner: Planner, final_of: Callable[[Job], float | None], seconds_of: Callable[[Job], float],
+             jobs: int) -> tuple[int, float, float]:
+    """(runs, wall seconds, run seconds summed) of a design run ``jobs`` at a time as :func:`run_design`
+    schedules it (highest cost first among the ready runs), without training anything.
+
+    ``final_of`` stands in for each run's outcome (it decides the extensions), ``seconds_of`` for its duration.
+    """
+    ready, running, now, count, busy = list(planner.initial()), [], 0.0, 0, 0.0
+    while ready or running:
+        ready.sort(key=lambda j: -j.cost)
+        while ready and len(running) < jobs:
+            job = ready.pop(0)
+            running.append((now + seconds_of(job), job))
+            busy += seconds_of(job)
+        running.sort(key=lambda r: r[0])
+        now, job = running.pop(0)
+        count += 1
+        ready += planner.finished(job, final_of(job))
+    return count, now, busy
 
 
 # --------------------------------------------------------------------------------------------- running

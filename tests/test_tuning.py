@@ -43,24 +43,76 @@ def test_grid_is_centred_on_the_yaml_lr_a_half_decade_apart() -> None:
     assert log_grid(3e-3, 2, math.sqrt(10)) == [9.49e-4, 3e-3]
 
 
-def test_planner_extends_an_edge_once_seeds_the_best_and_lends_it_to_siblings() -> None:
+def test_planner_brackets_each_optimum_seeds_the_best_on_report_seeds_and_lends_it_to_siblings() -> None:
     design = Design("exp", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=3)
     planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3})
-    # adamw improves with lr without bound (best always on the upper edge); soap_f10's optimum is inside
-    best = {"soap_f10": 3e-3, "soap_f1": 3e-3}
-    ran = _drive(planner, lambda j: -math.log10(j.lr) if j.arm == "adamw" else abs(math.log10(j.lr / best[j.arm])))
+    # adamw's optimum is two half-decades above its grid (extended twice, then interior); soap_f10's is inside
+    best = {"adamw": 3.16e-2, "soap_f10": 3e-3, "soap_f1": 3e-3}
+    ran = _drive(planner, lambda j: abs(math.log10(j.lr / best[j.arm])))
     adamw = planner.logs["adamw"]
-    assert adamw.grid == [3.16e-4, 1e-3, 3.16e-3, 1e-2] and adamw.extended == "up"
-    assert adamw.best_lr == 1e-2 and adamw.still_on_edge  # said, not hidden
+    assert adamw.grid == [3.16e-4, 1e-3, 3.16e-3, 1e-2, 3.16e-2, 0.1] and adamw.extensions == 3
+    assert adamw.best_lr == 3.16e-2 and not adamw.still_on_edge and adamw.flags == []
     soap = planner.logs["soap_f10"]
-    assert soap.extended is None and soap.best_lr == 3e-3 and not soap.still_on_edge
+    assert soap.extensions == 0 and soap.best_lr == 3e-3 and not soap.still_on_edge
     sibling = planner.logs["soap_f1"]
-    assert sibling.tuned_from == "soap_f10" and sibling.best_lr == 3e-3
-    seeds = {(j.arm, j.seed) for j in ran if j.stage in ("seed", "sibling")}
-    assert seeds == {("adamw", 1), ("adamw", 2), ("soap_f10", 1), ("soap_f10", 2),
-                     ("soap_f1", 0), ("soap_f1", 1), ("soap_f1", 2)}
-    assert all(j.lr == 1e-2 for j in ran if j.arm == "adamw" and j.stage == "seed")
-    assert len(ran) == 4 + 3 + 2 + 2 + 3  # adamw grid + edge, soap grid, seeds, sibling seeds
+    assert sibling.tuned_from == "soap_f10" and sibling.tuning == "borrowed" and sibling.best_lr == 3e-3
+    assert sibling.flags == ["not tuned: takes soap_f10's tuned lr"]
+    report = {(j.arm, j.seed) for j in ran if j.role == "report"}
+    assert report == {(arm, seed) for arm in ("adamw", "soap_f10", "soap_f1") for seed in (1, 2, 3)}
+    assert all(j.lr == 3.16e-2 for j in ran if j.arm == "adamw" and j.role == "report")
+    assert len(ran) == 6 + 3 + 3 * 3  # adamw grid + 3 extensions, soap grid, 3 report seeds for each arm
+
+
+def test_an_edge_optimum_is_extended_up_to_the_cap_and_then_flagged() -> None:
+    planner = Planner(Design("exp", (Arm("adamw"), Arm("soap_f10")), seeds=2, max_extensions=3),
+                      {"adamw": 1e-3, "soap_f10": 3e-3})
+    ran = _drive(planner, lambda j: math.log10(j.lr) if j.arm == "adamw" else abs(math.log10(j.lr / 3e-3)))
+    adamw = planner.logs["adamw"]
+    assert [j.lr for j in ran if j.arm == "adamw" and j.stage == "edge"] == [1e-4, 3.16e-5, 1e-5]
+    assert adamw.extensions == 3 and adamw.extended == "down" and adamw.best_lr == 1e-5 and adamw.still_on_edge
+    assert adamw.flags and "lower edge after 3 extensions (the cap)" in adamw.flags[0]
+    record = planner.tuning_record()
+    assert record["arms"]["adamw"]["still_on_edge"] and not record["arms"]["soap_f10"]["still_on_edge"]
+    assert record["protocol"]["max_extensions"] == 3
+    # the same rule for every arm: both started from 3 points, and both could have been extended 3 times
+    assert len(planner.logs["soap_f10"].grid) == 3 and len(adamw.grid) == 3 + 3
+
+
+def test_a_tuning_seed_is_never_a_report_seed_and_every_run_says_which_it_is() -> None:
+    design = Design("exp", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=5, tune_seeds=2)
+    planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3}, base_seed=0)
+    # tuning-seed noise that flatters lr 1e-3 on seed 0: it may pick the lr, never enter the reported mean
+    ran = _drive(planner, lambda j: abs(math.log10(j.lr / 1e-3)) - (0.5 if j.seed == 0 else 0.0))
+    tune = {j.seed for j in ran if j.role == "tune"}
+    report = {j.seed for j in ran if j.role == "report"}
+    assert tune == {0, 1} and report == {2, 3, 4, 5, 6} and not tune & report
+    assert {j.stage for j in ran if j.role == "tune"} == {"grid", "edge"}  # soap_f10's best (9.49e-4) was on an edge
+    assert {j.arm for j in ran if j.role == "tune"} == {"adamw", "soap_f10"}  # the borrower is never tuned
+    record = planner.tuning_record()
+    assert record["protocol"]["tune_seeds"] == [0, 1] and record["protocol"]["report_seeds"] == [2, 3, 4, 5, 6]
+    assert sorted((r["arm"], r["lr"], r["seed"], r["role"]) for r in record["runs"]) == sorted(
+        (j.arm, j.lr, j.seed, j.role) for j in ran)
+    assert record["arms"]["adamw"]["seeds"] == [2, 3, 4, 5, 6] and record["arms"]["adamw"]["tune_seeds"] == [0, 1]
+    # the score of an lr is its mean over the tuning seeds
+    assert record["arms"]["adamw"]["results"][repr(1e-3)] == pytest.approx(-0.25)
+    json.dumps(record)  # the report reads it back
+
+
+def test_an_lr_with_a_failed_tuning_seed_is_not_ranked() -> None:
+    planner = Planner(Design("exp", (Arm("adamw"),), seeds=1, tune_seeds=2), {"adamw": 1e-3})
+    _drive(planner, lambda j: None if (j.lr == 1e-3 and j.seed == 1) else abs(math.log10(j.lr / 1e-3)))
+    assert planner.logs["adamw"].results[repr(1e-3)] is None and planner.logs["adamw"].best_lr != 1e-3
+
+
+def test_simulated_schedule_counts_runs_and_wall_time() -> None:
+    from soapbench.tuning import simulate
+
+    design = Design("exp", (Arm("adamw", 1.0), Arm("soap_f10", 2.0)), seeds=2, points=3)
+    runs, wall, busy = simulate(Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3}),
+                                lambda j: abs(math.log10(j.lr / (1e-3 if j.arm == "adamw" else 3e-3))),
+                                lambda j: 10.0 * j.cost, 2)
+    assert runs == 3 + 3 + 2 + 2 and busy == 10.0 * (5 * 1 + 5 * 2)
+    assert busy / 2 <= wall < busy  # two at a time
 
 
 def test_planner_does_not_seed_an_arm_whose_every_lr_diverged() -> None:
@@ -174,8 +226,9 @@ import sys
 sys.path.insert(0, {str(REPO / 'scripts')!r})
 import reproduce as m
 m.REPRODUCTIONS["tiny"] = m.Reproduction(
-    "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": "a minute"}},
-    arms=(m.Arm("adamw"), m.Arm("soap_f10", 2.0), m.Arm("soap_f1", 3.0, tune_from="soap_f10")), seeds=2, points=2)
+    "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": 5.0}},
+    arms=(m.Arm("adamw"), m.Arm("soap_f10", 2.0), m.Arm("soap_f1", 3.0, tune_from="soap_f10")), seeds=2, points=2,
+    max_extensions=1)
 sys.exit(m.main(sys.argv[1:]))
 """
 
@@ -199,8 +252,9 @@ def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Pa
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "reused from the store" in rerun.stdout
     run_dirs = [d for d in (results / "runs" / "whitening_nanogpt_cpu").iterdir() if d.is_dir()]
-    # 2 lrs + 1 edge point per tuned arm, one more seed each, the sibling's two seeds: nothing ran twice
-    assert len(run_dirs) == 3 + 1 + 3 + 1 + 2
+    # 2 lrs + 1 edge point per tuned arm on tuning seed 0, then 2 report seeds (1, 2) for each of the three arms:
+    # nothing ran twice
+    assert len(run_dirs) == 3 + 3 + 3 * 2
     report = (results / "reports" / "whitening_nanogpt_cpu" / "report.md").read_text()
     for arm in ("| adamw |", "| soap f=10 |", "| soap f=1 |"):
         assert arm in report, arm
@@ -216,7 +270,10 @@ def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Pa
     for name in ("per_seed.csv", "comparisons.csv", "claims.csv"):
         assert (results / "reports" / "whitening_nanogpt_cpu" / name).stat().st_size > 0, name
     tuning = json.loads((results / "runs" / "whitening_nanogpt_cpu" / "tuning.json").read_text())
-    assert tuning["arms"]["soap_f1"]["tuned_from"] == "soap_f10"
+    assert tuning["arms"]["soap_f1"]["tuned_from"] == "soap_f10" and tuning["arms"]["soap_f1"]["tuning"] == "borrowed"
+    roles = {(run["arm"], run["seed"]): run["role"] for run in tuning["runs"]}
+    assert {seed for (_, seed), role in roles.items() if role == "report"} == {1, 2}
+    assert {seed for (_, seed), role in roles.items() if role == "tune"} == {0}
     csv = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "report.csv")
     assert set(csv["arm"]) == {"adamw", "soap f=10", "soap f=1"} and csv["final_std"].notna().all()
 
@@ -241,7 +298,7 @@ def test_a_finished_design_is_read_back_from_the_store_without_launching_anythin
     counts = run_design(Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3}),
                         lambda job, log, slot: launched.append(job), stored, stored, 2, tmp_path, say=lambda _: None)
     assert launched == [] and counts["ran"] == 0
-    assert counts["reused"] == 4 + 3 + 2 + 2 + 3  # edge points and seeds decided from stored runs, too
+    assert counts["reused"] == 4 + 3 + 3 * 3  # grids (adamw extended once), every arm's report seeds: all from the store
 
 
 @pytest.mark.parametrize("override, message", [
@@ -261,44 +318,83 @@ def test_bad_input_to_a_reproduction_is_one_line_exit_2_and_nothing_written(tmp_
     assert not results.exists()
 
 
-def _trained_by_companion(optimizer_config) -> tuple[frozenset[str], dict | None]:
-    """(roles the compared optimizer trains, the companion's config or None when it trains every role)."""
-    from omegaconf import OmegaConf
-
-    from optimizers.param_groups import ALL_ROLES
-    from optimizers.registry import resolve_spec
-
-    spec = resolve_spec(optimizer_config["name"], None)
-    roles = optimizer_config.get("main_roles")
-    roles = frozenset(spec.main_roles if roles is None else roles)
-    if roles >= set(ALL_ROLES):
-        return roles, None
-    companion = OmegaConf.to_container(optimizer_config.get("companion") or {}, resolve=True)
-    companion.setdefault("name", spec.companion)
-    return roles, companion
-
-
-@pytest.mark.parametrize("name", ["whitening_nanogpt", "whitening_colorization", "soap_muon", "kl_methods"])
-def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str) -> None:
-    """Same model, data, trainer, seed and companion in every arm: only the optimizer of the compared roles differs.
+@pytest.mark.parametrize("scale", ["cpu", "paper"])
+@pytest.mark.parametrize("name", ["whitening_nanogpt", "whitening_colorization", "soap_lm", "soap_muon", "kl_methods"])
+def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str, scale: str) -> None:
+    """Same model, data, trainer (schedule, warmup), seed, weight decay, companion and its roles in every arm.
 
     (Reproduction (e) once gave the KL arms an AdamW companion for embeddings, head and gains while Shampoo and
-    SOAP preconditioned them; (d) once ran the companion at a different lr per arm.)
+    SOAP preconditioned them; (d) once ran the companion at a different lr per arm; (a) ran AdamW at wd 0.1
+    against 0.01 for the others; (c) trained its embeddings and head three different ways.)
     """
+    import yaml
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from soapbench.tuning import parity_differences
+
+    reproduction = _load_reproduce().REPRODUCTIONS[name]
+    experiment = reproduction.experiments[scale]
+    variants = [a.variant for a in reproduction.arms]
+    if not variants:  # a reproduction with its own grid: the arms of its sweep
+        preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
+        variants = preset["hydra"]["sweeper"]["params"]["variant"].split(",")
+    configs = {v: OmegaConf.to_container(compose([f"experiment={experiment}", f"variant={v}"]), resolve=True)
+               for v in variants}
+    assert parity_differences(configs) == []
+
+
+def _two_arms(**second_optimizer) -> dict:
     from omegaconf import OmegaConf
 
     from conftest import compose
 
+    first = OmegaConf.to_container(compose(["experiment=soap_muon_cpu", "variant=muon_ns10"]), resolve=True)
+    second = OmegaConf.to_container(compose(["experiment=soap_muon_cpu", "variant=soap_muon_f40"]), resolve=True)
+    for key, value in second_optimizer.items():
+        target = second["optimizer"]
+        *path, leaf = key.split(".")
+        for part in path:
+            target = target[part]
+        target[leaf] = value
+    return {"muon_ns10": first, "soap_muon_f40": second}
+
+
+@pytest.mark.parametrize("change, named", [
+    ({"companion.lr": 3e-4}, "optimizer.companion.lr: muon_ns10=0.004, soap_muon_f40=0.0003"),
+    ({"weight_decay": 0.1}, "optimizer.weight_decay: muon_ns10=0.0, soap_muon_f40=0.1"),
+    ({"main_roles": ["matrix", "embedding"]}, "optimizer.main_roles"),
+    ({"companion.betas": [0.9, 0.99]}, "optimizer.companion.betas"),
+])
+def test_arms_differing_in_what_they_do_not_compare_are_refused(change, named) -> None:
+    from soapbench.tuning import parity_differences
+
+    differences = parity_differences(_two_arms(**change))
+    assert len(differences) == 1 and named in differences[0], differences
     reproduce = _load_reproduce()
-    reproduction = reproduce.REPRODUCTIONS[name]
-    experiment = reproduction.experiments["cpu"]
-    seen = {}
-    for arm in reproduction.arms:
-        config = compose([f"experiment={experiment}", f"variant={arm.variant}"])
-        rest = {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-                for key, value in config.items() if key not in ("optimizer", "variant", "hydra")}
-        seen[arm.variant] = (rest, _trained_by_companion(config["optimizer"]))
-    (first, (first_rest, first_split)), *others = seen.items()
-    for variant, (rest, split) in others:
-        assert rest == first_rest, f"{variant} vs {first}: non-optimizer settings differ"
-        assert split == first_split, f"{variant} vs {first}: roles {split[0]} / companion {split[1]} vs {first_split}"
+    with pytest.raises(reproduce.BadInput, match="the arms differ in what they do not compare"):
+        reproduce.check_parity("soap_muon_cpu", _two_arms(**change))
+
+
+def test_a_companion_that_inherits_each_arms_lr_is_not_one_treatment() -> None:
+    from soapbench.tuning import parity_differences
+
+    arms = _two_arms()
+    for config in arms.values():
+        del config["optimizer"]["companion"]["lr"]  # the registry would hand it the arm's own (tuned) lr
+    assert [d.split(":")[0] for d in parity_differences(arms)] == ["optimizer.companion.lr"]
+
+
+def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    for scale, runs, seeds in (("cpu", "planned runs (no extension): 33", "tuning seeds [0, 1], report seeds [2, 3, 4, 5, 6]"),
+                               ("paper", "planned runs (no extension): 55", "report seeds [1339, 1340, 1341, 1342, 1343]")):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "whitening_nanogpt",
+                                 "--scale", scale, "--dry-run", "--jobs", "2", "--results-dir", str(results)],
+                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert runs in result.stdout and "estimated ~" in result.stdout, result.stdout
+        assert ("GPU-hours" in result.stdout) == (scale == "paper") and seeds in result.stdout
+    assert list(tmp_path.iterdir()) == []  # no results store, no logs, no report
+
+
