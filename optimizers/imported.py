@@ -30,7 +30,7 @@ from typing import Any, Mapping
 import torch
 
 from optimizers.param_groups import ALL_ROLES
-from optimizers.registry import OptimizerConfigError, OptimizerSpec
+from optimizers.spec import OptimizerConfigError, OptimizerSpec
 
 # Keys of an optimizer config that are not constructor keywords.
 SOURCE_KEYS = ("target", "package", "extra", "strict_kwargs", "settings", "implements")

@@ -79,18 +79,16 @@ Deliberate deviations from the reference (none changes a golden trajectory):
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 import torch
 from torch import Tensor
 
 from optimizers.adamw import validate_adam_hyperparameters
+from optimizers.kl_math import accumulate_factor, accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
 from optimizers.kl_stacked import StackedKLSteps
 from optimizers.linalg import (
-    SYMMETRIC_BLOCK,
     eigenbasis,
-    gram_update_,
     mode_gram,
     power_qr_refresh,
     rotate,
@@ -117,19 +115,6 @@ CLAMP_FLOOR = 10
 KL_MAIN_ROLES = ("matrix", "input")
 
 
-def working_shape(param_shape: Sequence[int]) -> tuple[int, ...]:
-    """The shape KL's factors act on: squeezed as the reference does; 4-D and up → (d_1, d_2, d_3·…·d_n).
-
-    A result of length 1 means the diagonal path (0-D and 1-D after the squeeze).
-    """
-    squeezed = [size for size in param_shape if size != 1]
-    if len(squeezed) <= 1:
-        return (math.prod(param_shape),)
-    if len(squeezed) > 3:
-        return (squeezed[0], squeezed[1], math.prod(squeezed[2:]))
-    return tuple(squeezed)
-
-
 def parse_cast_dtype(cast_dtype: str | torch.dtype | None) -> torch.dtype | None:
     """``None`` or a floating dtype, given as a ``torch.dtype`` or its name (Hydra passes strings)."""
     if cast_dtype is None:
@@ -151,49 +136,6 @@ def state_dtype_for(cast_dtype: torch.dtype | None, param_dtype: torch.dtype) ->
     if cast_dtype is not None:
         return cast_dtype
     return torch.float32 if param_dtype in (torch.bfloat16, torch.float16) else param_dtype
-
-
-def _accumulate_factor(factor: Tensor, contribution: Tensor, beta: float, numel: int) -> None:
-    """``S ← β S + (1−β)/c · contribution`` with c = N/d, with the reference's operations (and rounding).
-
-    ``factor`` may be one d×d factor or a stack of them (``B×d×d``, the per-shape step)."""
-    factor.mul_(beta).add_(contribution, alpha=(1.0 - beta) / (numel / factor.shape[-1]))
-
-
-def _accumulate_gram(factor: Tensor, rows: Tensor, beta: float, numel: int) -> None:
-    """:func:`_accumulate_factor` with ``contribution = rows rowsᵀ``, for one factor or a stack of them.
-
-    Factors narrower than ``2·SYMMETRIC_BLOCK`` use the reference's ops (a stack as one batched product). Wider
-    factors use one fused update by symmetric blocks (``linalg.gram_update_``), which needs about 5/8 of the
-    product's flops at 1536 wide and rounds slightly differently; a stack of them is updated factor by factor, so
-    each rounds as it would alone.
-    """
-    size = factor.shape[-1]
-    if size < 2 * SYMMETRIC_BLOCK:
-        _accumulate_factor(factor, rows @ rows.mT, beta, numel)
-    elif factor.dim() == 3:
-        for one_factor, one_rows in zip(factor.unbind(0), rows.unbind(0)):
-            gram_update_(one_factor, one_rows, beta=beta, alpha=(1.0 - beta) / (numel / size))
-    else:
-        gram_update_(factor, rows, beta=beta, alpha=(1.0 - beta) / (numel / size))
-
-
-def _updated_inv_sqrt_eigenvalues(
-    inv_sqrt_eigenvalues: Tensor, new_term: Tensor, beta: float, clamp_max: int | None, damping_shift: Tensor | None
-) -> Tensor:
-    """``D ← β D + (1−β) new_term`` on D = s^{-2}, returned as the clamped s = D^{-1/2}.
-
-    NaN and ±inf become 0 both ways, as in the reference: a direction whose D reaches 0 gets s = 0 (no step)
-    rather than an infinite one.
-    """
-    if damping_shift is not None:
-        new_term = new_term + damping_shift
-    eigenvalues = (1.0 / inv_sqrt_eigenvalues**2).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    eigenvalues.lerp_(new_term, 1.0 - beta)
-    updated = (1.0 / torch.sqrt(eigenvalues)).nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
-    if clamp_max is not None:
-        updated = torch.clamp(updated, max=clamp_max)
-    return updated
 
 
 def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
@@ -384,7 +326,7 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         factors = []
         for dim, size in enumerate(grad.shape):
             factor = torch.zeros(size, size, dtype=grad.dtype, device=grad.device)
-            _accumulate_factor(factor, mode_gram(grad, dim), beta, grad.numel())
+            accumulate_factor(factor, mode_gram(grad, dim), beta, grad.numel())
             factors.append(factor)
         state["factors"] = factors
         computes = self._computes_refresh(param)
@@ -438,7 +380,7 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         scale = inv_sqrt_eigenvalues[0] / (1.0 + (inv_sqrt_eigenvalues[0] * group["eps"]))
         direction = exp_avg * scale
         shifts = self._damping_shifts(inv_sqrt_eigenvalues, group)
-        inv_sqrt_eigenvalues[0] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt_eigenvalues[0] = updated_inv_sqrt_eigenvalues(
             inv_sqrt_eigenvalues[0], grad**2, self._shampoo_beta(group), self._clamp_max(group, grad.shape[0]),
             shifts[0],
         )
@@ -501,24 +443,24 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
 
         # diag(s_R) Q_Rᵀ Gᵀ, whose Gram matrix is G Ŝ_R^{-1} Gᵀ (and likewise on the left).
         right_whitened = (right_basis.T @ grad.T) * right_inv_sqrt.view(-1, 1)
-        _accumulate_gram(left_factor, right_whitened.T, beta, numel)
+        accumulate_gram(left_factor, right_whitened.T, beta, numel)
         if rotated is None:
             left_rotated = left_basis.T @ grad
             fully_rotated = left_rotated @ right_basis
         else:
             left_rotated, fully_rotated = rotated
         left_whitened = left_rotated * left_inv_sqrt.view(-1, 1)
-        _accumulate_gram(right_factor, left_whitened.T, beta, numel)
+        accumulate_gram(right_factor, left_whitened.T, beta, numel)
 
         # mean_j (F_ij s_j)² and mean_i (F_ij s_i)² as two matrix-vector products with F ⊙ F (one pass over F
         # instead of four; the same sums in another order).
         squared = fully_rotated.square()
         left_new_term = (squared @ right_inv_sqrt.square()).div_(squared.shape[1])
         right_new_term = (left_inv_sqrt.square() @ squared).div_(squared.shape[0])
-        inv_sqrt[0] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt[0] = updated_inv_sqrt_eigenvalues(
             left_inv_sqrt, left_new_term, beta, self._clamp_max(group, grad.shape[0]), shifts[0]
         )
-        inv_sqrt[1] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt[1] = updated_inv_sqrt_eigenvalues(
             right_inv_sqrt, right_new_term, beta, self._clamp_max(group, grad.shape[1]), shifts[1]
         )
 
@@ -539,18 +481,18 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         white_1_rot_23 = torch.einsum("xyc,cz->xyz", white_1_rot_2, basis_3)
 
         half = white_1_rot_2 * inv_sqrt[1].view(1, -1, 1)
-        _accumulate_factor(factors[2], torch.tensordot(half, half, dims=([0, 1], [0, 1])), beta, numel)
+        accumulate_factor(factors[2], torch.tensordot(half, half, dims=([0, 1], [0, 1])), beta, numel)
 
         white_1_rot_3 = torch.einsum("xbc,cz->xbz", white_1, basis_3)
         half = white_1_rot_3 * inv_sqrt[2].view(1, 1, -1)
-        _accumulate_factor(factors[1], torch.tensordot(half, half, dims=([0, 2], [0, 2])), beta, numel)
+        accumulate_factor(factors[1], torch.tensordot(half, half, dims=([0, 2], [0, 2])), beta, numel)
 
         new_term_3 = torch.mean((white_1_rot_23 * inv_sqrt[1].view(1, -1, 1)) ** 2, dim=(0, 1))
-        inv_sqrt[2] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt[2] = updated_inv_sqrt_eigenvalues(
             inv_sqrt[2], new_term_3, beta, self._clamp_max(group, grad.shape[2]), shifts[2]
         )
         new_term_2 = torch.mean((white_1_rot_23 * inv_sqrt[2].view(1, 1, -1)) ** 2, dim=(0, 2))
-        inv_sqrt[1] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt[1] = updated_inv_sqrt_eigenvalues(
             inv_sqrt[1], new_term_2, beta, self._clamp_max(group, grad.shape[1]), shifts[1]
         )
 
@@ -558,10 +500,10 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         white_3_rot_2 = torch.einsum("abz,by->ayz", white_3, basis_2)
         white_3_rot_21 = torch.einsum("ayz,ax->xyz", white_3_rot_2, basis_1)
         half = white_3_rot_2 * inv_sqrt[1].view(1, -1, 1)
-        _accumulate_factor(factors[0], torch.tensordot(half, half, dims=([1, 2], [1, 2])), beta, numel)
+        accumulate_factor(factors[0], torch.tensordot(half, half, dims=([1, 2], [1, 2])), beta, numel)
 
         new_term_1 = torch.mean((white_3_rot_21 * inv_sqrt[1].view(1, -1, 1)) ** 2, dim=(1, 2))
-        inv_sqrt[0] = _updated_inv_sqrt_eigenvalues(
+        inv_sqrt[0] = updated_inv_sqrt_eigenvalues(
             inv_sqrt[0], new_term_1, beta, self._clamp_max(group, grad.shape[0]), shifts[0]
         )
 

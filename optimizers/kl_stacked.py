@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from optimizers.batching import StackedSteps, rebind, stacked_state
+from optimizers.kl_math import accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
 from optimizers.linalg import rotate_matrix, unrotate_matrix
 from optimizers.stepping import group_lr
 
@@ -47,8 +48,6 @@ class StackedKLSteps(StackedSteps):
 
     def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
         """What same-shape members must share to be stepped together, or None (stepped alone)."""
-        from optimizers.kl import working_shape
-
         state = self.state.get(param)
         if not group.get("stack_shapes", True) or not state or "step" not in state:
             return None
@@ -116,8 +115,6 @@ class StackedKLSteps(StackedSteps):
         self, grads: Tensor, stacked, group: dict[str, Any], rotated: tuple[Tensor, Tensor] | None
     ) -> None:
         """:meth:`_update_curvature_2d` on a stack (module docstring: which products stay per matrix)."""
-        from optimizers.kl import _accumulate_gram, _updated_inv_sqrt_eigenvalues
-
         beta = self._shampoo_beta(group)
         rows, columns = grads.shape[1:]
         numel = rows * columns
@@ -125,22 +122,22 @@ class StackedKLSteps(StackedSteps):
         left_inv_sqrt, right_inv_sqrt = stacked[("inv_sqrt_eigenvalues", 0)], stacked[("inv_sqrt_eigenvalues", 1)]
 
         right_whitened = (right_basis.mT @ grads.mT) * right_inv_sqrt.unsqueeze(-1)
-        _accumulate_gram(stacked[("factors", 0)], right_whitened.mT, beta, numel)
+        accumulate_gram(stacked[("factors", 0)], right_whitened.mT, beta, numel)
         if rotated is None:
             left_rotated = left_basis.mT @ grads
             fully_rotated = left_rotated @ right_basis
         else:
             left_rotated, fully_rotated = rotated
         left_whitened = left_rotated * left_inv_sqrt.unsqueeze(-1)
-        _accumulate_gram(stacked[("factors", 1)], left_whitened.mT, beta, numel)
+        accumulate_gram(stacked[("factors", 1)], left_whitened.mT, beta, numel)
 
         squared = fully_rotated.square()
         right_squared, left_squared = right_inv_sqrt.square(), left_inv_sqrt.square()
         left_new_term = torch.stack([one @ vector for one, vector in zip(squared, right_squared)]).div_(columns)
         right_new_term = torch.stack([vector @ one for one, vector in zip(squared, left_squared)]).div_(rows)
-        left_inv_sqrt.copy_(_updated_inv_sqrt_eigenvalues(
+        left_inv_sqrt.copy_(updated_inv_sqrt_eigenvalues(
             left_inv_sqrt, left_new_term, beta, self._clamp_max(group, rows), None
         ))  # fmt: skip
-        right_inv_sqrt.copy_(_updated_inv_sqrt_eigenvalues(
+        right_inv_sqrt.copy_(updated_inv_sqrt_eigenvalues(
             right_inv_sqrt, right_new_term, beta, self._clamp_max(group, columns), None
         ))  # fmt: skip

@@ -61,13 +61,11 @@ from torch import Tensor
 from optimizers.linalg import matrix_inverse_root, mode_gram, rotate
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
-from optimizers.shampoo_stacked import StackedShampooSteps
+from optimizers.shampoo_stacked import GRAFTING_NORM_FLOOR, StackedShampooSteps
 from optimizers.state import KeepsStateDtypes, state_dtype_for
 from optimizers.stepping import check_lr, group_lr
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
-# Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio.
-GRAFTING_NORM_FLOOR = 1e-16
 
 
 def merge_small_dims(shape: Sequence[int], max_preconditioner_dim: int) -> tuple[int, ...]:

@@ -28,6 +28,9 @@ from optimizers.linalg import rotate_matrix
 from optimizers.state import state_dtype_for
 from optimizers.stepping import closure_loss, group_lr
 
+# Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio (both Shampoo steps use it).
+GRAFTING_NORM_FLOOR = 1e-16
+
 SLOTS = (("exp_avg",), ("grafting_exp_avg_sq",), ("factors", 0, 0), ("factors", 0, 1),
          ("inverse_roots", 0, 0), ("inverse_roots", 0, 1))  # fmt: skip
 
@@ -101,8 +104,6 @@ class StackedShampooSteps:
 
     def _update_stack(self, params: list[Tensor], group: dict[str, Any], grads: Tensor) -> None:
         """``_update_param`` for a bucket: first moment, grafted Shampoo direction, weight decay, the update."""
-        from optimizers.shampoo import GRAFTING_NORM_FLOOR
-
         stacked = stacked_state(self, params, SLOTS)  # the roots may have arrived from their owners since
         step = self.state[params[0]]["step"]
         beta1 = group["betas"][0]

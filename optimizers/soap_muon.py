@@ -75,6 +75,7 @@ from optimizers.adamw import validate_adam_hyperparameters
 from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
 from optimizers.refreshes import RefreshingOptimizer
 from optimizers.registry import register_optimizer
+from optimizers.soap_muon_math import project, project_back
 from optimizers.soap_muon_stacked import StackedSOAPMuonSteps
 from optimizers.stepping import group_lr
 
@@ -155,29 +156,6 @@ def resolve_projection(matrix_shape: tuple[int, int] | None, projection_type: st
         if rows > max_precond_dim and cols > max_precond_dim:
             projection = "identity"
     return projection
-
-
-def _project(matrix: Tensor, state: dict[str, Any]) -> Tensor:
-    # Product forms as in the reference's project(): Q_Lᵀ X, X Q_R, (Q_Lᵀ X) Q_R.
-    projection = state["projection"]
-    if projection == "identity":
-        return matrix
-    if projection == "left":
-        return state["basis_left"].mT @ matrix
-    if projection == "right":
-        return matrix @ state["basis_right"]
-    return (state["basis_left"].mT @ matrix) @ state["basis_right"]
-
-
-def _project_back(matrix: Tensor, state: dict[str, Any]) -> Tensor:
-    projection = state["projection"]
-    if projection == "identity":
-        return matrix
-    if projection == "left":
-        return state["basis_left"] @ matrix
-    if projection == "right":
-        return matrix @ state["basis_right"].mT
-    return (state["basis_left"] @ matrix) @ state["basis_right"].mT
 
 
 def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth) -> tuple[Tensor, Tensor]:
@@ -315,7 +293,7 @@ class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torc
         if newton_schulz and group["scale"] == "graft":
             _floor_at_rounding_level_(root)
         denom = root.add_(group["eps"])
-        exp_avg_projected = _project(exp_avg, state)
+        exp_avg_projected = project(exp_avg, state)
 
         step_size = group_lr(group)
         if group["correct_bias"]:
@@ -358,12 +336,12 @@ class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torc
 
         exp_avg = state["exp_avg"].view(grad_matrix.shape)
         exp_avg_sq = state["exp_avg_sq"].view(grad_matrix.shape)
-        grad_projected = _project(grad_matrix, state)
+        grad_projected = project(grad_matrix, state)
         state["step"] += 1
         step = state["step"]
 
         step_size, direction = self._direction(grad_matrix, grad_projected, exp_avg, exp_avg_sq, state, group, step)
-        update = _project_back(direction, state)
+        update = project_back(direction, state)
         weights = param if param.dtype == dtype else param.to(dtype)
         weights.add_(update.reshape(param.shape), alpha=-step_size)
         if weight_decay > 0.0:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from optimizers.batching import StackedSteps, rebind, stacked_state
+from optimizers.soap_muon_math import project, project_back
 from optimizers.state import state_dtype_for
 from optimizers.stepping import group_lr
 
@@ -39,8 +40,6 @@ class StackedSOAPMuonSteps(StackedSteps):
         return (tuple(param.shape), param.dtype, param.device, state["step"], state["projection"])
 
     def _step_stack(self, params: list[Tensor], group: dict[str, Any]) -> None:
-        from optimizers.soap_muon import _project, _project_back
-
         states = [self.state[param] for param in params]
         sides = self._sides(states[0])
         slots = [("exp_avg",), ("exp_avg_sq",), *((f"factor_{side}",) for side in sides),
@@ -48,13 +47,13 @@ class StackedSOAPMuonSteps(StackedSteps):
         stacked = stacked_state(self, params, slots)
         bases = {"projection": states[0]["projection"], **{f"basis_{side}": stacked[(f"basis_{side}",)] for side in sides}}
         grads = torch.stack([param.grad for param in params])
-        grad_projected = _project(grads, bases)
+        grad_projected = project(grads, bases)
         step = states[0]["step"] + 1
         for state in states:
             state["step"] = step
         exp_avg, exp_avg_sq = stacked[("exp_avg",)], stacked[("exp_avg_sq",)]
         step_size, direction = self._direction(grads, grad_projected, exp_avg, exp_avg_sq, bases, group, step)
-        update = _project_back(direction, bases)
+        update = project_back(direction, bases)
         lr, weight_decay = group_lr(group), group["weight_decay"]
         for param, member in zip(params, update.unbind(0)):
             param.add_(member, alpha=-step_size)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl, linalg, soap_stacked
+from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl_math, linalg, soap_stacked
 from optimizers.batching import StackedState
 from optimizers.linalg import LinalgHealth, orthonormalize_qr
 
@@ -57,7 +57,7 @@ OPTIONS = {
 
 def _narrow_symmetric_blocks(monkeypatch) -> None:
     """Factors from 16 wide take the block-symmetric update (linalg.gram_update_) that 768-wide ones take."""
-    for module in (linalg, kl):
+    for module in (linalg, kl_math):
         monkeypatch.setattr(module, "SYMMETRIC_BLOCK", 8)
 
 

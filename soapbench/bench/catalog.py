@@ -12,9 +12,7 @@ interpolate the data (nanogpt_char's ``vocab_size: ${data.vocab_size}``) resolve
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,21 +21,10 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from soapbench.bench.discovery import import_submodules
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs"
-
-
-def import_submodules(package_name: str) -> dict[str, str]:
-    """Import every module of a package (their decorators register optimizers/models); return failures by module."""
-    package = importlib.import_module(package_name)
-    failures: dict[str, str] = {}
-    for module in pkgutil.iter_modules(package.__path__):
-        qualified = f"{package_name}.{module.name}"
-        try:
-            importlib.import_module(qualified)
-        except Exception as error:  # a half-written drop-in must not take the benchmark down
-            failures[qualified] = f"{type(error).__name__}: {error}"
-    return failures
 
 
 def discover_optimizers() -> tuple[list[str], dict[str, str]]:

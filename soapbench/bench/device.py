@@ -33,7 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from soapbench.bench import throughput
-from soapbench.bench.catalog import compose, import_submodules, optimizer_setup, preset_config
+from soapbench.bench.catalog import compose, optimizer_setup, preset_config
+from soapbench.bench.discovery import import_submodules
 from soapbench.bench.floor import main_optimizer_shapes, median_seconds
 from soapbench.bench.report import fmt_bytes, fmt_ms, fmt_num, table
 from soapbench.bench.shapes import build_preset_model, param_infos

@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from soapbench.bench.catalog import import_submodules
+from soapbench.bench.discovery import import_submodules
 
 # Model-config keys that give a preset's depth, per architecture (gpt: n_layer; olmo: n_layers).
 DEPTH_KEYS = ("n_layer", "n_layers", "num_layers", "depth")

@@ -33,7 +33,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from soapbench.bench.catalog import CONFIG_DIR, OptimizerSetup, compose, import_submodules
+from soapbench.bench.catalog import CONFIG_DIR, OptimizerSetup, compose
+from soapbench.bench.discovery import import_submodules
 from soapbench.bench.step_timing import window_length
 
 LARGE_MODEL_PARAMS = 100_000_000

@@ -30,7 +30,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 from soapbench.bench import floor
-from soapbench.bench.catalog import compose, import_submodules, optimizer_setup, preset_config
+from soapbench.bench.catalog import compose, optimizer_setup, preset_config
+from soapbench.bench.discovery import import_submodules
 from soapbench.bench.step_timing import garbage_collection_paused, rotated
 from soapbench.machine_load import load_average
 from soapbench.timing import synchronize
