@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from soapbench.results import RunStore
-from tests.conftest import train_in_process
+from tests.conftest import PRECISION_DTYPES, layer_output_dtypes, train_in_process
 
 SUMMARY_KEYS = {"status", "final_val_loss", "best_val_loss", "steps", "train_seconds", "tokens", "params", "device"}
 
@@ -95,11 +95,29 @@ def test_gradient_accumulation_counts_items_and_steps(results_dir) -> None:
     assert summary["samples"] == 4 * 3 * 4
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_runs_on_cpu(results_dir, precision) -> None:
-    summary = train_in_process([f"trainer.precision={precision}", "trainer.max_steps=6"], results_dir)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_runs_the_step_in_its_dtype_on_cpu(results_dir, monkeypatch, precision) -> None:
+    """bf16 and fp16 autocast the step's matmuls (fp16 also loss-scales through an enabled GradScaler); fp32 runs
+    them in float32 with the scaler off."""
+    import soapbench.trainer
+
+    scalers = []
+    original = soapbench.trainer.build_grad_scaler
+
+    def kept_scaler(*args):
+        scalers.append(original(*args))
+        return scalers[-1]
+
+    monkeypatch.setattr(soapbench.trainer, "build_grad_scaler", kept_scaler)
+    with layer_output_dtypes() as dtypes:
+        summary = train_in_process([f"trainer.precision={precision}", "trainer.max_steps=6"], results_dir)
     assert summary["status"] == "completed"
     assert math.isfinite(summary["final_val_loss"])
+    assert dtypes == {getattr(torch, PRECISION_DTYPES[precision])}
+    (scaler,) = scalers
+    assert scaler.is_enabled() == (precision == "fp16")
+    if precision == "fp16":
+        assert "scale" in scaler.state_dict() and scaler.get_scale() > 1.0, "the losses went through the scaler"
 
 
 def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) -> None:
