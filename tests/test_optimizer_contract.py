@@ -288,7 +288,11 @@ def _assert_30_steps_lower_the_validation_loss(overrides: list[str], results_dir
     assert last < first - 0.05, f"{overrides}: {first} -> {last}"
 
 
-@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("adamw", "adafactor_torch", "muon_torch")])
+# torch's own optimizers count steps in tensors; Muon counts none (see the test after the next).
+TORCH_COUNTERS, NO_COUNTER = ("adamw", "adafactor_torch", "muon_torch"), ("muon",)
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in TORCH_COUNTERS + NO_COUNTER])
 def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors(name: str) -> None:
     """Our optimizers count steps in Python ints (exact past 2^24); a torch-style checkpoint with tensor steps
     (or float ones) loads back into ints, and the run continues exactly as from an int checkpoint."""
@@ -300,19 +304,31 @@ def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors
         optimizer = build_optimizer(name, params, **hparams)
         _drive(optimizer, params, grads[:3], range(3))
         saved = _round_trip(optimizer)
+        assert len(saved["state"]) == len(params), f"{name}: state for {len(saved['state'])} of {len(params)} parameters"
         for state in saved["state"].values():
-            if "step" in state:
-                state["step"] = as_stored(state["step"])
+            state["step"] = as_stored(state["step"])
         restored = [nn.Parameter(p.detach().clone()) for p in params]
         restored_optimizer = build_optimizer(name, restored, **hparams)
         restored_optimizer.load_state_dict(saved)
-        steps = [state["step"] for state in restored_optimizer.state.values() if "step" in state]
+        steps = [restored_optimizer.state[param]["step"] for param in restored]
         assert all(type(step) is int for step in steps), f"{name}: loaded steps {steps}"
         _drive(restored_optimizer, restored, grads[3:], range(3))
         results.append(restored)
     for other in results[1:]:
         for a, b in zip(results[0], other):
             assert torch.equal(a, b), f"{name}: a tensor/float step continued differently from an int step"
+
+
+@pytest.mark.parametrize("name", NO_COUNTER)
+def test_an_optimizer_without_a_step_counter_keeps_none(name: str) -> None:
+    """Muon's update depends on no step count, so its state is the momentum buffer alone and the int-step test has
+    nothing to check for it; an optimizer that starts counting belongs in that test instead."""
+    hparams, _ = _yaml_hparams(name)
+    _, _, init, grads = _group_problem(name)
+    params = [nn.Parameter(value.clone()) for value in init]
+    optimizer = build_optimizer(name, params, **hparams)
+    _drive(optimizer, params, grads[:3], range(3))
+    assert [set(optimizer.state[param]) for param in params] == [{"momentum_buffer"}] * len(params)
 
 
 def test_the_soap_cards_usage_trains(results_dir) -> None:

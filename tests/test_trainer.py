@@ -59,6 +59,7 @@ def test_timing_fields_are_consistent_and_exclude_evaluation(results_dir, monkey
     elapsed = time.perf_counter() - started
     records = RunStore(_only_run(results_dir)).read_metrics()
     train_records = [r for r in records if r["event"] == "train"]
+    assert len(train_records) == 12 // 3, "one record per log interval"
     # 3 evaluations on the fixed set and 1 on the whole split sleep 1.6 s in all; none of it is training time.
     assert summary["train_seconds"] < elapsed - 1.6
     assert summary["final_full_eval_seconds"] >= 0.4
@@ -124,7 +125,7 @@ def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) ->
     train_in_process(["trainer.ema.enabled=true", "trainer.ema.decay=0.5", "trainer.ema.overwrite_interval=6"], results_dir)
     run_dir = _only_run(results_dir)
     evals = [r for r in RunStore(run_dir).read_metrics() if "val/loss" in r]
-    assert all("val_ema/loss" in r for r in evals)
+    assert [r["step"] for r in evals] == [0, 6, 12] and all("val_ema/loss" in r for r in evals)
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     # Step 12 is an overwrite step: the model's weights are the EMA's.
     ema_weights = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
