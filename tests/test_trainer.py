@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from soapbench.results import RunStore
 from tests.conftest import PRECISION_DTYPES, layer_output_dtypes, train_in_process
@@ -133,10 +134,26 @@ def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) ->
         assert torch.equal(value, ema_weights[name]), name
 
 
-def test_gradient_clipping_by_norm_logs_the_norm_and_by_value_runs(results_dir) -> None:
-    train_in_process(["trainer.grad_clip_norm=0.5", "trainer.grad_clip_value=0.01"], results_dir)
+def test_gradient_clipping_by_norm_and_by_value_reaches_the_optimizer_and_logs_the_norm(results_dir) -> None:
+    """Every step the optimizer sees gradients within the global norm (0.5) and the elementwise bound (0.01); the log
+    records the norm before clipping, which exceeds 0.5 at least once, so the clip had work to do."""
+    seen = []
+
+    def record(optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
+                     max(g.abs().max().item() for g in grads)))  # fmt: skip
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train_in_process(["trainer.grad_clip_norm=0.5", "trainer.grad_clip_value=0.01"], results_dir)
+    finally:
+        handle.remove()
+    assert len(seen) == 12, "one optimizer step per training step"
+    assert all(norm <= 0.5 * (1 + 1e-5) and largest <= 0.01 for norm, largest in seen), seen
     records = [r for r in RunStore(_only_run(results_dir)).read_metrics() if r["event"] == "train"]
-    assert all("train/grad_norm" in r for r in records)
+    assert records and all("train/grad_norm" in r for r in records)
+    assert max(r["train/grad_norm"] for r in records) > 0.5, "the norm before clipping, not after"
 
 
 def test_loss_above_the_divergence_factor_ends_the_run_as_diverged(results_dir) -> None:
