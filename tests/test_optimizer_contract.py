@@ -331,12 +331,29 @@ def test_an_optimizer_without_a_step_counter_keeps_none(name: str) -> None:
     assert [set(optimizer.state[param]) for param in params] == [{"momentum_buffer"}] * len(params)
 
 
-def test_the_soap_cards_usage_trains(results_dir) -> None:
+def test_the_soap_cards_usage_trains(results_dir, monkeypatch) -> None:
     """The SOAP card's example, SOAP(lr=3e-3, weight_decay=1e-2, precondition_frequency=20, merge_dims=True),
     through the trainer: every matrix of a 16-wide GPT merges into one axis (the embedding into 1040), the basis is
     refreshed once, and the validation loss falls."""
+    from optimizers.soap import SOAP
+
+    refreshes, optimizers = {}, []
+    original = SOAP._refresh_bases
+
+    def counted(self, state, *args, **kwargs):
+        optimizers.append(self)
+        refreshes[id(state)] = refreshes.get(id(state), 0) + 1
+        return original(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(SOAP, "_refresh_bases", counted)
     _assert_30_steps_lower_the_validation_loss(
         ["optimizer=soap", "optimizer.merge_dims=true", "optimizer.precondition_frequency=20", "optimizer.lr=3e-3",
          "optimizer.weight_decay=1e-2", "model.n_embd=16"],
         results_dir,
     )
+    (optimizer,) = set(optimizers)
+    matrices = [p for group in optimizer.param_groups for p in group["params"] if p.dim() >= 2]
+    factor_shapes = [[tuple(f.shape) for f in optimizer.state[p]["GG"]] for p in matrices]
+    assert factor_shapes == [[(p.numel(), p.numel())] for p in matrices], "one factor over the merged axis"
+    assert (1040, 1040) in [shapes[0] for shapes in factor_shapes], "the 65 x 16 embedding merged into 1040"
+    assert refreshes == {id(optimizer.state[p]): 1 for p in matrices}, "30 steps at f = 20: one refresh each"
