@@ -320,7 +320,7 @@ def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors
 
 
 @pytest.mark.parametrize("name", NO_COUNTER)
-def test_an_optimizer_without_a_step_counter_keeps_none(name: str) -> None:
+def test_an_optimizer_without_a_step_counter_keeps_none(name: str, one_thread) -> None:
     """Muon's update depends on no step count, so its state is the momentum buffer alone and the int-step test has
     nothing to check for it; an optimizer that starts counting belongs in that test instead."""
     hparams, _ = _yaml_hparams(name)
