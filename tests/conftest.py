@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -106,3 +107,28 @@ def assert_identical(actual, expected, where: str) -> None:
             assert_identical(a, e, f"{where}[{index}]")
     else:
         assert actual == expected, where
+
+
+PRECISION_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+@contextlib.contextmanager
+def layer_output_dtypes():
+    """The dtypes of every Linear and convolution output computed with gradients on while the block runs: what
+    autocast really did to the training step's matmuls. Evaluation runs under no_grad, and a FLOP count's pass
+    through a meta-device copy of the model is no step, so neither is recorded."""
+    import torch
+    from torch import nn
+
+    seen: set = set()
+
+    def record(module, args, output) -> None:
+        layer = isinstance(module, (nn.Linear, nn.modules.conv._ConvNd))
+        if layer and torch.is_grad_enabled() and output.device.type != "meta":
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        yield seen
+    finally:
+        handle.remove()

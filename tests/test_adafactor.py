@@ -144,6 +144,7 @@ def test_bfloat16_params_keep_float32_state_and_track_the_float32_run():
     _drive(low_optimizer, low, grads)
     _drive(full_optimizer, full, grads)
     state = low_optimizer.state[low[0]]
+    assert [v.shape for v in state["exp_avg_sq"]] == [(8,), (6,)], "a factored second moment: rows and columns"
     assert state["exp_avg"].dtype == torch.float32 and all(v.dtype == torch.float32 for v in state["exp_avg_sq"])
     for a, b in zip(low, full):
         assert a.dtype == torch.bfloat16 and torch.isfinite(a).all()

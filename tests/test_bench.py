@@ -130,7 +130,8 @@ def test_timing_reports_every_sample_and_excludes_gradient_assignment():
 def test_missing_peer_library_gives_a_clear_cell(monkeypatch, registered):
     for library in peers.PEER_LIBRARIES:
         monkeypatch.setitem(peers.PEER_LIBRARIES, library, f"{library.replace('-', '_')}_absent_for_test")
-    assert all(status.startswith("not installed") for status in peers.library_status().values())
+    statuses = peers.library_status()
+    assert statuses and all(status.startswith("not installed") for status in statuses.values())
     cfg = catalog.preset_config("nanogpt_char_cpu", TINY)["model"]
     from soapbench.bench.shapes import build_preset_model
 
@@ -203,7 +204,8 @@ def test_script_writes_report_with_metadata(tmp_path, registered):
     assert set(report["sections"]) == expected
     assert {c["label"] for c in report["sections"]["step_timing"]["contestants"]} == set(chosen.split(","))
     assert all(c["stats"]["n"] >= 3 for c in report["sections"]["step_timing"]["contestants"])
-    assert all(row["status"] == "completed" for row in report["sections"]["throughput"]["rows"])
+    throughput = report["sections"]["throughput"]["rows"]
+    assert throughput and all(row["status"] == "completed" for row in throughput)
     text = md_path.read_text()
     assert "Step time" in text and "Optimizer-state memory" in text and meta["command"] in text
     assert "Optimizer-state memory" in result.stdout

@@ -8,6 +8,7 @@ import sys
 
 import torch
 
+from optimizers.soap import SOAP
 from soapbench.optimizer_check import check_optimizer
 from soapbench.optimizer_check.training import check_resume
 from tests.conftest import REPO
@@ -63,19 +64,37 @@ def test_a_broken_optimizer_is_reported_by_the_checks_it_breaks() -> None:
 
 def test_torch_sgd_passes_and_the_resume_check_sees_bit_identity() -> None:
     _, rows = check_optimizer("torch.optim.SGD", {"lr": 0.01, "momentum": 0.9}, training=False)
-    assert all(row.status in ("pass", "skip") for row in rows), [(r.check, r.detail) for r in rows if r.status == "fail"]
+    assert rows and all(row.status in ("pass", "skip") for row in rows), [(r.check, r.detail) for r in rows if r.status == "fail"]
     status, detail = check_resume(["optimizer=custom", "optimizer.target=torch.optim.SGD", "++optimizer.lr=0.01",
                                    "++optimizer.momentum=0.9"])  # fmt: skip
     assert status == "pass", detail
 
 
+class PeerLikeSOAP(SOAP):
+    """Our SOAP behind a peer's narrower constructor: like heavyball's SOAP, it takes no correct_bias,
+    normalize_grads or data_format (it runs with their reference values)."""
+
+    def __init__(self, params, lr=3e-3, betas=(0.95, 0.95), shampoo_beta=-1, eps=1e-8, weight_decay=0.01,
+                 precondition_frequency=10, max_precond_dim=10000, merge_dims=False, precondition_1d=False):  # fmt: skip
+        super().__init__(params, lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
+                         precondition_frequency=precondition_frequency, max_precond_dim=max_precond_dim,
+                         merge_dims=merge_dims, precondition_1d=precondition_1d)  # fmt: skip
+
+
+def _parity_row(name: str, kwargs: dict | None = None, golden: str | None = None):
+    (parity,) = [row for row in check_optimizer(name, kwargs, training=False, contract=False, golden=golden)[1]
+                 if row.check.startswith("golden parity")]  # fmt: skip
+    return parity
+
+
 def test_golden_parity_passes_for_our_soap_and_names_what_a_peer_does_not_take() -> None:
-    _, rows = check_optimizer("soap", training=False, contract=False)
-    (parity,) = [row for row in rows if row.check.startswith("golden parity")]
+    parity = _parity_row("soap")
     assert parity.status == "pass" and parity.detail.startswith("soap_f64"), parity
-    broken = [row for row in check_optimizer("soap", {"eps": 1e-3}, training=False, contract=False)[1]
-              if row.check.startswith("golden parity")]  # fmt: skip
-    assert broken[0].status == "pass", "the golden's own eps is used, whatever the target's kwargs"
+    assert "not taken" not in parity.detail, "our SOAP takes every hyperparameter of the golden run"
+    assert _parity_row("soap", {"eps": 1e-3}).status == "pass", "the golden's own eps is used, whatever the target's kwargs"
+    peer = _parity_row(f"{__name__}.PeerLikeSOAP", golden="soap_f64")
+    assert peer.status == "pass", peer
+    assert peer.detail.endswith("; not taken by this class: normalize_grads, data_format, correct_bias"), peer.detail
 
 
 def test_bad_input_is_one_error_line_and_exit_2() -> None:

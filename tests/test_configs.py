@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import json
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -48,24 +52,81 @@ def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optim
     assert names == set(available_optimizers())
 
 
-def test_optimizer_yaml_keys_are_constructor_keywords() -> None:
-    from optimizers.imported import import_target
-    from optimizers.registry import OptimizerConfigError, resolve_spec, split_optimizer_config
+# Peer yamls (``target:`` another package's class) are checked against the constructor keywords recorded here from
+# the pinned package, so CI checks them without the peers extra; where a peer is installed, the record is checked
+# against it.
+PEER_SIGNATURES = CONFIG_DIR / "optimizer" / "peer_signatures.json"
+_OPTIMIZER_YAMLS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml") if p.stem != "custom")  # custom names no target
 
-    for path in (CONFIG_DIR / "optimizer").glob("*.yaml"):
-        if path.stem == "custom":
-            continue  # no target until the user names one
-        config = OmegaConf.to_container(OmegaConf.load(path))
-        if config.get("target"):
-            assert path.stem == config["name"], f"{path.name}: an imported optimizer's label is its yaml's name"
-            try:
-                import_target(config["target"])
-            except OptimizerConfigError:
-                continue  # its extra is not installed here (tests/test_peers.py skips too)
-        name, hparams, build_args = split_optimizer_config(config)
+
+def _optimizer_yaml(stem: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "optimizer" / f"{stem}.yaml"))
+
+
+def _recorded_signatures() -> dict[str, dict]:
+    return json.loads(PEER_SIGNATURES.read_text())["signatures"]
+
+
+def _peer_installed(target: str) -> bool:
+    return importlib.util.find_spec(target.split(".")[0]) is not None
+
+
+def _recorded_spec(config: dict):
+    """The spec of a peer yaml's class as its recorded signature describes it, for a machine without the package."""
+    from optimizers.param_groups import ALL_ROLES
+    from optimizers.registry import OptimizerSpec
+
+    recorded = _recorded_signatures()[config["target"]]
+
+    def factory(params, **kwargs):
+        raise AssertionError("a recorded signature builds nothing")
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    parameters = [inspect.Parameter(name, kind) for name in ["params", *recorded["keywords"]]]
+    if recorded["var_keyword"]:
+        parameters.append(inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD))
+    factory.__signature__ = inspect.Signature(parameters)
+    return OptimizerSpec(config["name"], factory, ALL_ROLES, target=config["target"],
+                         strict_kwargs=bool(config.get("strict_kwargs", True)))  # fmt: skip
+
+
+@pytest.mark.parametrize("stem", _OPTIMIZER_YAMLS)
+def test_optimizer_yaml_keys_are_constructor_keywords(stem: str) -> None:
+    from optimizers.registry import resolve_spec, split_optimizer_config
+
+    config = _optimizer_yaml(stem)
+    name, hparams, build_args = split_optimizer_config(config)
+    if config.get("target"):
+        assert stem == config["name"], f"{stem}.yaml: an imported optimizer's label is its yaml's name"
+    if config.get("target") and not _peer_installed(config["target"]):
+        spec = _recorded_spec(config)
+    else:
         spec = resolve_spec(name, build_args.get("source"))
-        unknown = set(hparams) - set(spec.hyperparameter_names())
-        assert not unknown, f"{path.name}: {unknown} are not keywords of {spec.target or spec.name}"
+    unknown = set(hparams) - set(spec.hyperparameter_names())
+    assert not unknown, f"{stem}.yaml: {unknown} are not keywords of {spec.target or spec.name}"
+
+
+def test_every_peer_yaml_has_a_signature_recorded_for_its_pinned_package() -> None:
+    peers = {config["target"]: config["package"] for config in map(_optimizer_yaml, _OPTIMIZER_YAMLS) if config.get("target")}
+    assert peers, "the peer yamls are found"
+    recorded = {target: entry["package"] for target, entry in _recorded_signatures().items()}
+    assert recorded == peers, f"{PEER_SIGNATURES.name} and the peer yamls name the same classes and pinned packages"
+
+
+@pytest.mark.parametrize("target", sorted(_recorded_signatures()))
+def test_a_recorded_peer_signature_is_the_installed_packages(target: str) -> None:
+    from optimizers.imported import import_target, installed_version
+    from optimizers.registry import OptimizerSpec
+
+    if not _peer_installed(target):
+        pytest.skip(f"{target.split('.')[0]} is not installed; its yamls are checked against the recorded signature")
+    recorded = _recorded_signatures()[target]
+    found = installed_version(recorded["package"], target)
+    assert found == recorded["package"].split("==")[1], f"{target}: {found} is installed; the record is for {recorded['package']}"
+    keywords, var_keyword = OptimizerSpec(target, import_target(target), ())._keywords()
+    assert {"keywords": keywords, "var_keyword": var_keyword} == {k: recorded[k] for k in ("keywords", "var_keyword")}, (
+        f"{target}: re-record it in {PEER_SIGNATURES.name}: " + json.dumps({"keywords": keywords, "var_keyword": var_keyword})
+    )
 
 
 def test_cli_style_overrides_reach_the_config() -> None:

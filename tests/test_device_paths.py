@@ -14,10 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from soapbench.bench.device import compiler_available
 from soapbench.results import RunStore
-from tests.conftest import FAST, REPO, resolved
+from tests.conftest import FAST, REPO, layer_output_dtypes, resolved
 
 LM_TINY = ["model=lm_tiny", "model.n_layers=2", "model.vocab_size=128", "model.embedding_size=128",
            "model.seq_len=32"]  # fmt: skip
@@ -100,7 +101,9 @@ def test_compiled_model_trains_like_the_eager_one(results_dir, tmp_path, workloa
 @pytest.mark.parametrize("workload", sorted(WORKLOADS))
 def test_bf16_autocast_trains_every_workload(results_dir, tmp_path, monkeypatch, workload) -> None:
     monkeypatch.setenv("SOAPBENCH_CACHE", str(tmp_path / "cache"))
-    summary, records = _train(results_dir, [*WORKLOADS[workload], "trainer.precision=bf16", "optimizer.lr=3e-3"])
+    with layer_output_dtypes() as dtypes:
+        summary, records = _train(results_dir, [*WORKLOADS[workload], "trainer.precision=bf16", "optimizer.lr=3e-3"])
+    assert dtypes == {torch.bfloat16}, "every Linear and convolution of the training step ran under bf16 autocast"
     losses = [r["train/loss"] for r in records if r["event"] == "train"]
     assert all(math.isfinite(loss) for loss in losses) and math.isfinite(summary["final_val_loss"])
     assert losses[-1] < losses[0], losses

@@ -224,6 +224,7 @@ def test_basis_never_changes_when_the_refresh_period_exceeds_the_horizon(
     first_bases = [basis.clone() for basis in state["bases"]]
     first_factors = [factor.clone() for factor in state["factors"]]
     _run(optimizer, [param], range(1, 16))
+    assert len(first_bases) == len(first_factors) == len(shape), "one basis and one factor per dimension"
     assert all(torch.equal(a, b) for a, b in zip(state["bases"], first_bases))
     assert not any(torch.equal(a, b) for a, b in zip(state["factors"], first_factors)), "factors still accumulate"
     assert torch.isfinite(param).all()
@@ -380,7 +381,8 @@ def test_degenerate_gradient_streams_stay_finite(optimizer_class: type, kind: st
             param.grad = _degenerate_gradient(kind, param.shape, step)
         optimizer.step()
     assert all(torch.isfinite(param).all() for param in params)
-    assert all(torch.isfinite(tensor).all() for tensor in _all_state_tensors(optimizer))
+    state_tensors = list(_all_state_tensors(optimizer))
+    assert state_tensors and all(torch.isfinite(tensor).all() for tensor in state_tensors)
     assert optimizer.diagnostics()["linalg_failures"] == 0
 
 
@@ -396,6 +398,7 @@ def test_linalg_failures_keep_the_previous_basis(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(linalg, "householder_q", failing_qr)
     _run(optimizer, params, range(2, 5))  # refreshes at t = 2 and t = 4, both failing, 5 factors each
+    assert [len(bases[id(param)]) for param in params] == [param.dim() for param in params]
     for param in params:
         assert all(torch.equal(a, b) for a, b in zip(optimizer.state[param]["bases"], bases[id(param)]))
         assert torch.isfinite(param).all()
@@ -407,7 +410,8 @@ def test_linalg_failures_keep_the_previous_basis(monkeypatch: pytest.MonkeyPatch
     fresh = nn.Parameter(torch.randn(5, 4))
     optimizer.add_param_group({"params": [fresh]})
     _run(optimizer, params + [fresh], range(5, 9))
-    assert all(torch.equal(basis, torch.eye(basis.shape[0])) for basis in optimizer.state[fresh]["bases"])
+    fresh_bases = optimizer.state[fresh]["bases"]
+    assert len(fresh_bases) == fresh.dim() and all(torch.equal(basis, torch.eye(basis.shape[0])) for basis in fresh_bases)
     assert all(torch.isfinite(param).all() for param in params + [fresh])
     assert optimizer.diagnostics()["linalg_failures"] == 10 + 2 + 10 + 2
 

@@ -138,7 +138,7 @@ def test_a_resume_with_other_threads_adds_a_segment_and_marks_the_difference(res
     on_disk = json.loads((results_dir / "runs" / "default" / second["run_name"] / "summary.json").read_text())
     assert on_disk["segments"] == second["segments"]
     train_records = [r for r in RunStore(second["run_dir"]).read_metrics() if r["event"] == "train"]
-    assert all(r["train/cpu_seconds"] > 0 and "system/load1" in r for r in train_records)
+    assert train_records and all(r["train/cpu_seconds"] > 0 and "system/load1" in r for r in train_records)
 
 
 @pytest.mark.parametrize("value,message", [("0", "trainer.threads: must be > 0"), ("abc", "trainer.threads: expected an integer")])

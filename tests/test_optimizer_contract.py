@@ -288,7 +288,11 @@ def _assert_30_steps_lower_the_validation_loss(overrides: list[str], results_dir
     assert last < first - 0.05, f"{overrides}: {first} -> {last}"
 
 
-@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in ("adamw", "adafactor_torch", "muon_torch")])
+# torch's own optimizers count steps in tensors; Muon counts none (see the test after the next).
+TORCH_COUNTERS, NO_COUNTER = ("adamw", "adafactor_torch", "muon_torch"), ("muon",)
+
+
+@pytest.mark.parametrize("name", [n for n in OPTIMIZERS if n not in TORCH_COUNTERS + NO_COUNTER])
 def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors(name: str) -> None:
     """Our optimizers count steps in Python ints (exact past 2^24); a torch-style checkpoint with tensor steps
     (or float ones) loads back into ints, and the run continues exactly as from an int checkpoint."""
@@ -300,13 +304,13 @@ def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors
         optimizer = build_optimizer(name, params, **hparams)
         _drive(optimizer, params, grads[:3], range(3))
         saved = _round_trip(optimizer)
+        assert len(saved["state"]) == len(params), f"{name}: state for {len(saved['state'])} of {len(params)} parameters"
         for state in saved["state"].values():
-            if "step" in state:
-                state["step"] = as_stored(state["step"])
+            state["step"] = as_stored(state["step"])
         restored = [nn.Parameter(p.detach().clone()) for p in params]
         restored_optimizer = build_optimizer(name, restored, **hparams)
         restored_optimizer.load_state_dict(saved)
-        steps = [state["step"] for state in restored_optimizer.state.values() if "step" in state]
+        steps = [restored_optimizer.state[param]["step"] for param in restored]
         assert all(type(step) is int for step in steps), f"{name}: loaded steps {steps}"
         _drive(restored_optimizer, restored, grads[3:], range(3))
         results.append(restored)
@@ -315,12 +319,41 @@ def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors
             assert torch.equal(a, b), f"{name}: a tensor/float step continued differently from an int step"
 
 
-def test_the_soap_cards_usage_trains(results_dir) -> None:
+@pytest.mark.parametrize("name", NO_COUNTER)
+def test_an_optimizer_without_a_step_counter_keeps_none(name: str, one_thread) -> None:
+    """Muon's update depends on no step count, so its state is the momentum buffer alone and the int-step test has
+    nothing to check for it; an optimizer that starts counting belongs in that test instead."""
+    hparams, _ = _yaml_hparams(name)
+    _, _, init, grads = _group_problem(name)
+    params = [nn.Parameter(value.clone()) for value in init]
+    optimizer = build_optimizer(name, params, **hparams)
+    _drive(optimizer, params, grads[:3], range(3))
+    assert [set(optimizer.state[param]) for param in params] == [{"momentum_buffer"}] * len(params)
+
+
+def test_the_soap_cards_usage_trains(results_dir, monkeypatch) -> None:
     """The SOAP card's example, SOAP(lr=3e-3, weight_decay=1e-2, precondition_frequency=20, merge_dims=True),
     through the trainer: every matrix of a 16-wide GPT merges into one axis (the embedding into 1040), the basis is
     refreshed once, and the validation loss falls."""
+    from optimizers.soap import SOAP
+
+    refreshes, optimizers = {}, []
+    original = SOAP._refresh_bases
+
+    def counted(self, state, *args, **kwargs):
+        optimizers.append(self)
+        refreshes[id(state)] = refreshes.get(id(state), 0) + 1
+        return original(self, state, *args, **kwargs)
+
+    monkeypatch.setattr(SOAP, "_refresh_bases", counted)
     _assert_30_steps_lower_the_validation_loss(
         ["optimizer=soap", "optimizer.merge_dims=true", "optimizer.precondition_frequency=20", "optimizer.lr=3e-3",
          "optimizer.weight_decay=1e-2", "model.n_embd=16"],
         results_dir,
     )
+    (optimizer,) = set(optimizers)
+    matrices = [p for group in optimizer.param_groups for p in group["params"] if p.dim() >= 2]
+    factor_shapes = [[tuple(f.shape) for f in optimizer.state[p]["GG"]] for p in matrices]
+    assert factor_shapes == [[(p.numel(), p.numel())] for p in matrices], "one factor over the merged axis"
+    assert (1040, 1040) in [shapes[0] for shapes in factor_shapes], "the 65 x 16 embedding merged into 1040"
+    assert refreshes == {id(optimizer.state[p]): 1 for p in matrices}, "30 steps at f = 20: one refresh each"

@@ -65,7 +65,7 @@ def test_golden(run):
         assert torch.equal(trajectory[name][1], trajectory[name][0]), name
     diffs = max_abs_diff(trajectory, golden)
     bounds = GOLDEN_BOUNDS[run]
-    assert all(diffs[name] <= bounds[name] for name in diffs), (diffs, bounds)
+    assert set(diffs) == set(golden["param_names"]) and all(diffs[name] <= bounds[name] for name in diffs), (diffs, bounds)
 
 
 # The golden README's table for a reimplementation that runs every eigh/QR in float64 ("clean").

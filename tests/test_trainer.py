@@ -8,9 +8,10 @@ import time
 
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from soapbench.results import RunStore
-from tests.conftest import train_in_process
+from tests.conftest import PRECISION_DTYPES, layer_output_dtypes, train_in_process
 
 SUMMARY_KEYS = {"status", "final_val_loss", "best_val_loss", "steps", "train_seconds", "tokens", "params", "device"}
 
@@ -60,6 +61,7 @@ def test_timing_fields_are_consistent_and_exclude_evaluation(results_dir, monkey
     elapsed = time.perf_counter() - started
     records = RunStore(_only_run(results_dir)).read_metrics()
     train_records = [r for r in records if r["event"] == "train"]
+    assert len(train_records) == 12 // 3, "one record per log interval"
     # 3 evaluations on the fixed set and 1 on the whole split sleep 1.6 s in all; none of it is training time.
     assert summary["train_seconds"] < elapsed - 1.6
     assert summary["final_full_eval_seconds"] >= 0.4
@@ -96,18 +98,36 @@ def test_gradient_accumulation_counts_items_and_steps(results_dir) -> None:
     assert summary["samples"] == 4 * 3 * 4
 
 
-@pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_reduced_precision_runs_on_cpu(results_dir, precision) -> None:
-    summary = train_in_process([f"trainer.precision={precision}", "trainer.max_steps=6"], results_dir)
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_each_precision_runs_the_step_in_its_dtype_on_cpu(results_dir, monkeypatch, precision) -> None:
+    """bf16 and fp16 autocast the step's matmuls (fp16 also loss-scales through an enabled GradScaler); fp32 runs
+    them in float32 with the scaler off."""
+    import soapbench.trainer
+
+    scalers = []
+    original = soapbench.trainer.build_grad_scaler
+
+    def kept_scaler(*args):
+        scalers.append(original(*args))
+        return scalers[-1]
+
+    monkeypatch.setattr(soapbench.trainer, "build_grad_scaler", kept_scaler)
+    with layer_output_dtypes() as dtypes:
+        summary = train_in_process([f"trainer.precision={precision}", "trainer.max_steps=6"], results_dir)
     assert summary["status"] == "completed"
     assert math.isfinite(summary["final_val_loss"])
+    assert dtypes == {getattr(torch, PRECISION_DTYPES[precision])}
+    (scaler,) = scalers
+    assert scaler.is_enabled() == (precision == "fp16")
+    if precision == "fp16":
+        assert "scale" in scaler.state_dict() and scaler.get_scale() > 1.0, "the losses went through the scaler"
 
 
 def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) -> None:
     train_in_process(["trainer.ema.enabled=true", "trainer.ema.decay=0.5", "trainer.ema.overwrite_interval=6"], results_dir)
     run_dir = _only_run(results_dir)
     evals = [r for r in RunStore(run_dir).read_metrics() if "val/loss" in r]
-    assert all("val_ema/loss" in r for r in evals)
+    assert [r["step"] for r in evals] == [0, 6, 12] and all("val_ema/loss" in r for r in evals)
     checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     # Step 12 is an overwrite step: the model's weights are the EMA's.
     ema_weights = {k.removeprefix("module."): v for k, v in checkpoint["ema"].items() if k.startswith("module.")}
@@ -115,10 +135,26 @@ def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) ->
         assert torch.equal(value, ema_weights[name]), name
 
 
-def test_gradient_clipping_by_norm_logs_the_norm_and_by_value_runs(results_dir) -> None:
-    train_in_process(["trainer.grad_clip_norm=0.5", "trainer.grad_clip_value=0.01"], results_dir)
+def test_gradient_clipping_by_norm_and_by_value_reaches_the_optimizer_and_logs_the_norm(results_dir) -> None:
+    """Every step the optimizer sees gradients within the global norm (0.5) and the elementwise bound (0.01); the log
+    records the norm before clipping, which exceeds 0.5 at least once, so the clip had work to do."""
+    seen = []
+
+    def record(optimizer, args, kwargs) -> None:
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        seen.append((torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item(),
+                     max(g.abs().max().item() for g in grads)))  # fmt: skip
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
+        train_in_process(["trainer.grad_clip_norm=0.5", "trainer.grad_clip_value=0.01"], results_dir)
+    finally:
+        handle.remove()
+    assert len(seen) == 12, "one optimizer step per training step"
+    assert all(norm <= 0.5 * (1 + 1e-5) and largest <= 0.01 for norm, largest in seen), seen
     records = [r for r in RunStore(_only_run(results_dir)).read_metrics() if r["event"] == "train"]
-    assert all("train/grad_norm" in r for r in records)
+    assert records and all("train/grad_norm" in r for r in records)
+    assert max(r["train/grad_norm"] for r in records) > 0.5, "the norm before clipping, not after"
 
 
 def test_loss_above_the_divergence_factor_ends_the_run_as_diverged(results_dir) -> None:
