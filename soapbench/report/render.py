@@ -339,6 +339,7 @@ def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "max_steps": config.max_steps,
                     "hyperparameters": hyperparameter_text(config),
                     "best": config is opt.best,
+                    "role": config.role,
                     "final_mean": _rounded(config.mean, workload.decimals),
                     "final_std": _rounded(config.std, workload.decimals),
                     "final_ci95_low": _rounded(config.estimate.low, workload.decimals),
@@ -595,7 +596,10 @@ def markdown(
                     md_table(efficiency, list(efficiency[0])), ""]
         if reference is not None:
             out += reference_section(reference, w, analysis.metric)
-        out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS, w.decimals), ""]
+        configs = configuration_rows(w)
+        roles = ["role"] if any(row["role"] for row in configs) else []  # only a tuning log says tune/report
+        out += ["### All configurations", "", md_table(configs, _CONFIG_COLUMNS[:4] + roles + _CONFIG_COLUMNS[4:],
+                                                       w.decimals), ""]
     excluded = excluded_rows(analysis.runs)
     out += ["## Runs not in any mean", "",
             md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.", "", "## Figures", ""]
@@ -611,8 +615,8 @@ def markdown(
 
 
 def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
-    """One row per full-budget run with a final value: role ``report`` when it is one of the seeds averaged into
-    its arm's reported mean, else ``tune`` (a run the lr search made)."""
+    """One row per full-budget run with a final value: its role as the tuning log (tuning.json) records it; without
+    a log, ``report`` when it is one of the seeds averaged into its arm's reported mean, else ``tune``."""
     rows = []
     for opt in w.optimizers.values():
         slow = timing_outliers(opt)
@@ -626,7 +630,8 @@ def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
                 else:
                     continue
                 rows.append({"arm": opt.arm, "seed": run.seed,
-                             "role": "report" if config is opt.best and run in config.completed else "tune",
+                             "role": config.role or ("report" if config is opt.best and run in config.completed
+                                                     else "tune"),
                              "hyperparameters": hyperparameter_text(config), "final": final,
                              "seconds_per_step": seconds_per_step(run), "timing_outlier": run.name in slow,
                              "run": run.name, "workload": w.workload})
