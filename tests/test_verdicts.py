@@ -381,3 +381,36 @@ def test_a_tuning_log_whose_runs_lack_a_field_is_one_error_line(tmp_path: Path, 
     assert _cli(["--experiment", "exp", "--results-dir", str(root), "--out", str(out), "--no-figures"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("report: error: ") and "tuning.json" in err[0] and not out.exists()
+
+
+def test_tuning_section_reads_the_protocol_and_flags_sit_beside_the_verdicts(tmp_path: Path) -> None:
+    from soapbench.report.render import comparison_rows
+
+    root = tmp_path / "results"
+    record = _tuned_store(root)
+    edge = "best lr on the upper edge after 3 extensions (the cap): the optimum may lie outside the grid"
+    record["arms"] = {
+        "adamw": {**record["arms"]["adamw"], "grid": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "extensions": 3, "extended": "up",
+                  "still_on_edge": True, "flags": [edge]},
+        "soap_f10": {**record["arms"]["adamw"], "grid": [], "results": {}, "tuning": "borrowed",
+                     "tuned_from": "adamw", "tune_seeds": [], "flags": ["not tuned: takes adamw's tuned lr"]},
+    }
+    analysis = analyze(load_experiment(root, "exp"), tuning={"exp": record})
+    report, table = markdown(analysis, "cmd", "now", None, [])
+    assert "extended by one point" not in report
+    assert "scored by the mean over tuning seed(s) 0;" in report and "report seed(s) 1, 2, 3" in report
+    assert "extended 3 time(s), the last up" in report and "Still on an edge after 3 extension(s) (the cap)" in report
+    assert "`soap_f10`: **not tuned (borrowed)**: takes `adamw`'s tuned lr 0.003; report seeds 1, 2, 3" in report
+    # beside the verdicts, in the main table printed to stdout too, not only in the tuning section
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert f"baseline; ⚠ {edge}" in rows["adamw"]
+    assert "; ⚠ not tuned: takes adamw's tuned lr" in rows["soap f=10"] and "**" in rows["soap f=10"]
+    w = analysis.workloads[0]
+    assert [r["tuning_flags"] for r in comparison_rows(w, None)] == ["not tuned: takes adamw's tuned lr"]
+    # a log from before the flags field: read from still_on_edge and tuned_from
+    for arm in record["arms"].values():
+        del arm["flags"]
+    old = analyze(load_experiment(root, "exp"), tuning={"exp": record}).workloads[0]
+    assert [old.tuning_flags(o) for o in old.optimizers.values()] == [
+        ["best lr still on an edge of its grid: the optimum may lie outside the grid"],
+        ["not tuned: takes adamw's tuned lr"]]

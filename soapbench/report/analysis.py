@@ -287,6 +287,28 @@ class WorkloadResult:
     target_source: str
     optimizers: dict[str, OptimizerResult]  # by arm label, baseline arm first
     decimals: int = 4  # how many the report prints its losses with (stats.decimals_for over the finals)
+    tuning: dict[str, Any] | None = None  # the experiment's tuning.json, when reproduce.py wrote one
+
+    def tuning_log(self, arm: OptimizerResult) -> dict[str, Any] | None:
+        """The tuning log's entry for ``arm`` (matched by the variant its runs were started as), if any."""
+        if not self.tuning:
+            return None
+        variants = {v for r in arm.runs if (v := run_variant(r)) is not None}
+        entries = [self.tuning.get("arms", {}).get(v) for v in sorted(variants)]
+        return next((e for e in entries if e is not None), None)
+
+    def tuning_flags(self, arm: OptimizerResult) -> list[str]:
+        """What the tuning could not do for ``arm`` (a borrowed lr, a best still on an edge at the cap): printed
+        beside its verdict. tuning.py writes them as ``flags``; a log from before that field is read field by field."""
+        log = self.tuning_log(arm)
+        if log is None:
+            return []
+        if "flags" in log:
+            return [str(f) for f in log["flags"]]
+        flags = [f"not tuned: takes {log['tuned_from']}'s tuned lr"] if log.get("tuned_from") else []
+        if log.get("still_on_edge"):
+            flags.append("best lr still on an edge of its grid: the optimum may lie outside the grid")
+        return flags
 
     def arms_of(self, optimizer: str) -> list[OptimizerResult]:
         """The arms named ``optimizer``: an optimizer (all its arms) or an arm label such as ``soap f=10``."""
@@ -351,9 +373,11 @@ def _arm_keys(configs: list[ConfigResult], extra_ignored: Iterable[str]) -> list
 
 def analyze_workload(
     workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = (),
-    roles: Mapping[tuple[str, str, str], str] | None = None,
+    tuning: dict[str, Any] | None = None,
 ) -> WorkloadResult:
-    configs = group_configurations(runs, metric, extra_ignored, roles)
+    """``tuning``: the experiment's tuning.json; each run's role (tune/report) and each arm's tuning flags come
+    from it."""
+    configs = group_configurations(runs, metric, extra_ignored, tuning_roles(tuning or {}))
     budgets = [c.max_steps for c in configs if c.max_steps is not None]
     full = max(budgets) if budgets else None
     arms: list[OptimizerResult] = []
@@ -400,7 +424,7 @@ def analyze_workload(
         by_arm = {base.arm: base, **{k: v for k, v in by_arm.items() if k != base.arm}}
     finals = [c.mean for a in arms for c in a.configs if c.n]
     result = WorkloadResult(workload, runs[0].experiment, runs, full, base.arm if base else baseline, target,
-                            target_source, by_arm, decimals_for(finals))
+                            target_source, by_arm, decimals_for(finals), tuning)
     _compare_with_baseline(result, extra_ignored)
     if target is not None:
         _fill_targets(result)
@@ -498,8 +522,7 @@ def analyze(
         if run.status != "unreadable":
             by_workload.setdefault(run.workload, []).append(run)
     workloads = [
-        analyze_workload(w, rs, metric, baseline, target, tuple(extra_ignored),
-                         tuning_roles(tuning.get(rs[0].experiment, {})))
+        analyze_workload(w, rs, metric, baseline, target, tuple(extra_ignored), tuning.get(rs[0].experiment))
         for w, rs in sorted(by_workload.items())
     ]
     return Analysis(metric=metric, baseline=baseline, runs=runs, workloads=workloads, tuning=tuning)
