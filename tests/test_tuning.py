@@ -259,7 +259,7 @@ def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Pa
     for arm in ("| adamw |", "| soap f=10 |", "| soap f=1 |"):
         assert arm in report, arm
     assert "(n=2)" in report and "] (n=2)" in report  # mean ± std [95% CI] (n)
-    assert "at the edge of the values tried" in report and "extended by one point" in report
+    assert "at the edge of the values tried" in report and "the grid was extended 1 time(s)" in report
     assert "takes `soap_f10`'s tuned lr" in report
     assert "Paper claims, checked against our seeds where the run meets the claim's regime" in report
     verdicts = [line for line in report.splitlines() if line.startswith("- [paper] ")]
@@ -276,6 +276,15 @@ def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Pa
     assert {seed for (_, seed), role in roles.items() if role == "tune"} == {0}
     csv = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "report.csv")
     assert set(csv["arm"]) == {"adamw", "soap f=10", "soap f=1"} and csv["final_std"].notna().all()
+    # every mean is over the report seeds alone, and per_seed.csv says which run tuned, as tuning.json does
+    assert (csv["n_seeds"] == 2).all() and csv.loc[csv["arm"] == "soap f=1", "tuning_flags"].item().startswith("not tuned")
+    per_seed = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "per_seed.csv")
+    tune_seeds = set(per_seed.loc[per_seed["role"] == "tune", "seed"])
+    assert tune_seeds == {0} and set(per_seed.loc[per_seed["role"] == "report", "seed"]) == {1, 2}
+    assert not tune_seeds & set(per_seed.loc[per_seed["role"] == "report", "seed"])
+    assert len(per_seed) == len(tuning["runs"]) == len(run_dirs)
+    borrowed = next(line for line in report.splitlines() if line.startswith("| soap f=1 |"))
+    assert "⚠ not tuned: takes soap_f10's tuned lr" in borrowed
 
 
 def test_the_best_lr_is_chosen_on_the_seeds_every_lr_ran_not_on_one_lucky_seed(tmp_path: Path) -> None:

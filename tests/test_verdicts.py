@@ -321,3 +321,96 @@ def test_inside_its_regime_a_claim_holds_or_is_inconclusive_and_treatment_is_a_c
     assert untested["verdict"] == "not tested"
     assert "the arms treat the parameters they do not compare differently (companion" in untested["reason"]
     assert "roles to the companion" in untested["reason"]
+
+
+def _tuned_store(root: Path) -> dict:
+    """Two arms tuned as reproduce.py does: lrs 1e-3 and 3e-3 on tuning seed 0, then 3e-3 on report seeds 1-3.
+
+    Seed 0 at the chosen lr is far below the report seeds, so a mean or a pairing that took it in would show."""
+    finals = {("adamw", 1e-3, 0): 1.90, ("adamw", 3e-3, 0): 1.50, ("soap_f10", 1e-3, 0): 1.85,
+              ("soap_f10", 3e-3, 0): 1.40}
+    finals |= {("adamw", 3e-3, s): v for s, v in zip((1, 2, 3), SEED_LEVELS)}
+    finals |= {("soap_f10", 3e-3, s): v + g for s, v, g in zip((1, 2, 3), SEED_LEVELS, STEADY_GAIN)}
+    runs = []
+    for (variant, lr, seed), final in finals.items():
+        optimizer, extra = ("adamw", {}) if variant == "adamw" else ("soap", {"precondition_frequency": 10})
+        config = syn.base_config("exp", optimizer, seed, lr, 400, **extra)
+        config["sweep_keys"] = [f"variant={variant}", "optimizer.lr"]
+        evals = [(step, step * 0.1, final + 20.0 / step - 0.05) for step in (100, 200, 300, 400)]
+        syn.write_run(root, "exp", f"{variant}-lr{lr}-s{seed}", config, evals)
+        runs.append({"arm": variant, "lr": float(f"{lr:.6g}"), "seed": seed, "stage": "grid" if seed == 0 else "seed",
+                     "role": "tune" if seed == 0 else "report"})
+    arm = {"yaml_lr": 1e-3, "grid": [1e-3, 3e-3], "results": {"0.001": 1.9, "0.003": 1.5}, "extensions": 0,
+           "extended": None, "best_lr": 3e-3, "still_on_edge": False, "tuning": "grid", "tuned_from": None,
+           "tune_seeds": [0], "seeds": [1, 2, 3], "flags": []}
+    return {"experiment": "exp", "protocol": {"points": 2, "factor": 3.16, "tune_seeds": [0], "report_seeds": [1, 2, 3],
+                                              "seeds": 3, "max_extensions": 3},
+            "arms": {"adamw": arm, "soap_f10": arm}, "runs": runs}
+
+
+def test_with_a_tuning_log_roles_come_from_it_and_no_tuning_seed_enters_a_reported_mean(tmp_path: Path) -> None:
+    import json
+
+    root = tmp_path / "results"
+    record = _tuned_store(root)
+    (root / "runs" / "exp" / "tuning.json").write_text(json.dumps(record))
+    out = tmp_path / "rep"
+    assert _cli(["--experiment", "exp", "--results-dir", str(root), "--out", str(out), "--no-figures"]) == 0
+    seeds = pd.read_csv(out / "per_seed.csv")
+    tuned = {(r["arm"], r["seed"]) for r in record["runs"] if r["role"] == "tune"}
+    arms = {"adamw": "adamw", "soap f=10": "soap_f10"}
+    assert {(arms[a], s) for a, s in seeds.loc[seeds["role"] == "tune", ["arm", "seed"]].itertuples(index=False)} == tuned
+    assert len(seeds) == len(record["runs"]) and set(seeds.loc[seeds["role"] == "report", "seed"]) == {1, 2, 3}
+    means = pd.read_csv(out / "report.csv").set_index("arm")["final_mean"]
+    assert means["adamw"] == pytest.approx(np.mean(SEED_LEVELS[:3]), abs=1e-4)  # seed 0's 1.50 would pull it down
+    compared = pd.read_csv(out / "comparisons.csv").set_index("arm")
+    reported = seeds[seeds["role"] == "report"].pivot(index="seed", columns="arm", values="final")
+    assert compared.loc["soap f=10", "n_pairs"] == 3
+    assert compared.loc["soap f=10", "p_value"] == pytest.approx(
+        stats.ttest_rel(reported["soap f=10"], reported["adamw"]).pvalue)
+
+
+def test_a_tuning_log_whose_runs_lack_a_field_is_one_error_line(tmp_path: Path, capsys) -> None:
+    import json
+
+    root = tmp_path / "results"
+    record = _tuned_store(root)
+    del record["runs"][0]["role"]
+    (root / "runs" / "exp" / "tuning.json").write_text(json.dumps(record))
+    out = tmp_path / "rep"
+    assert _cli(["--experiment", "exp", "--results-dir", str(root), "--out", str(out), "--no-figures"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("report: error: ") and "tuning.json" in err[0] and not out.exists()
+
+
+def test_tuning_section_reads_the_protocol_and_flags_sit_beside_the_verdicts(tmp_path: Path) -> None:
+    from soapbench.report.render import comparison_rows
+
+    root = tmp_path / "results"
+    record = _tuned_store(root)
+    edge = "best lr on the upper edge after 3 extensions (the cap): the optimum may lie outside the grid"
+    record["arms"] = {
+        "adamw": {**record["arms"]["adamw"], "grid": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "extensions": 3, "extended": "up",
+                  "still_on_edge": True, "flags": [edge]},
+        "soap_f10": {**record["arms"]["adamw"], "grid": [], "results": {}, "tuning": "borrowed",
+                     "tuned_from": "adamw", "tune_seeds": [], "flags": ["not tuned: takes adamw's tuned lr"]},
+    }
+    analysis = analyze(load_experiment(root, "exp"), tuning={"exp": record})
+    report, table = markdown(analysis, "cmd", "now", None, [])
+    assert "extended by one point" not in report
+    assert "scored by the mean over tuning seed(s) 0;" in report and "report seed(s) 1, 2, 3" in report
+    assert "extended 3 time(s), the last up" in report and "Still on an edge after 3 extension(s) (the cap)" in report
+    assert "`soap_f10`: **not tuned (borrowed)**: takes `adamw`'s tuned lr 0.003; report seeds 1, 2, 3" in report
+    # beside the verdicts, in the main table printed to stdout too, not only in the tuning section
+    rows = {line.split("|")[1].strip(): line for line in table.splitlines() if line.startswith("| ")}
+    assert f"baseline; ⚠ {edge}" in rows["adamw"]
+    assert "; ⚠ not tuned: takes adamw's tuned lr" in rows["soap f=10"] and "**" in rows["soap f=10"]
+    w = analysis.workloads[0]
+    assert [r["tuning_flags"] for r in comparison_rows(w, None)] == ["not tuned: takes adamw's tuned lr"]
+    # a log from before the flags field: read from still_on_edge and tuned_from
+    for arm in record["arms"].values():
+        del arm["flags"]
+    old = analyze(load_experiment(root, "exp"), tuning={"exp": record}).workloads[0]
+    assert [old.tuning_flags(o) for o in old.optimizers.values()] == [
+        ["best lr still on an edge of its grid: the optimum may lie outside the grid"],
+        ["not tuned: takes adamw's tuned lr"]]

@@ -81,6 +81,8 @@ class ConfigResult:
     max_steps: int | None
     metric: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    # ``tune`` or ``report`` when a tuning log (reproduce.py's tuning.json) says which its runs were; None without one
+    role: str | None = None
 
     def __post_init__(self) -> None:
         finals = [run_final(r, self.metric) for r in self.runs]
@@ -128,20 +130,47 @@ class ConfigResult:
         return self.runs[0].flat.get(key)
 
 
-def group_configurations(runs: Iterable[Run], metric: str, extra_ignored: Iterable[str] = ()) -> list[ConfigResult]:
+def run_variant(run: Run) -> str | None:
+    """The ``configs/variant`` arm a run was started as (``variant=<name>`` in its sweep_keys), if it says."""
+    for entry in run.config.get("sweep_keys") or []:
+        if isinstance(entry, str) and entry.startswith("variant="):
+            return entry.removeprefix("variant=")
+    return None
+
+
+def tuning_roles(record: Mapping[str, Any]) -> dict[tuple[str, str, str], str]:
+    """(arm, lr as tuning.py writes it (``%.6g``), seed) → ``tune`` | ``report``, from a tuning.json's ``runs``."""
+    return {(str(r["arm"]), f"{float(r['lr']):.6g}", str(r["seed"])): str(r["role"]) for r in record.get("runs", [])}
+
+
+def run_role(run: Run, roles: Mapping[tuple[str, str, str], str]) -> str | None:
+    """What the tuning log says this run was, or None when the log does not list it (or there is no log)."""
+    lr, variant = run.flat.get("optimizer.lr"), run_variant(run)
+    if not roles or variant is None or not isinstance(lr, (int, float)):
+        return None
+    return roles.get((variant, f"{float(lr):.6g}", str(run.seed)))
+
+
+def group_configurations(
+    runs: Iterable[Run], metric: str, extra_ignored: Iterable[str] = (),
+    roles: Mapping[tuple[str, str, str], str] | None = None,
+) -> list[ConfigResult]:
+    """Runs grouped by configuration (same config up to the seed); with a tuning log, the tuning and the report
+    runs of one configuration are separate groups, so a tuning seed never enters a reported mean."""
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         if run.status == "unreadable":
             continue
-        groups.setdefault(config_key(run, extra_ignored), []).append(run)
+        groups.setdefault((config_key(run, extra_ignored), run_role(run, roles or {})), []).append(run)
     results = []
-    for key, members in groups.items():
+    for (key, role), members in groups.items():
         first = members[0]
         results.append(
             ConfigResult(
                 workload=first.workload,
                 optimizer=first.optimizer,
                 key=key,
+                role=role,
                 family=config_key(first, extra_ignored, drop_budget=True),
                 runs=sorted(members, key=lambda r: str(r.seed)),
                 # epoch budgets leave trainer.max_steps null; runs with a summary know their step count
@@ -160,6 +189,8 @@ def best_of(configs: Iterable[ConfigResult], match: Mapping[str, Any] | None = N
     the others' single lucky seed would undo the tuning's choice. Without shared seeds, on the full means.
     """
     candidates = [c for c in configs if _matches(c, match or {})]
+    # With a tuning log the tuning has chosen: what is reported is the runs on the report seeds, never a tuning run.
+    candidates = [c for c in candidates if c.role == "report"] or candidates
     if not candidates:
         return None
     usable = [c for c in candidates if math.isfinite(c.score)]
@@ -219,11 +250,17 @@ class OptimizerResult:
     def __post_init__(self) -> None:
         self.arm = self.arm or self.optimizer
 
+    def tuned_configs(self) -> list[ConfigResult]:
+        """The configurations the lr search ran (all of them without a tuning log; none for a borrowed lr)."""
+        return [c for c in self.configs if c.role != "report"]
+
     def family_points(self) -> list[BudgetPoint]:
         """Budget points (one per schedule length) of the best configuration's family."""
         if self.best is None:
             return []
-        family = [c for c in self.configs + self.shortened if c.family == self.best.family]
+        # the tuning runs at the best lr are the same budget as the reported ones: one point, from the report seeds
+        family = [c for c in self.configs + self.shortened if c.family == self.best.family
+                  and not (c.role == "tune" and self.best.role == "report")]
         points = []
         for c in sorted(family, key=lambda c: c.max_steps or 0):
             if c.max_steps is None or (c.n == 0 and not c.diverged):
@@ -250,6 +287,28 @@ class WorkloadResult:
     target_source: str
     optimizers: dict[str, OptimizerResult]  # by arm label, baseline arm first
     decimals: int = 4  # how many the report prints its losses with (stats.decimals_for over the finals)
+    tuning: dict[str, Any] | None = None  # the experiment's tuning.json, when reproduce.py wrote one
+
+    def tuning_log(self, arm: OptimizerResult) -> dict[str, Any] | None:
+        """The tuning log's entry for ``arm`` (matched by the variant its runs were started as), if any."""
+        if not self.tuning:
+            return None
+        variants = {v for r in arm.runs if (v := run_variant(r)) is not None}
+        entries = [self.tuning.get("arms", {}).get(v) for v in sorted(variants)]
+        return next((e for e in entries if e is not None), None)
+
+    def tuning_flags(self, arm: OptimizerResult) -> list[str]:
+        """What the tuning could not do for ``arm`` (a borrowed lr, a best still on an edge at the cap): printed
+        beside its verdict. tuning.py writes them as ``flags``; a log from before that field is read field by field."""
+        log = self.tuning_log(arm)
+        if log is None:
+            return []
+        if "flags" in log:
+            return [str(f) for f in log["flags"]]
+        flags = [f"not tuned: takes {log['tuned_from']}'s tuned lr"] if log.get("tuned_from") else []
+        if log.get("still_on_edge"):
+            flags.append("best lr still on an edge of its grid: the optimum may lie outside the grid")
+        return flags
 
     def arms_of(self, optimizer: str) -> list[OptimizerResult]:
         """The arms named ``optimizer``: an optimizer (all its arms) or an arm label such as ``soap f=10``."""
@@ -313,9 +372,12 @@ def _arm_keys(configs: list[ConfigResult], extra_ignored: Iterable[str]) -> list
 
 
 def analyze_workload(
-    workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = ()
+    workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = (),
+    tuning: dict[str, Any] | None = None,
 ) -> WorkloadResult:
-    configs = group_configurations(runs, metric, extra_ignored)
+    """``tuning``: the experiment's tuning.json; each run's role (tune/report) and each arm's tuning flags come
+    from it."""
+    configs = group_configurations(runs, metric, extra_ignored, tuning_roles(tuning or {}))
     budgets = [c.max_steps for c in configs if c.max_steps is not None]
     full = max(budgets) if budgets else None
     arms: list[OptimizerResult] = []
@@ -362,7 +424,7 @@ def analyze_workload(
         by_arm = {base.arm: base, **{k: v for k, v in by_arm.items() if k != base.arm}}
     finals = [c.mean for a in arms for c in a.configs if c.n]
     result = WorkloadResult(workload, runs[0].experiment, runs, full, base.arm if base else baseline, target,
-                            target_source, by_arm, decimals_for(finals))
+                            target_source, by_arm, decimals_for(finals), tuning)
     _compare_with_baseline(result, extra_ignored)
     if target is not None:
         _fill_targets(result)
@@ -450,16 +512,20 @@ def analyze(
     baseline: str = "adamw",
     target: float | None = None,
     extra_ignored: Iterable[str] = (),
+    tuning: Mapping[str, dict[str, Any]] | None = None,
 ) -> Analysis:
+    """``tuning``: experiment → its tuning.json; where given, each run's role (tune/report) comes from it."""
+    tuning = dict(tuning or {})
     metric = pick_metric(runs, metric)
     by_workload: dict[str, list[Run]] = {}
     for run in runs:
         if run.status != "unreadable":
             by_workload.setdefault(run.workload, []).append(run)
     workloads = [
-        analyze_workload(w, rs, metric, baseline, target, tuple(extra_ignored)) for w, rs in sorted(by_workload.items())
+        analyze_workload(w, rs, metric, baseline, target, tuple(extra_ignored), tuning.get(rs[0].experiment))
+        for w, rs in sorted(by_workload.items())
     ]
-    return Analysis(metric=metric, baseline=baseline, runs=runs, workloads=workloads)
+    return Analysis(metric=metric, baseline=baseline, runs=runs, workloads=workloads, tuning=tuning)
 
 
 def machine_shared(runs: Iterable[Run]) -> str | None:

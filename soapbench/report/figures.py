@@ -206,7 +206,8 @@ def _common_seed_means(configs: Sequence[ConfigResult]) -> tuple[dict[int, float
 def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: str) -> SavedFigure | None:
     """Final loss vs lr, per arm (only the lr changes along a line: the arm's other settings are fixed)."""
     key = "optimizer.lr"
-    arms = {n: o for n, o in workload.optimizers.items() if len({c.value(key) for c in o.configs} - {None}) > 1}
+    # the lr search's runs only: with a tuning log the report seeds at the best lr would be a point of another n
+    arms = {n: o for n, o in workload.optimizers.items() if len({c.value(key) for c in o.tuned_configs()} - {None}) > 1}
     if not arms:
         return None
     colors = arm_colors(workload)
@@ -214,7 +215,7 @@ def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: s
     runs: list[Run] = []
     all_x: list[float] = []
     for arm_name, arm in arms.items():
-        by_lr = {float(c.value(key)): c for c in arm.configs if isinstance(c.value(key), (int, float))}
+        by_lr = {float(c.value(key)): c for c in arm.tuned_configs() if isinstance(c.value(key), (int, float))}
         ok = sorted((x, c) for x, c in by_lr.items() if math.isfinite(c.score))
         shared, n = _common_seed_means([c for _, c in ok])
         if n:
@@ -228,7 +229,7 @@ def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: s
                       [x for x, c in by_lr.items() if not math.isfinite(c.score) and not c.diverged],
                       colors[arm_name], arm_name)
         all_x += list(by_lr)
-        runs += [r for c in arm.configs for r in c.runs]
+        runs += [r for c in arm.tuned_configs() for r in c.runs]
     _x_scale(ax, all_x)
     ax.set_xlabel("lr")
     ax.set_ylabel(f"final {metric}")

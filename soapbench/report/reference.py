@@ -351,9 +351,9 @@ def unmet_regime(claim: Claim, arms: list[OptimizerResult]) -> list[str]:
             unmet.append(f"{_amount(ours)} {noun}, the claim is about ≥ {_amount(float(wanted))}")
     runs_wanted = claim.regime.get("tuning_runs_per_arm")
     if runs_wanted is not None:
-        fewest = min(arms, key=lambda a: len(a.configs))
-        if len(fewest.configs) < int(runs_wanted):
-            unmet.append(f"{len(fewest.configs)} tuning configurations for {fewest.arm}, the paper's verdict rests "
+        fewest = min(arms, key=lambda a: len(a.tuned_configs()))
+        if len(fewest.tuned_configs()) < int(runs_wanted):
+            unmet.append(f"{len(fewest.tuned_configs())} tuning configurations for {fewest.arm}, the paper's verdict rests "
                          f"on {int(runs_wanted)} per arm")
     if claim.regime.get("same_parameter_treatment"):
         differing = sorted({k for a in arms[1:] for k, _, _ in confounds(a.treatment, arms[0].treatment)})

@@ -97,16 +97,23 @@ def comparison_rows(workload: WorkloadResult, reference: Reference | None) -> li
             "confounds": "; ".join(k for k, _, _ in arm.treatment_confounds)
             + ("; " if arm.treatment_confounds and any(f for *_, f in arm.differences) else "")
             + "; ".join(k for k, _, _, f in arm.differences if f),
+            "tuning_flags": "; ".join(workload.tuning_flags(arm)),
             "workload": workload.workload,
         })
     return rows
 
 
+def _flagged(text: str, flags: Sequence[str]) -> str:
+    return text + "".join(f"; ⚠ {flag}" for flag in flags)
+
+
 def verdict_text(arm: OptimizerResult, workload: WorkloadResult, row: dict[str, Any] | None) -> str:
+    """The arm's verdict against the baseline, with what qualifies it beside it: confounds and tuning flags."""
+    flags = workload.tuning_flags(arm)
     if arm.arm == workload.baseline:
-        return "baseline"
+        return _flagged("baseline", flags)
     if row is None:
-        return "–" if arm.best is None or not arm.best.diverged else "diverged"
+        return _flagged("–" if arm.best is None or not arm.best.diverged else "diverged", flags)
     d = workload.decimals
     text = f"Δ {row['mean_diff']:+.{d}f}"
     if row["ci_low"] is not None:
@@ -118,7 +125,7 @@ def verdict_text(arm: OptimizerResult, workload: WorkloadResult, row: dict[str, 
         text += f" ({row['reason']})"
     if row["confounds"]:
         text += f"; ⚠ confounded: {row['confounds']}"
-    return text
+    return _flagged(text, flags)
 
 
 def tuned_text(arm: OptimizerResult) -> str:
@@ -339,6 +346,7 @@ def configuration_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "max_steps": config.max_steps,
                     "hyperparameters": hyperparameter_text(config),
                     "best": config is opt.best,
+                    "role": config.role,
                     "final_mean": _rounded(config.mean, workload.decimals),
                     "final_std": _rounded(config.std, workload.decimals),
                     "final_ci95_low": _rounded(config.estimate.low, workload.decimals),
@@ -379,6 +387,7 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "p_value_vs_baseline": comparison["p_value"] if comparison else None,
                     "p_adjusted_vs_baseline": comparison["p_adjusted"] if comparison else None,
                     "verdict_vs_baseline": comparison["verdict"] if comparison else ("baseline" if opt.arm == w.baseline else None),
+                    "tuning_flags": "; ".join(w.tuning_flags(opt)),
                     "wallclock_unreliable": machine_shared(best.completed) if best else None,
                     "best_diverged_seeds": best.diverged if best else 0,
                     "target": w.target,
@@ -501,28 +510,39 @@ def main_table(w: WorkloadResult, reference: Reference | None) -> str:
     return "\n".join(lines)
 
 
+def _seed_list(seeds: Sequence[Any] | None) -> str:
+    return ", ".join(map(str, seeds or [])) or "none"
+
+
 def tuning_lines(record: dict[str, Any]) -> list[str]:
-    """What reproduce.py's tuning did, arm by arm: the grid, edge extensions, reused lrs, the seeds."""
+    """What reproduce.py's tuning did, arm by arm: the grid on the tuning seeds, its extensions, whether the best
+    is bracketed, borrowed lrs, the report seeds."""
     protocol = record.get("protocol", {})
     out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
-           f"{protocol.get('factor')} apart around its yaml lr, first seed only; {protocol.get('edge_extension')} "
-           f"when the best is on an edge; then the best lr on {protocol.get('seeds')} seeds.", ""]
+           f"{protocol.get('factor')} apart around its yaml lr, scored by the mean over tuning seed(s) "
+           f"{_seed_list(protocol.get('tune_seeds'))}; {protocol.get('edge_extension')} while the best is on an edge; "
+           f"then the best lr on {protocol.get('seeds')} report seed(s) {_seed_list(protocol.get('report_seeds'))}. "
+           "Reported means and paired tests use the report seeds only.", ""]
     d = decimals_for([v for arm in record.get("arms", {}).values() for v in arm.get("results", {}).values()])
     for name, arm in record.get("arms", {}).items():
-        seeds = ", ".join(map(str, arm.get("seeds") or [])) or "none"
-        if arm.get("tuned_from"):
-            out.append(f"- `{name}`: not tuned; takes `{arm['tuned_from']}`'s tuned lr {arm.get('best_lr'):g} "
-                       f"(an expensive sibling); seeds {seeds}.")
+        seeds, best = _seed_list(arm.get("seeds")), arm.get("best_lr")
+        if arm.get("tuning") == "borrowed" or arm.get("tuned_from"):
+            lr = f" {best:g}" if best is not None else " (not chosen yet)"
+            out.append(f"- `{name}`: **not tuned (borrowed)**: takes `{arm.get('tuned_from')}`'s tuned lr{lr}; "
+                       f"report seeds {seeds}.")
             continue
         tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.{d}f}")
                           for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0])))
-        line = f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; first seed: {tried or 'nothing ran yet'}."
-        if arm.get("extended"):
-            line += f" The best was on the {'upper' if arm['extended'] == 'up' else 'lower'} edge: extended by one point."
+        line = (f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; tuning seed(s) {_seed_list(arm.get('tune_seeds'))}: "
+                f"{tried or 'nothing ran yet'}.")
+        extensions = int(arm.get("extensions") or 0)
+        if extensions:
+            line += (f" The best was on an edge: the grid was extended {extensions} time(s)"
+                     + (f", the last {arm['extended']}." if arm.get("extended") else "."))
         if arm.get("still_on_edge"):
-            line += " **Still on the edge after the extension: the optimum may lie outside.**"
-        best = arm.get("best_lr")
-        line += f" Best lr {best:g}; seeds {seeds}." if best is not None else " No usable lr (all diverged or failed)."
+            line += (f" **Still on an edge after {extensions} extension(s) (the cap): the optimum may lie outside "
+                     "the grid.**")
+        line += f" Best lr {best:g}; report seeds {seeds}." if best is not None else " No usable lr (all diverged or failed)."
         out.append(line)
     return out
 
@@ -595,7 +615,10 @@ def markdown(
                     md_table(efficiency, list(efficiency[0])), ""]
         if reference is not None:
             out += reference_section(reference, w, analysis.metric)
-        out += ["### All configurations", "", md_table(configuration_rows(w), _CONFIG_COLUMNS, w.decimals), ""]
+        configs = configuration_rows(w)
+        roles = ["role"] if any(row["role"] for row in configs) else []  # only a tuning log says tune/report
+        out += ["### All configurations", "", md_table(configs, _CONFIG_COLUMNS[:4] + roles + _CONFIG_COLUMNS[4:],
+                                                       w.decimals), ""]
     excluded = excluded_rows(analysis.runs)
     out += ["## Runs not in any mean", "",
             md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.", "", "## Figures", ""]
@@ -611,8 +634,8 @@ def markdown(
 
 
 def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
-    """One row per full-budget run with a final value: role ``report`` when it is one of the seeds averaged into
-    its arm's reported mean, else ``tune`` (a run the lr search made)."""
+    """One row per full-budget run with a final value: its role as the tuning log (tuning.json) records it; without
+    a log, ``report`` when it is one of the seeds averaged into its arm's reported mean, else ``tune``."""
     rows = []
     for opt in w.optimizers.values():
         slow = timing_outliers(opt)
@@ -626,7 +649,8 @@ def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
                 else:
                     continue
                 rows.append({"arm": opt.arm, "seed": run.seed,
-                             "role": "report" if config is opt.best and run in config.completed else "tune",
+                             "role": config.role or ("report" if config is opt.best and run in config.completed
+                                                     else "tune"),
                              "hyperparameters": hyperparameter_text(config), "final": final,
                              "seconds_per_step": seconds_per_step(run), "timing_outlier": run.name in slow,
                              "run": run.name, "workload": w.workload})
@@ -637,7 +661,7 @@ PER_SEED_COLUMNS = ["arm", "seed", "role", "hyperparameters", "final", "seconds_
                     "workload"]
 COMPARISON_COLUMNS = ["arm", "baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted", "margin",
                       "verdict", "reason", "ci90_low", "ci90_high", "bootstrap_low", "bootstrap_high", "confounds",
-                      "workload"]
+                      "tuning_flags", "workload"]
 CLAIM_COLUMNS = ["claim", "verdict", "reason", "measured", "setting", "workload"]
 
 
