@@ -54,7 +54,7 @@ from soapbench.identity import run_identity
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
-from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
+from soapbench.rundir import FINISHED, find_run_directory, lock_run_directory, plan_run
 from soapbench.schedules import build_scheduler
 from soapbench.timing import Stopwatch, device_peak_flops, peak_memory_bytes
 from soapbench.tracking import WANDB_MODES, WandbTracker
@@ -131,24 +131,25 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
 
     # ------------------------------------------------------------------ run directory
     identity = run_identity(cfg, workload.data_fingerprint)
-    name = run_name(cfg, identity.hash)
-    run_dir = run_directory(cfg, name)
-    store = RunStore(run_dir)
     decision: Any = None
     if ctx.is_main:  # rank 0 locks and decides; the other ranks follow its plan, or raise its error with it
         try:
             try:
-                held.enter_context(RunLock(run_dir, results_dir=cfg["paths"]["results_dir"]))
+                lock = lock_run_directory(cfg, identity.hash)
+                held.callback(lock.release)
+                run_dir = lock.run_dir
             except SoapbenchError:  # a read-only results dir can still report a finished run
-                stored = store.read_summary()
+                run_dir, _ = find_run_directory(cfg, identity.hash)
+                stored = RunStore(run_dir).read_summary()
                 if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
                     raise
-            decision = plan_run(cfg, run_dir, name, identity)
+            decision = plan_run(cfg, run_dir, run_dir.name, identity)
         except (SoapbenchError, RunBusyError) as error:
             decision = error
     plan = broadcast_object(decision, ctx)
     if isinstance(plan, Exception):
         raise plan
+    store = RunStore(plan.run_dir)
     if plan.action == "skip":
         if ctx.is_main:
             print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
