@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import signal
 import sys
@@ -51,6 +52,7 @@ from soapbench.environment import cpu_model, describe_device, git_commit, packag
 from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, SoapbenchError
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
+from soapbench.launch import PARENT_ENV
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
@@ -306,6 +308,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     # run resumable; a second Ctrl-C stops at once (the previous checkpoint stands).
     stop_requested: list[int] = []
     previous_handlers = _catch_stop_signals(stop_requested) if _in_main_thread() else {}
+    _stop_when_parent_dies(stop_requested)
 
     # ------------------------------------------------------------------ training loop
     step_clock, optimizer_clock = Stopwatch(device), Stopwatch(device)
@@ -463,6 +466,20 @@ def _catch_stop_signals(stop_requested: list[int]) -> dict[int, Any]:
         stop_requested.append(signum)
 
     return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _stop_when_parent_dies(stop_requested: list[int]) -> None:
+    """A driver's job stops as on SIGTERM once its driver is gone, also where the kernel cannot signal it (not Linux)."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        stop_requested.append(signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _environmental(error: BaseException) -> bool:
