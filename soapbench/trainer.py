@@ -43,7 +43,7 @@ from optimizers import build_optimizer
 from optimizers.imported import describe_source, with_label
 from optimizers.registry import split_optimizer_config
 from optimizers.refreshes import share_refreshes
-from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
+from soapbench.checkpoint import load_for_resume, refuse_changed_dtypes, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
 from soapbench.distributed import (
     any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
@@ -168,6 +168,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     }  # fmt: skip
     previous = plan.previous_summary or {}
     failures = list(previous.get("failures", []))  # environment and code failures of earlier attempts
+    metrics_gaps = list(previous.get("metrics_gaps", []))  # records of metrics.jsonl lost to damage
     resumed_from = None
     if plan.action == "resume":
         loaded = load_for_resume(
@@ -193,13 +194,21 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         scaler.load_state_dict(checkpoint["scaler"])
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
+        refuse_changed_dtypes(
+            loaded.path,
+            {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"], "ema": checkpoint.get("ema")},
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None},
+        )
         state.update(checkpoint["state"])
         restore_rng_state(checkpoint["rng_per_rank"][ctx.rank % len(checkpoint["rng_per_rank"])])
         if ctx.is_main:
             source_metrics = loaded.path.parent / METRICS_FILE
             if loaded.path.parent.resolve() != plan.run_dir.resolve() and source_metrics.is_file():
                 shutil.copyfile(source_metrics, store.metrics_path)  # the log up to the checkpoint comes with it
-            store.truncate_metrics(state["metric_records"])
+            kept = store.truncate_metrics(state["metric_records"])
+            if len(kept) < state["metric_records"]:
+                metrics_gaps.append(_metrics_gap(store, kept, state))
+                state["metric_records"] = len(kept)  # counts the log as it now is (rank 0's state is checkpointed)
             print(f"{plan.run_dir}: resuming from step {state['step']} ({loaded.path.name})", flush=True)
     elif ctx.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,7 +254,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             "final_full_val_loss": state["final_full_val_loss"], "final_full_val_metrics": state["final_full_val_metrics"],
             "final_full_eval_seconds": state["final_full_eval_seconds"], **machine.summary(),
             "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None,
-            "failures": failures, "last_failure": failures[-1] if failures else None, **extra,
+            "failures": failures, "last_failure": failures[-1] if failures else None, "metrics_gaps": metrics_gaps,
+            **extra,
         }  # fmt: skip
 
     def write_summary(content: dict[str, Any]) -> None:
@@ -439,6 +449,17 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     tracker.finish(final)
     shutdown(ctx)
     return final
+
+
+def _metrics_gap(store: RunStore, kept: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
+    """Say (one line) and record that metrics.jsonl lost records its checkpoint counted: they cannot be remade."""
+    after_step = kept[-1]["step"] if kept else None
+    gap = {"records_expected": state["metric_records"], "records_found": len(kept), "after_step": after_step,
+           "until_step": state["step"], "at": _now()}  # fmt: skip
+    print(f"warning: {store.metrics_path} holds {len(kept)} of the {state['metric_records']} records logged up to "
+          f"step {state['step']} (cut short or damaged); the records after step {after_step} are lost, training "
+          "resumes, and summary.json marks the gap under metrics_gaps", file=sys.stderr, flush=True)
+    return gap
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
