@@ -116,6 +116,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     optimizer = build_optimizer(
         optimizer_name, model, weight_decay_roles=trainer.weight_decay_roles, **build_args, **hparams
     )
+    if ctx.is_main:
+        _warn_if_nothing_preconditioned(optimizer, cfg["optimizer"])
     refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
     scaler = build_grad_scaler(trainer, device)
@@ -227,7 +229,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         "optimizer_source": optimizer_source,
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
-        "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
+        "params": param_count, "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size, "world_size": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(
@@ -449,6 +451,19 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     tracker.finish(final)
     shutdown(ctx)
     return final
+
+
+def _warn_if_nothing_preconditioned(optimizer: torch.optim.Optimizer, optimizer_cfg: Mapping[str, Any]) -> None:
+    """An eigenbasis optimizer whose size bound excludes every dimension of every parameter is Adam under another
+    name: legal, but almost always a typo (max_precond_dim=0), and a comparison would mislabel it."""
+    for child in getattr(optimizer, "optimizers", {"": optimizer}).values():
+        count = getattr(child, "preconditioned_parameters", None)
+        if callable(count) and count() == 0:
+            bound = {k: optimizer_cfg[k] for k in ("max_precond_dim",) if k in optimizer_cfg}
+            setting = ", ".join(f"optimizer.{k}={v}" for k, v in bound.items()) or "its settings"
+            print(f"warning: {type(child).__name__} preconditions no dimension of any parameter ({setting} excludes every "
+                  "one), so it runs as Adam in the original basis; raise max_precond_dim to precondition",
+                  file=sys.stderr, flush=True)
 
 
 def _metrics_gap(store: RunStore, kept: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:

@@ -21,7 +21,8 @@ Swept hyperparameters and configurations. Each config is flattened to dotted key
 (``optimizer.lr``, ``trainer.schedule.warmup_steps``); lists become tuples so values are hashable.
 Keys that do not change what is trained are ignored (seeds, paths, logger, hydra, W&B and run
 bookkeeping; see ``IGNORED_SEGMENTS``). A *configuration* is the set of runs whose remaining flat
-configs are equal, i.e. the same config up to the seed. A configuration's *family* also ignores the
+configs are equal, i.e. the same config up to the seed (runs on more than one process also carry
+``world_size``, so they are never pooled with runs of another process count). A configuration's *family* also ignores the
 budget keys (``trainer.max_steps`` and the schedule lengths that scale with it), so the shortened-
 schedule runs of the SOAP efficiency method fall in the family of their full-budget configuration.
 """
@@ -117,6 +118,12 @@ class Run:
     def __post_init__(self) -> None:
         if not self.flat:
             self.flat = flatten(self.config)
+            # The process count is not in the identity (1 or N processes train the same batches), but reduction order
+            # rounds their numbers apart: runs of different world sizes are separate configurations, never one mean.
+            summary = self.summary or {}
+            world_size = summary.get("world_size", summary.get("processes"))
+            if isinstance(world_size, int) and world_size > 1:
+                self.flat["world_size"] = world_size
 
     @property
     def optimizer(self) -> str:
