@@ -5,10 +5,10 @@ A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<identity hash>`` 
 is what finds a run: running the same config on the same data again finds the directory ending in its
 hash, whatever swept values the sweep that made it put in its name, so two sweeps that share a
 configuration train it once. Choosing (or creating) that directory is serialised by an ``flock`` on the
-experiment directory, so two sweeps started at once cannot each create their own copy. One process at a time trains a directory: it holds an exclusive
-``flock`` on ``.lock`` inside it, which the OS releases when the process dies, so a killed run
-never blocks the next one. Under the lock: a finished run (completed, diverged or failed — all
-results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
+experiment directory, so two sweeps started at once cannot each create their own copy. One process at a
+time trains a directory: it holds an exclusive ``flock`` on ``.lock`` inside it, which the OS releases
+when the process dies, so a killed run never blocks the next one. Under the lock: a finished run
+(completed, diverged or failed — all results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
 is unreadable), and one killed before its first checkpoint starts over. A stored result whose
 identity differs from the config asking for it is never skipped to or resumed from silently.
 """

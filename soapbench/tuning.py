@@ -41,8 +41,10 @@ from typing import Any, Callable, Iterable, Sequence
 from soapbench.errors import EXIT_BUSY
 
 FACTOR = math.sqrt(10.0)
-# How often a job whose run another process holds is tried again.
+# A job whose run another process holds is tried again after this long, then twice as long each time up to
+# BUSY_RETRY_MAX_SECONDS (each try starts a train.py that reads the data before it meets the lock).
 BUSY_RETRY_SECONDS = 5.0
+BUSY_RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,7 @@ def run_design(
     ready: list[Job] = list(planner.initial())
     running: list[RunningJob] = []
     waiting: list[tuple[float, Job]] = []  # (when to try again, job): runs another process is training
+    busy_tries: dict[Job, int] = {}
     counts = {"ran": 0, "reused": 0, "failed": 0}
     stop: list[int] = []
     checked: set[Job] = set()
@@ -279,9 +282,11 @@ def run_design(
                 if stop:
                     continue
                 if r.process.returncode == EXIT_BUSY:
-                    waiting.append((time.monotonic() + BUSY_RETRY_SECONDS, r.job))
-                    say(f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
-                        f"trying again every {BUSY_RETRY_SECONDS:g} s")
+                    tries = busy_tries[r.job] = busy_tries.get(r.job, 0) + 1
+                    waiting.append((time.monotonic() + min(BUSY_RETRY_SECONDS * 2 ** (tries - 1), BUSY_RETRY_MAX_SECONDS), r.job))
+                    if tries == 1:
+                        say(f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
+                            "waiting for it, then reading its result")
                     continue
                 final = outcome(r.job)
                 counts["ran"] += 1
