@@ -79,6 +79,21 @@ def _resolve(spec: str, data_root: Path) -> Path:
     return path if path.is_absolute() else data_root / path
 
 
+def _refuse_cut_short(archive: tarfile.TarFile, path: Path, key: str) -> None:
+    """A whole archive ends in its end-of-archive marker (two zero blocks) where listing its members stopped.
+
+    tarfile lists a truncated archive's members up to the cut without a word (and the last of them may be
+    short), so a partly copied tar would train on a fraction of its images; that is refused instead.
+    """
+    archive.fileobj.seek(archive.offset)
+    marker = archive.fileobj.read(2 * tarfile.BLOCKSIZE)
+    if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+        raise DataError(
+            f"{key}: tar {path} is cut short (no end-of-archive marker after its {len(archive.getmembers())} readable "
+            "members, so images are missing); copy or download it again"
+        )
+
+
 def _tar_refs(entry: Mapping[str, Any], data_root: Path, key: str) -> tuple[list[ImageRef], dict[str, Any]]:
     path = _resolve(str(entry["tar"]), data_root)
     if not path.is_file():
@@ -94,6 +109,7 @@ def _tar_refs(entry: Mapping[str, Any], data_root: Path, key: str) -> tuple[list
              if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES) and any(fnmatch.fnmatch(m.name, p) for p in patterns)),
             key=lambda m: m.name,
         )
+        _refuse_cut_short(archive, path, key)
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"{key}: cannot read tar {path} ({error}); check the file is intact") from error
     if not members:

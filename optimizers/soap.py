@@ -273,6 +273,10 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
             group["data_format"],
         )
 
+    def preconditioned_parameters(self) -> int:
+        """How many parameters carry at least one eigenbasis; 0 (every dim above max_precond_dim) is plain Adam."""
+        return sum(self._layout(p, g).any_preconditioned for g in self.param_groups for p in g["params"])
+
     @staticmethod
     def _shampoo_beta(group: dict[str, Any]) -> float:
         shampoo_beta = group["shampoo_beta"]

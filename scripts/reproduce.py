@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import shlex
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field, replace
@@ -285,15 +283,15 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
     gpus = _gpu_count()
 
     def launch(job: Job, log_path: Path, slot: int) -> subprocess.Popen:
+        from soapbench.launch import start_owned_job
+
         command = train_command(REPO, experiment, args.results_dir, job, extra, threads)
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
         if gpus:  # one slot per GPU (or a share of one): concurrent runs do not pile onto cuda:0
             env["CUDA_VISIBLE_DEVICES"] = str(slot % gpus)
-        handle = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 - closed with the process
-        handle.write("$ " + shlex.join(command) + "\n")
-        handle.flush()
-        # Own session: Ctrl-C reaches only this process, which then stops the jobs in order (SIGTERM).
-        return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        # Own session: Ctrl-C reaches only this process, which then stops the jobs in order (SIGTERM);
+        # a SIGKILL of this process stops them too (they die with it), so none trains on unobserved.
+        return start_owned_job(command, log_path, env)
 
     def outcome(job: Job) -> float | None:
         final = store.final(job)

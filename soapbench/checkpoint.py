@@ -7,7 +7,10 @@ metric records had been logged, so records written after it can be dropped on re
 It is written to a temp file and renamed, so a kill mid-write leaves the previous one, and the
 checkpoint it replaces is kept as ``checkpoint.prev.pt``: if the latest cannot be read (a
 truncated file, a bad disk), the run resumes from the one before and says which file was bad.
-Each checkpoint records the run's identity, so a resume from another run's checkpoint is refused.
+Each checkpoint records the run's identity, so a resume from another run's checkpoint is refused, and
+its tensors must come back in the dtypes the run keeps them in: ``load_state_dict`` would silently
+cast a checkpoint whose tensors were converted (say to bfloat16) and the run would end ``completed``
+under its identity with other weights, so that is refused too (:func:`refuse_changed_dtypes`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import random
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -102,3 +105,28 @@ def load_for_resume(
     bad = "; ".join(f"{path} ({reason})" for path, reason in unreadable)
     fix = "resume= another checkpoint" if explicit else "delete it to start the run over, or restore it from a backup"
     raise SoapbenchError(f"checkpoint unreadable: {bad}; {fix}")
+
+
+def _dtype_differences(saved: Any, live: Any, where: str) -> Iterator[str]:
+    if isinstance(saved, torch.Tensor) and isinstance(live, torch.Tensor):
+        if saved.dtype != live.dtype:
+            yield f"{where} is {str(saved.dtype).removeprefix('torch.')}, the run keeps {str(live.dtype).removeprefix('torch.')}"
+    elif isinstance(saved, Mapping) and isinstance(live, Mapping):
+        for key in saved.keys() & live.keys():
+            yield from _dtype_differences(saved[key], live[key], f"{where}.{key}")
+    elif isinstance(saved, (list, tuple)) and isinstance(live, (list, tuple)) and len(saved) == len(live):
+        for index, (saved_item, live_item) in enumerate(zip(saved, live)):
+            yield from _dtype_differences(saved_item, live_item, f"{where}[{index}]")
+
+
+def refuse_changed_dtypes(path: Path, saved: Mapping[str, Any], live: Mapping[str, Any]) -> None:
+    """Call after loading: ``saved`` as read from ``path`` and ``live`` the run's state dicts after the load
+    (each under the same key, e.g. model and optimizer). A tensor whose dtype differs was converted after the
+    checkpoint was written (the run writes what it keeps); loading it has rounded the run's state."""
+    changed = sorted(_dtype_differences(saved, live, ""))
+    if changed:
+        shown = "; ".join(item.lstrip(".") for item in changed[:2]) + (f"; and {len(changed) - 2} more" if len(changed) > 2 else "")
+        raise ConfigError(
+            f"resume: {path} holds tensors in other dtypes than this run's ({shown}), so it was converted after it "
+            "was written; restore it from a backup, or delete it to resume from the previous checkpoint or start over"
+        )

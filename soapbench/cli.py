@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import tempfile
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,10 +33,20 @@ from omegaconf.errors import OmegaConfBaseException
 from data.errors import DataError
 from models.registry import ModelConfigError
 from optimizers.registry import OptimizerConfigError
-from soapbench.errors import RunBusyError, RunInterrupted, SoapbenchError
+from soapbench.errors import EXIT_BUSY, RunBusyError, RunInterrupted, SoapbenchError
 
 USER_ERRORS = (SoapbenchError, DataError, OptimizerConfigError, ModelConfigError)
-EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUSY, EXIT_INTERRUPTED = 1, 2, 3, 75
+
+
+def _sweep_id() -> str:
+    """A multirun's own folder name: when it started and which process launched it, unique among concurrent sweeps."""
+    return f"{datetime.now():%Y-%m-%d_%H-%M-%S}-{os.getpid()}"
+
+
+# Cached: resolved once in the launching process; Hydra copies the cache into every job's config, joblib workers too.
+if not OmegaConf.has_resolver("soapbench.sweep_id"):
+    OmegaConf.register_new_resolver("soapbench.sweep_id", _sweep_id, use_cache=True)
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 75
 # Where multirun jobs (also in joblib worker processes) record their outcome for the final table.
 LEDGER_ENV = "SOAPBENCH_SWEEP_LEDGER"
 

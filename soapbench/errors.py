@@ -1,5 +1,8 @@
 """User-facing errors: each message is one line naming the problem and how to fix it."""
 
+# scripts/train.py's exit code for RunBusyError: drivers wait on it instead of counting a failure.
+EXIT_BUSY = 3
+
 
 class SoapbenchError(RuntimeError):
     """Bad input from the user (config, hyperparameter, data path). The CLI prints it as one line and exits 2."""

@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from soapbench.errors import SoapbenchError
+
 # interrupted: stopped by its environment (a signal, a full disk, an unreadable checkpoint, W&B transport);
 # the next plain re-run resumes it. failed: the training code raised; kept as a result and skipped.
 STATUSES = ("running", "completed", "diverged", "failed", "interrupted")
@@ -112,19 +114,31 @@ class RunStore:
             handle.flush()
 
     def read_metrics(self) -> list[dict[str, Any]]:
-        """All complete records; a line cut short by a kill is ignored."""
+        """All complete records; a line cut short by a kill ends the log. Bytes that are not UTF-8 (a damaged
+        disk or a foreign writer: the trainer writes ASCII) are bad input naming the file, never a crash."""
         records = []
         if not self.metrics_path.exists():
             return records
-        for line in self.metrics_path.read_text().splitlines():
+        try:
+            text = self.metrics_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise SoapbenchError(
+                f"{self.metrics_path}: byte {error.start} is not UTF-8 text, so the metrics log is damaged; "
+                f"restore it from a backup, or cut the file before byte {error.start} (the run then resumes and "
+                "marks the records lost as metrics_gaps in summary.json)"
+            ) from None
+        for line in text.splitlines():
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:
                 break
         return records
 
-    def truncate_metrics(self, keep_records: int) -> None:
-        """On resume, drop records logged after the checkpoint so the log matches an uninterrupted run."""
+    def truncate_metrics(self, keep_records: int) -> list[dict[str, Any]]:
+        """On resume, drop records logged after the checkpoint so the log matches an uninterrupted run.
+
+        Returns the records kept: fewer than ``keep_records`` when the log was cut short (the caller says so)."""
         records = self.read_metrics()[:keep_records]
         text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         atomic_write_text(self.metrics_path, text)
+        return records

@@ -1,11 +1,14 @@
 """Which directory a run writes to, who may write it, and what to do when it already exists.
 
 A run is named ``<optimizer>-<model>[-<swept values>]-s<seed>-<identity hash>`` (see
-:mod:`soapbench.naming` and :mod:`soapbench.identity`): running the same config on the same data
-again finds the same directory. One process at a time trains a directory: it holds an exclusive
-``flock`` on ``.lock`` inside it, which the OS releases when the process dies, so a killed run
-never blocks the next one. Under the lock: a finished run (completed, diverged or failed — all
-results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
+:mod:`soapbench.naming` and :mod:`soapbench.identity`). The name is a label; the identity hash at its end
+is what finds a run: running the same config on the same data again finds the directory ending in its
+hash, whatever swept values the sweep that made it put in its name, so two sweeps that share a
+configuration train it once. Choosing (or creating) that directory is serialised by an ``flock`` on the
+experiment directory, so two sweeps started at once cannot each create their own copy. One process at a
+time trains a directory: it holds an exclusive ``flock`` on ``.lock`` inside it, which the OS releases
+when the process dies, so a killed run never blocks the next one. Under the lock: a finished run
+(completed, diverged or failed — all results) is skipped, an interrupted one resumes from its checkpoint (the previous one if the latest
 is unreadable), and one killed before its first checkpoint starts over. A stored result whose
 identity differs from the config asking for it is never skipped to or resumed from silently.
 """
@@ -50,9 +53,34 @@ def run_name(cfg: Mapping[str, Any], identity_hash: str) -> str:
     return name
 
 
+def experiment_directory(cfg: Mapping[str, Any]) -> Path:
+    return Path(cfg["paths"]["results_dir"]) / "runs" / (cfg.get("experiment_name") or "default")
+
+
 def run_directory(cfg: Mapping[str, Any], name: str) -> Path:
-    experiment = cfg.get("experiment_name") or "default"
-    return Path(cfg["paths"]["results_dir"]) / "runs" / experiment / name
+    return experiment_directory(cfg) / name
+
+
+def find_run_directory(cfg: Mapping[str, Any], identity_hash: str) -> tuple[Path, str]:
+    """The directory of this identity: an existing one ending in its hash if there is one, else a new name.
+
+    A hand-picked ``run_name`` is taken as given. Of several existing directories of one identity (made by
+    older versions, whose names decided), the one this config would name wins, else the first by name.
+    """
+    name = run_name(cfg, identity_hash)
+    if cfg.get("run_name"):
+        return run_directory(cfg, name), name
+    existing = same_identity_directories(experiment_directory(cfg), identity_hash)
+    if existing and name not in [d.name for d in existing]:
+        name = existing[0].name
+    return run_directory(cfg, name), name
+
+
+def same_identity_directories(experiment_dir: Path, identity_hash: str) -> list[Path]:
+    try:
+        return sorted(d for d in Path(experiment_dir).glob(f"*-{identity_hash}") if d.is_dir())
+    except OSError:  # unreadable: nothing to find there
+        return []
 
 
 @dataclass
@@ -68,32 +96,29 @@ def locate_run(cfg: Mapping[str, Any]) -> RunLocation:
     from soapbench.workloads import data_fingerprint
 
     identity = run_identity(cfg, data_fingerprint(cfg))
-    name = run_name(cfg, identity.hash)
-    return RunLocation(run_directory(cfg, name), name, identity)
+    run_dir, name = find_run_directory(cfg, identity.hash)
+    return RunLocation(run_dir, name, identity)
 
 
 class RunLock:
     """Exclusive, non-blocking ownership of a run directory for this process's lifetime (or until released)."""
 
-    def __init__(self, run_dir: Path, results_dir: Path | None = None):
+    def __init__(self, run_dir: Path, results_dir: Path | None = None, created_dir: Path | None = None):
         self.run_dir = Path(run_dir)
         self.results_dir = Path(results_dir) if results_dir is not None else self.run_dir
         self.path = self.run_dir / LOCK_FILE
         self._handle = None
-        self._created_dir: Path | None = None
+        # The outermost directory made for this run (by the caller, or here), so an unused run leaves no empty folders.
+        self._created_dir: Path | None = created_dir
 
     def acquire(self) -> "RunLock":
-        # The outermost directory this lock creates, so an unused run leaves no empty folders behind.
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
-        self._created_dir = missing[-1] if missing else None
+        self._created_dir = self._created_dir or (missing[-1] if missing else None)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise SoapbenchError(
-                f"paths.results_dir: cannot write under {self.results_dir} ({error.strerror or error}); "
-                "point paths.results_dir (or SOAPBENCH_RESULTS) at a writable folder"
-            ) from error
+            raise _unwritable(self.results_dir, error) from error
         handle = os.fdopen(fd, "r+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -130,6 +155,42 @@ class RunLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+def _unwritable(results_dir: Path, error: OSError) -> SoapbenchError:
+    return SoapbenchError(
+        f"paths.results_dir: cannot write under {results_dir} ({error.strerror or error}); "
+        "point paths.results_dir (or SOAPBENCH_RESULTS) at a writable folder"
+    )
+
+
+def lock_run_directory(cfg: Mapping[str, Any], identity_hash: str) -> RunLock:
+    """Find (or make) this identity's run directory and lock it, as one step for every process of the store.
+
+    The experiment directory is ``flock``ed while its run directories are searched and the chosen one is
+    locked, so a second sweep that meets the same configuration at the same moment waits, then finds the
+    directory the first made (and gets :class:`RunBusyError` while it trains) instead of making its own.
+    """
+    results_dir = Path(cfg["paths"]["results_dir"])
+    experiment_dir = experiment_directory(cfg)
+    missing = [p for p in (experiment_dir, *experiment_dir.parents) if not p.exists()]
+    try:
+        experiment_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(experiment_dir, os.O_RDONLY)
+    except OSError as error:
+        raise _unwritable(results_dir, error) from error
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        run_dir, _ = find_run_directory(cfg, identity_hash)
+        created = missing[-1] if missing else None
+        return RunLock(run_dir, results_dir, created_dir=created).acquire()
+    except BaseException:
+        with contextlib.suppress(OSError):  # leave no empty folders this call made
+            for directory in [experiment_dir, *experiment_dir.parents][: len(missing)]:
+                directory.rmdir()
+        raise
+    finally:
+        os.close(fd)  # drops the flock on the experiment directory
 
 
 def _refuse_other_identity(where: str, stored: Mapping[str, Any] | None, identity: RunIdentity, fix: str) -> None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import shutil
 import signal
 import sys
@@ -44,7 +45,7 @@ from optimizers.composite import CompositeOptimizer
 from optimizers.modes import evaluation_weights, set_mode
 from optimizers.registry import resolve_spec, split_optimizer_config
 from optimizers.refreshes import share_refreshes
-from soapbench.checkpoint import load_for_resume, restore_rng_state, rng_state, save_checkpoint
+from soapbench.checkpoint import load_for_resume, refuse_changed_dtypes, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
 from soapbench.distributed import (
     any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
@@ -53,11 +54,12 @@ from soapbench.environment import cpu_model, describe_device, git_commit, packag
 from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, SoapbenchError
 from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
 from soapbench.identity import run_identity
+from soapbench.launch import PARENT_ENV
 from soapbench.machine_load import MachineLoad, apply_thread_policy
 from soapbench.parameter_map import counts_by_optimizer, misplaced, parameter_map
 from soapbench.progress import Progress
 from soapbench.results import METRICS_FILE, RunStore
-from soapbench.rundir import FINISHED, RunLock, plan_run, run_directory, run_name
+from soapbench.rundir import FINISHED, find_run_directory, lock_run_directory, plan_run
 from soapbench.schedules import build_scheduler
 from soapbench.timing import Stopwatch, device_peak_flops, peak_memory_bytes
 from soapbench.tracking import WANDB_MODES, WandbTracker
@@ -123,6 +125,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     misplaced_line = misplaced(trained_by, main_name, main_roles)
     if misplaced_line and ctx.is_main:
         print(misplaced_line, file=sys.stderr, flush=True)
+    if ctx.is_main:
+        _warn_if_nothing_preconditioned(optimizer, cfg["optimizer"])
     refresh_sharing = share_refreshes(optimizer) if ctx.enabled and trainer.share_refreshes else []
     scheduler = build_scheduler(optimizer, trainer.schedule, max_steps)
     scaler = build_grad_scaler(trainer, device)
@@ -140,24 +144,25 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
 
     # ------------------------------------------------------------------ run directory
     identity = run_identity(cfg, workload.data_fingerprint)
-    name = run_name(cfg, identity.hash)
-    run_dir = run_directory(cfg, name)
-    store = RunStore(run_dir)
     decision: Any = None
     if ctx.is_main:  # rank 0 locks and decides; the other ranks follow its plan, or raise its error with it
         try:
             try:
-                held.enter_context(RunLock(run_dir, results_dir=cfg["paths"]["results_dir"]))
+                lock = lock_run_directory(cfg, identity.hash)
+                held.callback(lock.release)
+                run_dir = lock.run_dir
             except SoapbenchError:  # a read-only results dir can still report a finished run
-                stored = store.read_summary()
+                run_dir, _ = find_run_directory(cfg, identity.hash)
+                stored = RunStore(run_dir).read_summary()
                 if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
                     raise
-            decision = plan_run(cfg, run_dir, name, identity)
+            decision = plan_run(cfg, run_dir, run_dir.name, identity)
         except (SoapbenchError, RunBusyError) as error:
             decision = error
     plan = broadcast_object(decision, ctx)
     if isinstance(plan, Exception):
         raise plan
+    store = RunStore(plan.run_dir)
     if plan.action == "skip":
         if ctx.is_main:
             print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
@@ -174,6 +179,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     }  # fmt: skip
     previous = plan.previous_summary or {}
     failures = list(previous.get("failures", []))  # environment and code failures of earlier attempts
+    metrics_gaps = list(previous.get("metrics_gaps", []))  # records of metrics.jsonl lost to damage
     resumed_from = None
     if plan.action == "resume":
         loaded = load_for_resume(
@@ -199,13 +205,21 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         scaler.load_state_dict(checkpoint["scaler"])
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
+        refuse_changed_dtypes(
+            loaded.path,
+            {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"], "ema": checkpoint.get("ema")},
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema else None},
+        )
         state.update(checkpoint["state"])
         restore_rng_state(checkpoint["rng_per_rank"][ctx.rank % len(checkpoint["rng_per_rank"])])
         if ctx.is_main:
             source_metrics = loaded.path.parent / METRICS_FILE
             if loaded.path.parent.resolve() != plan.run_dir.resolve() and source_metrics.is_file():
                 shutil.copyfile(source_metrics, store.metrics_path)  # the log up to the checkpoint comes with it
-            store.truncate_metrics(state["metric_records"])
+            kept = store.truncate_metrics(state["metric_records"])
+            if len(kept) < state["metric_records"]:
+                metrics_gaps.append(_metrics_gap(store, kept, state))
+                state["metric_records"] = len(kept)  # counts the log as it now is (rank 0's state is checkpointed)
             print(f"{plan.run_dir}: resuming from step {state['step']} ({loaded.path.name})", flush=True)
     elif ctx.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +239,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
         "params": param_count, "params_by_optimizer": counts_by_optimizer(trained_by),
-        "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size,
+        "max_steps": max_steps, "unit": workload.unit, "processes": ctx.world_size, "world_size": ctx.world_size,
         "refreshes_shared_by": refresh_sharing, "versions": package_versions(), "git_commit": git_commit(),
     }  # fmt: skip
     tracker = WandbTracker(
@@ -253,7 +267,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             "final_full_val_loss": state["final_full_val_loss"], "final_full_val_metrics": state["final_full_val_metrics"],
             "final_full_eval_seconds": state["final_full_eval_seconds"], **machine.summary(),
             "started_at": state["started_at"], "updated_at": _now(), "diverged_step": None, "error": None,
-            "failures": failures, "last_failure": failures[-1] if failures else None, **extra,
+            "failures": failures, "last_failure": failures[-1] if failures else None, "metrics_gaps": metrics_gaps,
+            **extra,
         }  # fmt: skip
 
     def write_summary(content: dict[str, Any]) -> None:
@@ -316,6 +331,7 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     # run resumable; a second Ctrl-C stops at once (the previous checkpoint stands).
     stop_requested: list[int] = []
     previous_handlers = _catch_stop_signals(stop_requested) if _in_main_thread() else {}
+    _stop_when_parent_dies(stop_requested)
 
     # ------------------------------------------------------------------ training loop
     step_clock, optimizer_clock = Stopwatch(device), Stopwatch(device)
@@ -449,6 +465,30 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     return final
 
 
+def _warn_if_nothing_preconditioned(optimizer: torch.optim.Optimizer, optimizer_cfg: Mapping[str, Any]) -> None:
+    """An eigenbasis optimizer whose size bound excludes every dimension of every parameter is Adam under another
+    name: legal, but almost always a typo (max_precond_dim=0), and a comparison would mislabel it."""
+    for child in getattr(optimizer, "optimizers", {"": optimizer}).values():
+        count = getattr(child, "preconditioned_parameters", None)
+        if callable(count) and count() == 0:
+            bound = {k: optimizer_cfg[k] for k in ("max_precond_dim",) if k in optimizer_cfg}
+            setting = ", ".join(f"optimizer.{k}={v}" for k, v in bound.items()) or "its settings"
+            print(f"warning: {type(child).__name__} preconditions no dimension of any parameter ({setting} excludes every "
+                  "one), so it runs as Adam in the original basis; raise max_precond_dim to precondition",
+                  file=sys.stderr, flush=True)
+
+
+def _metrics_gap(store: RunStore, kept: list[dict[str, Any]], state: dict[str, Any]) -> dict[str, Any]:
+    """Say (one line) and record that metrics.jsonl lost records its checkpoint counted: they cannot be remade."""
+    after_step = kept[-1]["step"] if kept else None
+    gap = {"records_expected": state["metric_records"], "records_found": len(kept), "after_step": after_step,
+           "until_step": state["step"], "at": _now()}  # fmt: skip
+    print(f"warning: {store.metrics_path} holds {len(kept)} of the {state['metric_records']} records logged up to "
+          f"step {state['step']} (cut short or damaged); the records after step {after_step} are lost, training "
+          "resumes, and summary.json marks the gap under metrics_gaps", file=sys.stderr, flush=True)
+    return gap
+
+
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the optimizer's state tensors (moments, factors, bases): its memory cost beside the model."""
     def size(value: Any) -> int:
@@ -474,6 +514,20 @@ def _catch_stop_signals(stop_requested: list[int]) -> dict[int, Any]:
         stop_requested.append(signum)
 
     return {signum: signal.signal(signum, request_stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _stop_when_parent_dies(stop_requested: list[int]) -> None:
+    """A driver's job stops as on SIGTERM once its driver is gone, also where the kernel cannot signal it (not Linux)."""
+    parent = os.environ.get(PARENT_ENV, "")
+    if not parent.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        stop_requested.append(signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _environmental(error: BaseException) -> bool:

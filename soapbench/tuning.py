@@ -42,7 +42,10 @@ reproduction. The ranking uses the final validation loss on the whole split when
 (else the fixed set); diverged = +inf.
 
 Ctrl-C or SIGTERM stops the whole reproduction: every running job is sent SIGTERM (the trainer
-checkpoints and exits resumably), and :func:`run_design` raises :class:`Interrupted`.
+checkpoints and exits resumably), and :func:`run_design` raises :class:`Interrupted`. A job that finds its
+run trained by another process (exit 3: a concurrent reproduction, or a job of a driver killed
+outright) is neither failed nor dropped: it waits and is tried again, and the holder's result is read
+from the store once it is done.
 """
 
 from __future__ import annotations
@@ -58,8 +61,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from soapbench.errors import EXIT_BUSY
+
 FACTOR = math.sqrt(10.0)
 MAX_EXTENSIONS = 3
+# A job whose run another process holds is tried again after this long, then twice as long each time up to
+# BUSY_RETRY_MAX_SECONDS (each try starts a train.py that reads the data before it meets the lock).
+BUSY_RETRY_SECONDS = 5.0
+BUSY_RETRY_MAX_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -365,6 +374,8 @@ def run_design(
     """
     ready: list[Job] = list(planner.initial())
     running: list[RunningJob] = []
+    waiting: list[tuple[float, Job]] = []  # (when to try again, job): runs another process is training
+    busy_tries: dict[Job, int] = {}
     counts = {"ran": 0, "reused": 0, "failed": 0}
     stop: list[int] = []
     checked: set[Job] = set()
@@ -374,7 +385,7 @@ def run_design(
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while ready or running:
+        while ready or running or waiting:
             if stop:
                 for r in running:
                     if r.process.poll() is None:
@@ -382,6 +393,10 @@ def run_design(
                 for r in running:
                     r.process.wait()
                 raise Interrupted(stop[0])
+            for entry in [w for w in waiting if w[0] <= time.monotonic()]:
+                waiting.remove(entry)
+                ready.append(entry[1])
+                checked.discard(entry[1])  # its holder may have finished it meanwhile
             # reuse what the store already has, so a re-run continues where it stopped
             # until nothing new: a reused run's decision can make runs ready that the store also has
             while unchecked := [j for j in ready if j not in checked]:
@@ -403,6 +418,13 @@ def run_design(
             for r in [r for r in running if r.process.poll() is not None]:
                 running.remove(r)
                 if stop:
+                    continue
+                if r.process.returncode == EXIT_BUSY:
+                    tries = busy_tries[r.job] = busy_tries.get(r.job, 0) + 1
+                    waiting.append((time.monotonic() + min(BUSY_RETRY_SECONDS * 2 ** (tries - 1), BUSY_RETRY_MAX_SECONDS), r.job))
+                    if tries == 1:
+                        say(f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
+                            "waiting for it, then reading its result")
                     continue
                 final = outcome(r.job)
                 counts["ran"] += 1

@@ -174,3 +174,26 @@ def test_final_evaluation_scores_every_validation_image(cache_dir) -> None:
         two = workload.evaluate_full(model, max_batches=2)
     assert len(crops) == 8 and full["val_loss"] == full["val_mse"] == pytest.approx(expected.item(), rel=1e-5)
     assert two["val_loss"] != full["val_loss"], "a budget of 2 batches scores 6 of the 8 images"
+
+
+def test_a_tar_cut_short_is_refused_not_trained_on_the_images_it_still_lists(tmp_path) -> None:
+    import tarfile
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(6):
+        Image.new("RGB", (40, 40), (40 * index, 30, 200 - 30 * index)).save(photos / f"{index}.png")
+    whole = tmp_path / "whole.tar"
+    with tarfile.open(whole, "w") as archive:
+        for image in sorted(photos.iterdir()):
+            archive.add(image, arcname=image.name)
+    cfg = dict(TINY, train=[{"tar": str(whole)}], val=[{"tar": str(whole)}], max_train_images=None, max_val_images=None)
+    assert load_colorization_data(cfg, DATA_ROOT, tmp_path / "cache").meta["train_images"] == 6
+
+    last = max(tarfile.open(whole).getmembers(), key=lambda member: member.offset)
+    for cut in (last.offset, last.offset + 200):  # before the last image's header; inside it
+        cut_short = tmp_path / f"cut{cut}.tar"
+        cut_short.write_bytes(whole.read_bytes()[:cut])
+        cfg = dict(cfg, train=[{"tar": str(cut_short)}])
+        with pytest.raises(DataError, match=f"^data.train: tar {cut_short} is cut short"):
+            load_colorization_data(cfg, DATA_ROOT, tmp_path / "cache")

@@ -92,6 +92,7 @@ def test_two_gloo_processes_match_one_process(tmp_path, optimizer) -> None:
     summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["refreshes_shared_by"] == (["SOAP"] if optimizer == "soap" else [])
     assert summary["processes"] == 2 and summary["tokens"] == json.loads((single_dir / "summary.json").read_text())["tokens"]
+    assert (summary["world_size"], json.loads((single_dir / "summary.json").read_text())["world_size"]) == (2, 1)
 
 
 def test_ddp_run_resumes_from_its_checkpoint(tmp_path) -> None:

@@ -228,3 +228,71 @@ def test_a_signal_checkpoints_exits_with_its_code_and_the_rerun_logs_what_an_uni
     assert train_in_process(LONG, results_dir)["status"] == "completed"
     assert f"resuming from step {stopped['steps']} " in capsys.readouterr().out
     assert _comparable(run_dir) == _comparable(long_reference)
+
+
+# ------------------------------------------------------------------ damaged run files
+
+
+def test_a_metrics_log_cut_mid_way_resumes_with_a_warning_and_marks_the_gap(results_dir, reference) -> None:
+    train_in_process(["trainer.stop_after_steps=6"], results_dir)  # checkpoint at step 6
+    (run_dir,) = _runs(results_dir)
+    metrics = run_dir / "metrics.jsonl"
+    logged = len(metrics.read_text().splitlines())
+    metrics.write_bytes(metrics.read_bytes()[: metrics.stat().st_size // 2])  # ends inside a record
+    kept = len(RunStore(run_dir).read_metrics())
+    assert kept < logged
+
+    result = run_cli([], results_dir)
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(metrics) in warnings[0] and f"holds {kept} of the {logged} records" in warnings[0]
+    summary = _summary(run_dir)
+    assert summary["status"] == "completed"
+    (gap,) = summary["metrics_gaps"]
+    assert (gap["records_found"], gap["records_expected"], gap["until_step"]) == (kept, logged, 6)
+    # What survived and everything after the checkpoint is as an uninterrupted run logged it; only the gap is missing.
+    expected = _comparable(reference)
+    assert _comparable(run_dir) == expected[:kept] + expected[logged:]
+
+
+def test_a_metrics_log_with_bytes_that_are_not_utf8_is_one_error_naming_it_on_every_rerun(results_dir) -> None:
+    train_in_process(["trainer.stop_after_steps=6"], results_dir)
+    (run_dir,) = _runs(results_dir)
+    metrics = run_dir / "metrics.jsonl"
+    data = metrics.read_bytes()
+    metrics.write_bytes(data[:40] + b"\xff" + data[41:])
+    for _ in range(2):
+        result = run_cli([], results_dir)
+        assert result.returncode == 2, result.stderr
+        (line,) = _error_lines(result)
+        assert line.startswith(f"error: {metrics}: byte 40 is not UTF-8 text") and "restore it" in line
+        assert "Traceback" not in result.stderr
+        assert _summary(run_dir)["status"] == "running", "bad input, not a failed result"
+
+
+def _to_bfloat16(value):
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return value.to(torch.bfloat16) if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_bfloat16(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("part", ["model", "optimizer"])
+def test_a_checkpoint_converted_to_bfloat16_is_refused_naming_the_file(results_dir, part) -> None:
+    import torch
+
+    train_in_process(["trainer.stop_after_steps=6"], results_dir)
+    (run_dir,) = _runs(results_dir)
+    path = run_dir / "checkpoint.pt"
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    checkpoint[part] = _to_bfloat16(checkpoint[part])
+    torch.save(checkpoint, path)
+    result = run_cli([], results_dir)
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result)
+    assert line.startswith(f"error: resume: {path} holds tensors in other dtypes than this run's ({part}.")
+    assert "bfloat16, the run keeps float32" in line
+    assert _summary(run_dir)["status"] == "running" and _summary(run_dir)["steps"] == 6

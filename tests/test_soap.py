@@ -513,3 +513,22 @@ def test_matrix_inverse_root_matches_a_direct_computation() -> None:
     rank_one = torch.outer(a[:, 0], a[:, 0])
     assert torch.isfinite(linalg.matrix_inverse_root(rank_one, 2.0, epsilon=0.0, precision="float64")).all()
     assert math.isclose(linalg.LinalgHealth(failures=2).diagnostics()["linalg_failures"], 2.0)
+
+
+def test_soap_that_preconditions_no_dimension_warns_in_one_line(tmp_path) -> None:
+    from tests.conftest import run_cli
+
+    layer = torch.nn.Linear(8, 4)
+    assert SOAP(layer.parameters(), lr=1e-3).preconditioned_parameters() == 1  # the weight; a bias needs precondition_1d
+    assert SOAP(layer.parameters(), lr=1e-3, max_precond_dim=0).preconditioned_parameters() == 0
+
+    results = tmp_path / "results"
+    results.mkdir()
+    steps = ["trainer.max_steps=2", "trainer.eval_interval=2", "trainer.schedule.warmup_steps=1"]
+    result = run_cli(["optimizer=soap", "optimizer.max_precond_dim=0", *steps], results)
+    assert result.returncode == 0, result.stderr
+    warnings_ = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings_ == ["warning: SOAP preconditions no dimension of any parameter (optimizer.max_precond_dim=0 excludes "
+                         "every one), so it runs as Adam in the original basis; raise max_precond_dim to precondition"]
+    default = run_cli(["optimizer=soap", *steps], results)
+    assert default.returncode == 0 and "warning:" not in default.stderr, default.stderr

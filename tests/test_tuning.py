@@ -6,6 +6,7 @@ through ``scripts/reproduce.py`` (2 lr points x 2 seeds, 12 steps), interrupted 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -25,7 +26,7 @@ from soapbench.report.analysis import analyze
 from soapbench.report.render import markdown
 from soapbench.report.stats import estimate, judge, paired_test
 from soapbench.report.store import load_experiment
-from soapbench.tuning import Arm, Design, Planner, log_grid
+from soapbench.tuning import Arm, Design, Planner, log_grid, run_design
 
 
 def _drive(planner: Planner, final_of) -> list:
@@ -308,6 +309,89 @@ def test_a_finished_design_is_read_back_from_the_store_without_launching_anythin
                         lambda job, log, slot: launched.append(job), stored, stored, 2, tmp_path, say=lambda _: None)
     assert launched == [] and counts["ran"] == 0
     assert counts["reused"] == 4 + 3 + 3 * 3  # grids (adamw extended once), every arm's report seeds: all from the store
+
+
+class _Exited:
+    """A job process that has already exited with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        self.returncode = code
+
+    def poll(self) -> int:
+        return self.returncode
+
+
+def test_a_run_another_process_trains_is_waited_for_not_failed_nor_dropped(tmp_path: Path, monkeypatch) -> None:
+    import soapbench.tuning as tuning
+
+    monkeypatch.setattr(tuning, "BUSY_RETRY_SECONDS", 0.3, raising=False)
+    design = Design("exp", (Arm("adamw"),), seeds=1, points=3)
+    final = lambda job: abs(math.log10(job.lr / 1e-3))  # noqa: E731 - the centre lr wins: no edge point
+    store: dict = {}
+    holder_done_at: list[float] = []
+
+    def launch(job, log, slot):
+        if job.lr == 1e-3 and not holder_done_at:  # a job of a killed driver still trains it, for a moment
+            holder_done_at.append(time.monotonic() + 0.5)
+            return _Exited(3)
+        store[job] = final(job)
+        return _Exited(0)
+
+    def stored(job):
+        if job.lr == 1e-3 and holder_done_at and time.monotonic() >= holder_done_at[0]:
+            return final(job)  # the holder finished and wrote its result
+        return store.get(job, False)
+
+    said: list[str] = []
+    planner = Planner(design, {"adamw": 1e-3})
+    counts = run_design(planner, launch, lambda job: stored(job) if stored(job) is not False else None, stored, 2,
+                        tmp_path, say=said.append)
+    assert counts["failed"] == 0, said
+    assert any(line.startswith("[busy ] adamw lr=0.001") for line in said), said
+    assert planner.logs["adamw"].results["0.001"] == 0.0 and planner.logs["adamw"].best_lr == 1e-3
+
+
+def holder_gone(lock: Path) -> bool:
+    """True when no live process holds the run's lock (a dead holder's lock goes with it)."""
+    import fcntl
+
+    with open(lock) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
+
+def test_jobs_of_a_driver_killed_outright_stop_with_it(tmp_path: Path) -> None:
+    fast = [o for o in FAST if not o.startswith("model=")]
+    results = tmp_path / "results"
+    command = [sys.executable, "-c", _TINY, "tiny", "--results-dir", str(results), "--jobs", "2", "--", *fast,
+               "trainer.max_steps=5000", "trainer.eval_interval=5000", "trainer.checkpoint_interval=5000"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
+    locks = lambda: list((results / "runs").glob("*/*/.lock"))  # noqa: E731
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and not [p for p in locks() if p.read_text().strip()]:
+        time.sleep(0.2)
+    try:
+        assert [p for p in locks() if p.read_text().strip()], "no job started"
+        driver.kill()  # SIGKILL: the driver runs no handler
+        driver.wait()
+        held = [p for p in locks() if p.read_text().strip()]
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(holder_gone(lock) for lock in held):
+            time.sleep(0.2)
+        assert all(holder_gone(lock) for lock in held), "a job trains on after its driver was killed"
+        for lock in held:  # stopped as by SIGTERM: resumable, never a failed result
+            summary = lock.parent / "summary.json"
+            assert not summary.exists() or json.loads(summary.read_text())["status"] != "failed"
+    finally:
+        driver.kill()
+        for lock in [lock for lock in locks() if not holder_gone(lock)]:  # on failure, leave no job behind
+            with contextlib.suppress(ValueError, ProcessLookupError):
+                os.kill(int(lock.read_text()), signal.SIGKILL)
 
 
 @pytest.mark.parametrize("override, message", [

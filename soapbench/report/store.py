@@ -21,7 +21,8 @@ Swept hyperparameters and configurations. Each config is flattened to dotted key
 (``optimizer.lr``, ``trainer.schedule.warmup_steps``); lists become tuples so values are hashable.
 Keys that do not change what is trained are ignored (seeds, paths, logger, hydra, W&B and run
 bookkeeping; see ``IGNORED_SEGMENTS``). A *configuration* is the set of runs whose remaining flat
-configs are equal, i.e. the same config up to the seed. A configuration's *family* also ignores the
+configs are equal, i.e. the same config up to the seed (runs on more than one process also carry
+``world_size``, so they are never pooled with runs of another process count). A configuration's *family* also ignores the
 budget keys (``trainer.max_steps`` and the schedule lengths that scale with it), so the shortened-
 schedule runs of the SOAP efficiency method fall in the family of their full-budget configuration.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Hashable, Iterable, Mapping
@@ -116,6 +118,12 @@ class Run:
     def __post_init__(self) -> None:
         if not self.flat:
             self.flat = flatten(self.config)
+            # The process count is not in the identity (1 or N processes train the same batches), but reduction order
+            # rounds their numbers apart: runs of different world sizes are separate configurations, never one mean.
+            summary = self.summary or {}
+            world_size = summary.get("world_size", summary.get("processes"))
+            if isinstance(world_size, int) and world_size > 1:
+                self.flat["world_size"] = world_size
 
     @property
     def optimizer(self) -> str:
@@ -319,7 +327,41 @@ def load_experiment(results_dir: Path, experiment: str) -> list[Run]:
     runs = [load_run_dir(d, experiment) for d in sorted(exp_dir.iterdir()) if d.is_dir()]
     if not runs:
         raise ReportError(f"experiment {experiment!r} has no run directories under {exp_dir}")
-    return runs
+    return one_per_identity(runs)
+
+
+def identity_hash(run: Run) -> str | None:
+    summary = run.summary or {}
+    identity = summary.get("identity")
+    return (identity.get("hash") if isinstance(identity, Mapping) else None) or summary.get("config_hash")
+
+
+# Which copy of a run stands for it: a finished result over an unfinished one, then the one updated last.
+_STATUS_RANK = {"completed": 0, "diverged": 1, "failed": 2, "interrupted": 3, "running": 4}
+
+
+def one_per_identity(runs: list[Run]) -> list[Run]:
+    """Runs with one identity hash (the same config on the same data) are one run: keep one copy, warn once per run.
+
+    Copies come from stores written before run directories were found by identity, when a second sweep that
+    named the same configuration differently trained it again; counting both would count one seed twice.
+    """
+    by_identity: dict[str, list[Run]] = {}
+    for run in runs:
+        key = identity_hash(run)
+        if key is not None:
+            by_identity.setdefault(key, []).append(run)
+    dropped: set[int] = set()
+    for key, copies in by_identity.items():
+        if len(copies) < 2:
+            continue
+        ranked = sorted(copies, key=lambda r: (_STATUS_RANK.get(r.status, 9), str((r.summary or {}).get("updated_at", ""))))
+        kept, others = ranked[0], ranked[1:]
+        dropped.update(id(r) for r in others)
+        kept.problems.append(f"duplicate copies of this run left out: {', '.join(r.source for r in others)}")
+        print(f"warning: {kept.source} and {', '.join(r.source for r in others)} are one run (identity {key}); "
+              f"counted once, as {kept.name}", file=sys.stderr, flush=True)
+    return [run for run in runs if id(run) not in dropped]
 
 
 def status_counts(runs: Iterable[Run]) -> dict[str, int]:
