@@ -28,6 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -243,6 +244,19 @@ def check_parity(experiment: str, configs: dict[str, dict]) -> None:
                        f"set it once for every arm in configs/experiment/{experiment}.yaml")
 
 
+def _outcome_cases(planner: Planner) -> dict[str, Callable[[Job], float]]:
+    """Stand-in outcomes for planning: the yaml lr best (no extension), and ever larger lrs best (every extension)."""
+    yaml_lrs = {name: log.yaml_lr for name, log in planner.logs.items()}
+    return {"no extension": lambda j: abs(math.log(j.lr / yaml_lrs[j.arm])),
+            f"every arm extended {planner.design.max_extensions} times": lambda j: -j.lr}
+
+
+def planned_runs(planner: Planner, jobs: int) -> int:
+    """The design's run count with no extension (what ``run k of N`` counts against)."""
+    fresh = Planner(planner.design, {n: log.yaml_lr for n, log in planner.logs.items()}, planner.base_seed)
+    return simulate(fresh, _outcome_cases(planner)["no extension"], lambda j: 1.0, jobs)[0]
+
+
 def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int) -> list[str]:
     """The plan in words, with its run count and time from :func:`soapbench.tuning.simulate` (an estimate)."""
     design, logs = planner.design, planner.logs
@@ -255,9 +269,7 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
              f"at most {design.max_extensions} times",
              *borrowers]
     unit = reproduction.unit_seconds.get(scale, 0.0)
-    cases = {"no extension": lambda j: abs(math.log(j.lr / yaml_lrs[j.arm])),
-             f"every arm extended {design.max_extensions} times": lambda j: -j.lr}
-    for case, final_of in cases.items():
+    for case, final_of in _outcome_cases(planner).items():
         fresh = Planner(design, yaml_lrs, planner.base_seed)
         runs, wall, busy = simulate(fresh, final_of, lambda j: j.cost * unit, jobs)
         if scale == "cpu":
@@ -298,7 +310,8 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
         return None if final is False else final
 
     try:
-        counts = run_design(planner, launch, outcome, store.final, args.jobs, log_dir)
+        counts = run_design(planner, launch, outcome, store.final, args.jobs, log_dir,
+                            planned=planned_runs(planner, args.jobs))
     finally:
         write_json_atomic(results_dir / "runs" / experiment / "tuning.json",
                           planner.tuning_record())

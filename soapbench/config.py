@@ -93,6 +93,7 @@ class TrainerConfig:
     eval_at_start: bool = True
     log_interval: int = 10
     checkpoint_interval: int = 500
+    # false: no checkpoint at the last step, and a completed run removes its periodic ones (tuning runs' default)
     keep_final_checkpoint: bool = True
     # A train loss above divergence_factor × the first step's loss (or non-finite) ends the run as diverged.
     divergence_factor: float = 10.0

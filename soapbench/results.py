@@ -93,6 +93,11 @@ class RunStore:
     def checkpoint_path(self) -> Path:
         return self.run_dir / CHECKPOINT_FILE
 
+    def remove_checkpoints(self) -> None:
+        """Drop this run's own checkpoint files (a finished run that need not be resumed or restarted from)."""
+        for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE):
+            (self.run_dir / name).unlink(missing_ok=True)
+
     def read_summary(self) -> dict[str, Any] | None:
         try:
             return json.loads(self.summary_path.read_text())

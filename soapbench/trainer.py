@@ -460,6 +460,8 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     final = summary(status, **extra, finished_at=_now() if status in FINISHED else None,
                     optimizer_state_bytes=_state_bytes(optimizer))
     write_summary(final)
+    if status == "completed" and not trainer.keep_final_checkpoint and ctx.is_main:
+        store.remove_checkpoints()  # the periodic ones too: a completed run is never resumed
     tracker.finish(final)
     shutdown(ctx)
     return final

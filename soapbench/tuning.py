@@ -128,9 +128,11 @@ class Job:
         return "tune" if self.stage in TUNE_STAGES else "report"
 
     def overrides(self) -> list[str]:
-        # sweep_keys: the run directory and W&B name carry the arm and the lr (it is not part of the identity)
+        # sweep_keys: the run directory and W&B name carry the arm and the lr (it is not part of the identity).
+        # A tuning run is not reported: its checkpoints go when it completes (most of a reproduction's disk).
+        keep = [] if self.role == "report" else ["trainer.keep_final_checkpoint=false"]
         return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", f"seed={self.seed}",
-                f"sweep_keys=['variant={self.arm}',optimizer.lr]"]
+                f"sweep_keys=['variant={self.arm}',optimizer.lr]", *keep]
 
 
 @dataclass
@@ -365,6 +367,7 @@ def run_design(
     jobs: int,
     log_dir: Path,
     say: Callable[[str], None] = print,
+    planned: int | None = None,
 ) -> dict[str, int]:
     """Run the planner's jobs to the end, ``jobs`` at a time; returns counts of what happened.
 
@@ -377,6 +380,7 @@ def run_design(
     waiting: list[tuple[float, Job]] = []  # (when to try again, job): runs another process is training
     busy_tries: dict[Job, int] = {}
     counts = {"ran": 0, "reused": 0, "failed": 0}
+    started = time.monotonic()
     stop: list[int] = []
     checked: set[Job] = set()
 
@@ -432,12 +436,27 @@ def run_design(
                     counts["failed"] += 1
                 minutes = (time.monotonic() - r.started) / 60
                 shown = "failed (see its log)" if final is None else f"final {final:.5g}"
-                say(f"[done ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: {shown} in {minutes:.1f} min")
                 ready += planner.finished(r.job, final)
+                progress = _progress(counts, planned, len(ready) + len(running) + len(waiting), started, jobs)
+                say(f"[done ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: {shown} in {minutes:.1f} min; {progress}")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return counts
+
+
+def _progress(counts: dict[str, int], planned: int | None, left: int, started: float, jobs: int) -> str:
+    """'run k of N, ETA 0:12 (from the runs finished so far)': N is the plan's count with no extension, raised to
+    what is known to be left when extensions add runs; reused runs count as done but not toward the pace."""
+    done = counts["ran"] + counts["reused"]
+    total = max(planned or 0, done + left)
+    elapsed = time.monotonic() - started
+    if counts["ran"] == 0:
+        return f"run {done} of {total}"
+    remaining = max(total - done, 0)
+    # the pace of the runs trained here: with jobs at a time, wall time per run is elapsed / ran
+    eta = int(elapsed / counts["ran"] * remaining)
+    return f"run {done} of {total}, ETA {eta // 3600}:{eta % 3600 // 60:02d} h:min (from the runs finished so far)"
 
 
 def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
