@@ -34,6 +34,8 @@ CASES = [
     ("paths.results_dir=<tmp>/a_file/results", "a results dir that cannot be written (read-only, or under a file)"),
     ("resume=<tmp>/corrupt.pt", "a corrupt checkpoint"),
     ("resume=<tmp>/crafted.pt", "a file crafted to run code when unpickled: it is not unpickled"),
+    ("experiment_name=../../elsewhere", "an experiment name that is a path (it would write outside the results dir)"),
+    ("-m experiment_name=<tmp>/elsewhere seed=1,2", "the same in a sweep, before its sweep dir is made"),
 ]
 BEGIN, END = "<!-- bad-input-table: begin -->", "<!-- bad-input-table: end -->"
 
@@ -82,7 +84,7 @@ def test_bad_input_gets_the_readme_line_exit_2_and_writes_nothing(case, tmp_path
     assert result.returncode == expected_code == 2, result.stderr
     assert lines == [expected_line], "exactly the README's one line, no traceback (python -m tests.test_bad_input reprints the table)"
     assert not list(results_dir.iterdir()), "nothing is written"
-    assert not (tmp_path / "code_ran").exists(), "nor anywhere else"
+    assert not (tmp_path / "code_ran").exists() and not (tmp_path / "elsewhere").exists(), "nor anywhere else"
 
 
 def main() -> None:

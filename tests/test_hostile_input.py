@@ -81,4 +81,48 @@ def test_a_crafted_checkpoint_is_refused_without_running_it(tmp_path, route) -> 
     assert unlocked(_tree(where)) == unlocked(before), "nothing written, renamed or removed"
 
 
-# --------------------------------------------
+# ------------------------------------------------------------------ names that are paths
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["experiment_name=../../escaped"],
+        ["experiment_name=<tmp>/escaped"],
+        ["run_name=../../escaped"],
+        ["-m", "experiment_name=../../escaped", "seed=1,2"],
+        ["-m", "experiment_name=<tmp>/escaped", "seed=1,2"],
+    ],
+    ids=["relative", "absolute", "run_name", "sweep-relative", "sweep-absolute"],
+)
+def test_a_name_that_is_a_path_is_refused_and_writes_nothing_anywhere(tmp_path, args) -> None:
+    results = tmp_path / "deep" / "results"
+    results.mkdir(parents=True)
+    before = _tree(tmp_path)
+    result = run_cli([a.replace("<tmp>", str(tmp_path)) for a in args], results, timeout=120)
+    assert result.returncode == 2, result.stderr
+    key = args[-2 if args[0] == "-m" else 0].split("=")[0]
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith(f"error: {key}: ") and "is a path, not a name" in line
+    assert "Traceback" not in result.stderr
+    assert _tree(tmp_path) == before, "no run dir, sweep dir or multirun.yaml inside or outside the results dir"
+
+
+def test_a_search_study_that_is_a_path_is_refused_and_writes_nothing(tmp_path, capsys) -> None:
+    pytest.importorskip("optuna")
+    results = tmp_path / "deep" / "results"
+    results.mkdir(parents=True)
+    args = ["soap_lr_betas", "trainer.max_steps=2", "--trials", "1", "--study", "../../escaped", "--results-dir", str(results)]
+    code = _script("search").main(args)  # the short trial bounds what the test costs where the study is not refused
+    assert code == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        "error: study: '../../escaped' is a path, not a name; use a plain name without '/' or '..' (e.g. soap_lr_betas_600)"
+    ]
+    assert _tree(tmp_path) == {"deep": None, "deep/results": None}
+
+
+def test_a_benchmark_tag_that_is_a_path_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        _script("bench_optimizers").parse_args(["--tag", "../../escaped"])
+    assert stopped.value.code == 2
+    assert "error: --tag: '../../escaped' is a path, not a name" in capsys.readouterr().err
