@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from soapbench.report import synthetic as syn
 from tests.conftest import REPO, RunsCode, run_cli, train_in_process
 
 
@@ -126,3 +127,66 @@ def test_a_benchmark_tag_that_is_a_path_is_refused(capsys) -> None:
         _script("bench_optimizers").parse_args(["--tag", "../../escaped"])
     assert stopped.value.code == 2
     assert "error: --tag: '../../escaped' is a path, not a name" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ the report's output folder
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Path:
+    root = tmp_path / "results"
+    for opt in ("adamw", "soap"):
+        evals = [(100, 10.0, 3.0), (200, 20.0, 2.5)]
+        syn.write_run(root, "exp", opt, syn.base_config("exp", opt, 0, 1e-3, 200), evals)
+    return root
+
+
+def _report(args: list[str], store: Path) -> int:
+    return _script("report").main(["--results-dir", str(store), "--no-figures", *args])
+
+
+def test_report_out_on_a_users_folder_is_refused_and_the_folder_kept(store, tmp_path, capsys) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("years of work")
+    assert _report(["--experiment", "exp", "--out", str(out)], store) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"report: error: --out {out} is not empty and no report wrote it (no .soapbench-report); "
+                   "choose a new or empty folder, or move its files out")  # fmt: skip
+    assert _tree(tmp_path / "mine") == {"thesis.tex": b"years of work"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "results"], "no temp folder left"
+
+
+def test_report_replaces_only_what_a_report_wrote(store, tmp_path, capsys) -> None:
+    out = tmp_path / "reports" / "exp"
+    assert _report(["--experiment", "exp", "--out", str(out)], store) == 0
+    first = _tree(out)
+    assert ".soapbench-report" in first and "report.md" in first
+    (out / "report.md").write_text("an older report's text")  # a file the report wrote: it is the report's to replace
+    (out / "configurations.csv").unlink()
+    assert _report(["--experiment", "exp", "--out", str(out)], store) == 0
+    assert set(_tree(out)) == set(first) and (out / "report.md").read_text() != "an older report's text"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["exp"], "the previous report's folder is gone"
+
+    (out / "notes.md").write_text("mine")  # a user's file in a report folder: the folder is no longer the report's alone
+    assert _report(["--experiment", "exp", "--out", str(out)], store) == 2
+    assert f"--out {out} holds notes.md, which no report wrote" in capsys.readouterr().err
+    assert (out / "notes.md").read_text() == "mine" and (out / "report.md").exists()
+
+
+@pytest.mark.parametrize("out", ["<store>", "<store>/runs", "<store>/runs/exp", "<store>/runs/exp/adamw", "<store>/.."])
+def test_report_out_on_or_around_the_run_store_is_refused(store, capsys, out) -> None:
+    before = _tree(store.parent)
+    assert _report(["--experiment", "exp", "--out", out.replace("<store>", str(store))], store) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is the run store" in err[0]
+    assert _tree(store.parent) == before
+
+
+def test_report_experiment_that_is_a_path_is_refused(store, capsys) -> None:
+    before = _tree(store.parent)
+    assert _report(["--experiment", "../.."], store) == 2  # its default --out would be the store's parent
+    assert capsys.readouterr().err.strip() == (
+        "report: error: --experiment: '../..' is a path, not a name; use a plain name without '/' or '..' (e.g. lm_sweep)"
+    )
+    assert _tree(store.parent) == before
