@@ -190,3 +190,20 @@ def test_report_experiment_that_is_a_path_is_refused(store, capsys) -> None:
         "report: error: --experiment: '../..' is a path, not a name; use a plain name without '/' or '..' (e.g. lm_sweep)"
     )
     assert _tree(store.parent) == before
+
+
+# ------------------------------------------------------------------ the environment
+
+
+def test_an_env_interpolation_in_a_stored_config_does_not_reach_the_report(store, tmp_path, monkeypatch) -> None:
+    secret = "sentinel-7f3a9c-not-for-reports"
+    monkeypatch.setenv("SOAPBENCH_TEST_SECRET", secret)
+    config = syn.base_config("exp", "muon", 0, 1e-3, 200, momentum="${oc.env:SOAPBENCH_TEST_SECRET}")
+    config["model"]["arch"]["note"] = "${oc.env:SOAPBENCH_TEST_SECRET}"
+    syn.write_run(store, "exp", "muon", config, [(100, 10.0, 3.1), (200, 20.0, 2.6)])
+    out = tmp_path / "report"
+    assert _script("report").main(["--results-dir", str(store), "--experiment", "exp", "--out", str(out)]) == 0
+    leaked = [name for name, content in _tree(out).items() if content is not None and secret.encode() in content]
+    assert leaked == []
+    assert "model.arch.note: ${oc.env:SOAPBENCH_TEST_SECRET}" in (out / "report.md").read_text(), "kept as text"
+
