@@ -76,9 +76,11 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as error:
         _refuse_foreign_objects(path)
-        raise
+        # Damaged: torch's message is mostly advice to load it unsafely; its last line is the diagnosis.
+        detail = str(error).rpartition("WeightsUnpickler error:")[2].strip().split("\n")[0]
+        raise pickle.UnpicklingError(f"damaged or not a checkpoint ({detail})") from None
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "state"} <= set(checkpoint):
         raise ValueError("not a soapbench checkpoint")
     return checkpoint
