@@ -21,6 +21,8 @@ import torch
 from soapbench.bench import catalog, floor, memory, peers, step_timing, throughput, train_step
 from soapbench.bench.report import collect_metadata, render_markdown, write_report
 from soapbench.bench.shapes import GradientBank, build_preset_model
+from soapbench.errors import ConfigError
+from soapbench.naming import plain_name
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,6 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--steps must be >= 1")
     if args.ratio_blocks < 1 or args.ratio_warmup < 1:
         parser.error("--ratio-blocks and --ratio-warmup must be >= 1")
+    if args.tag is not None:
+        try:
+            plain_name("--tag", args.tag, "rerun2")  # part of the report's file name under --out
+        except ConfigError as error:
+            parser.error(str(error))
     return args
 
 

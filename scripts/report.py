@@ -7,7 +7,9 @@
 
 Writes <out>/report.md, report.csv, configurations.csv, sources.json and the figures (PNG, each with a
 .sources.json sidecar) and prints the main table. Output goes to a temp dir renamed into place at the end,
-so bad input or a crash leaves nothing half-written. Bad input exits with status 2 and one line on stderr.
+so bad input or a crash leaves nothing half-written. --out must be new, empty or a folder a report wrote
+(it replaces only the files listed in its .soapbench-report), and outside the run store. Bad input exits
+with status 2 and one line on stderr.
 """
 
 from __future__ import annotations

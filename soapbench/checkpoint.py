@@ -61,12 +61,47 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+# Beyond tensors and plain containers a checkpoint holds numpy's RNG state (a uint32 array); the
+# weights-only loader admits these and nothing else, so a crafted file cannot run code when it is read.
+# numpy 2 moved ``numpy.core`` to ``numpy._core``: a checkpoint names the function as its writer's numpy did.
+_reconstruct = np.ndarray(0).__reduce__()[0]
+CHECKPOINT_GLOBALS = [
+    (_reconstruct, "numpy.core.multiarray._reconstruct"), (_reconstruct, "numpy._core.multiarray._reconstruct"),
+    (np.ndarray, "numpy.ndarray"), (np.dtype, "numpy.dtype"), (type(np.dtype(np.uint32)), "numpy.dtypes.UInt32DType"),
+]  # fmt: skip
+
+
+class UnsafeCheckpointError(ConfigError):
+    """A checkpoint that needs more than a checkpoint holds to load: refused, never unpickled, never skipped."""
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    # Our own files: they hold RNG tuples and numpy arrays, which the weights-only loader rejects.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        _refuse_foreign_objects(path)
+        # Damaged: torch's message is mostly advice to load it unsafely; its last line is the diagnosis.
+        detail = str(error).rpartition("WeightsUnpickler error:")[2].strip().split("\n")[0]
+        raise pickle.UnpicklingError(f"damaged or not a checkpoint ({detail})") from None
     if not isinstance(checkpoint, dict) or not {"model", "optimizer", "state"} <= set(checkpoint):
         raise ValueError("not a soapbench checkpoint")
     return checkpoint
+
+
+def _refuse_foreign_objects(path: Path) -> None:
+    """Raise if ``path`` names objects beyond ``CHECKPOINT_GLOBALS``; return if it is merely damaged."""
+    allowed = {name for _, name in CHECKPOINT_GLOBALS}
+    try:
+        # Reads the pickle's opcodes without executing any of them.
+        foreign = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)) - allowed)
+    except UNREADABLE:
+        return
+    if foreign:
+        raise UnsafeCheckpointError(
+            f"resume: {path} is not a soapbench checkpoint: loading it would call {', '.join(foreign[:3])}, "
+            "which no checkpoint holds, so it was not loaded; resume from a checkpoint soapbench wrote, or delete this one"
+        )
 
 
 @dataclass
@@ -91,6 +126,8 @@ def load_for_resume(
     for path in candidates:
         try:
             payload = load_checkpoint(path)
+        except UnsafeCheckpointError:
+            raise  # a crafted file is the user's to look at, not a damaged one to skip
         except UNREADABLE as error:
             first_sentence = str(error).split(". ")[0].splitlines()[0][:160] if str(error) else ""
             unreadable.append((path, f"{type(error).__name__}: {first_sentence}".rstrip(": ")))

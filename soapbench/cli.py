@@ -34,6 +34,7 @@ from data.errors import DataError
 from models.registry import ModelConfigError
 from optimizers.registry import OptimizerConfigError
 from soapbench.errors import EXIT_BUSY, RunBusyError, RunInterrupted, SoapbenchError
+from soapbench.naming import experiment_folder
 
 USER_ERRORS = (SoapbenchError, DataError, OptimizerConfigError, ModelConfigError)
 
@@ -49,6 +50,8 @@ if not OmegaConf.has_resolver("soapbench.sweep_id"):
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 1, 2, 75
 # Where multirun jobs (also in joblib worker processes) record their outcome for the final table.
 LEDGER_ENV = "SOAPBENCH_SWEEP_LEDGER"
+# configs/train.yaml's sweep dir: Hydra creates it and writes multirun.yaml there before any job validates its config.
+OmegaConf.register_new_resolver("soapbench.experiment_folder", experiment_folder, replace=True)
 
 
 def _is_multirun() -> bool:
@@ -230,6 +233,12 @@ def hydra_error_line(error: BaseException) -> str | None:
     import yaml
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
 
+    cause = error
+    while cause is not None and not isinstance(cause, SoapbenchError):
+        # Our own check inside an interpolation (the sweep dir's experiment folder); OmegaConf keeps it as the context.
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return str(cause)
     if isinstance(error, MissingConfigException):
         missing = str(error.missing_cfg_file or "")
         group, _, option = missing.rpartition("/")

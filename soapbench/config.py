@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from soapbench.errors import ConfigError
+from soapbench.naming import experiment_folder, plain_name
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 SCHEDULES = ("cosine", "linear", "wsd", "constant")
@@ -222,6 +223,10 @@ def validate_run_config(cfg: Mapping[str, Any]) -> None:
     kind, _, index = device.partition(":")
     if kind not in DEVICE_TYPES or (index and (kind not in ("cuda",) or not index.isdigit())):
         raise ConfigError(f"device: {device!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps")
+    # Both become folders under results/runs/: validated before anything is created.
+    experiment_folder(cfg.get("experiment_name"))
+    if cfg.get("run_name"):
+        plain_name("run_name", cfg["run_name"], "soap_lr3e-3")
     if not isinstance(cfg.get("allow_identity_mismatch", False), bool):
         raise ConfigError(f"allow_identity_mismatch: expected true or false, got {cfg.get('allow_identity_mismatch')!r}")
     paths = cfg.get("paths") or {}

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from typing import Any, Iterable, Mapping
 
+from soapbench.errors import ConfigError
+
 # Always in the name already.
 _IN_BASE_NAME = ("optimizer", "model", "seed", "optimizer.name", "model.name")
 # Where things live, not what is trained: a machine path in a name would give the same run another name elsewhere.
@@ -70,3 +72,16 @@ def swept_values(config: Mapping[str, Any], sweep_keys: Iterable[str] | None) ->
 def run_name(config: Mapping[str, Any], digest: str) -> str:
     base = [str(config["optimizer"]["name"]), str(config["model"]["name"])]
     return "-".join([*base, *swept_values(config, config.get("sweep_keys")), f"s{config['seed']}", digest])
+
+
+def plain_name(key: str, value: Any, example: str) -> str:
+    """A user-supplied name that becomes one folder: without a separator or ``..`` it cannot leave its root."""
+    text = str(value)
+    if text in ("", ".", "..") or any(c in text for c in ("/", "\\", "\0")):
+        raise ConfigError(f"{key}: {text!r} is a path, not a name; use a plain name without '/' or '..' (e.g. {example})")
+    return text
+
+
+def experiment_folder(value: Any) -> str:
+    """``experiment_name`` as the folder under ``runs/`` and ``sweeps/`` it becomes."""
+    return plain_name("experiment_name", value or "default", "lm_sweep")

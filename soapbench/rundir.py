@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 from soapbench.errors import ConfigError, RunBusyError, SoapbenchError
 from soapbench.identity import RunIdentity, describe_differences
+from soapbench.naming import experiment_folder, plain_name
 from soapbench.naming import run_name as descriptive_name
 from soapbench.results import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, RunStore, remove_stale_temp_files
 
@@ -47,18 +48,15 @@ class RunPlan:
 
 def run_name(cfg: Mapping[str, Any], identity_hash: str) -> str:
     """The directory name: ``run_name`` if set, else what the run is (and what its sweep varies) plus its identity hash."""
-    name = cfg.get("run_name") or descriptive_name(cfg, identity_hash)
-    if "/" in name or name in ("", ".", ".."):
-        raise ConfigError(f"run_name: {name!r} is not a valid directory name")
-    return name
+    return plain_name("run_name", cfg.get("run_name") or descriptive_name(cfg, identity_hash), "soap_lr3e-3")
 
 
 def experiment_directory(cfg: Mapping[str, Any]) -> Path:
-    return Path(cfg["paths"]["results_dir"]) / "runs" / (cfg.get("experiment_name") or "default")
+    return Path(cfg["paths"]["results_dir"]) / "runs" / experiment_folder(cfg.get("experiment_name"))
 
 
 def run_directory(cfg: Mapping[str, Any], name: str) -> Path:
-    return experiment_directory(cfg) / name
+    return experiment_directory(cfg) / plain_name("run_name", name, "soap_lr3e-3")
 
 
 def find_run_directory(cfg: Mapping[str, Any], identity_hash: str) -> tuple[Path, str]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, RunsCode, run_cli
 
 # (input as the README shows it, what it is); <tmp> is the scratch folder prepared by _prepare.
 CASES = [
@@ -33,6 +33,9 @@ CASES = [
     ("device=tpu", "an unknown device"),
     ("paths.results_dir=<tmp>/a_file/results", "a results dir that cannot be written (read-only, or under a file)"),
     ("resume=<tmp>/corrupt.pt", "a corrupt checkpoint"),
+    ("resume=<tmp>/crafted.pt", "a file crafted to run code when unpickled: it is not unpickled"),
+    ("experiment_name=../../elsewhere", "an experiment name that is a path (it would write outside the results dir)"),
+    ("-m experiment_name=<tmp>/elsewhere seed=1,2", "the same in a sweep, before its sweep dir is made"),
 ]
 BEGIN, END = "<!-- bad-input-table: begin -->", "<!-- bad-input-table: end -->"
 
@@ -42,6 +45,9 @@ def _prepare(tmp: Path) -> None:
     (tmp / "conf" / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: [1, 2\nseed: 3\n")
     (tmp / "a_file").write_text("not a directory\n")
     (tmp / "corrupt.pt").write_bytes(b"not a checkpoint, 40 bytes of something")
+    import torch  # not at module level: conftest's thread settings come first
+
+    torch.save({"model": {}, "optimizer": {}, "state": RunsCode(tmp / "code_ran")}, tmp / "crafted.pt")
 
 
 def _group_lists() -> dict[str, str]:
@@ -78,6 +84,7 @@ def test_bad_input_gets_the_readme_line_exit_2_and_writes_nothing(case, tmp_path
     assert result.returncode == expected_code == 2, result.stderr
     assert lines == [expected_line], "exactly the README's one line, no traceback (python -m tests.test_bad_input reprints the table)"
     assert not list(results_dir.iterdir()), "nothing is written"
+    assert not (tmp_path / "code_ran").exists() and not (tmp_path / "elsewhere").exists(), "nor anywhere else"
 
 
 def main() -> None:

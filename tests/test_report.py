@@ -159,10 +159,10 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
     csv = pd.read_csv(out / "report.csv").set_index("optimizer")
     assert csv.loc["soap", "steps_to_target"] == pytest.approx(200 + 100 * 0.5 / 0.6)
     assert csv.loc["soap", "runs_diverged"] == 1
-    # a second report replaces the first in place and leaves no temporary directories behind
-    (out / "stale.txt").write_text("old")
+    # a second report replaces the first in place (its figures too: this one draws none) and leaves no temporary
+    # directories behind
     assert _cli(["--experiment", "exp", "--results-dir", str(store), "--out", str(out), "--no-figures"]) == 0
-    assert not (out / "stale.txt").exists()
+    assert not list(out.glob("*.png")) and (out / "report.md").exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["exp"]
 
 

@@ -259,11 +259,9 @@ def load_run_dir(run_dir: Path, experiment: str) -> Run:
         raw = config_path.read_bytes()
         sha = hashlib.sha256(raw).hexdigest()
         try:
-            loaded = OmegaConf.load(config_path)
-            try:
-                container = OmegaConf.to_container(loaded, resolve=True)
-            except Exception:  # an unresolvable interpolation (e.g. ${hydra:...}) is kept as text
-                container = OmegaConf.to_container(loaded, resolve=False)
+            # The trainer stores the config resolved; an interpolation left in one (${oc.env:WANDB_API_KEY}) is
+            # kept as text, so nothing from this machine's environment reaches a report.
+            container = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
             config = container if isinstance(container, dict) else {}
             if not config:
                 problems.append("config.yaml is empty or not a mapping")

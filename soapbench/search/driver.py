@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from soapbench.errors import ConfigError
+from soapbench.naming import plain_name
 from soapbench.search.space import SearchSpace, parse_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -50,7 +51,7 @@ class Search:
 
     @property
     def directory(self) -> Path:
-        return self.results_dir / "searches" / self.study
+        return self.results_dir / "searches" / plain_name("study", self.study, "soap_lr_betas_600")
 
     def trial_overrides(self, params: Mapping[str, Any]) -> list[str]:
         keys = ",".join(self.space.keys)
@@ -84,8 +85,10 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
         raise ConfigError(f"trials: must be a positive integer, got {count!r}")
     if jobs < 1:
         raise ConfigError(f"jobs: must be >= 1, got {jobs}")
+    # The study names results/searches/<study>/ and, as trials' experiment_name, results/runs/<study>/.
+    chosen_study = plain_name("study", study or data.get("study") or path.stem, "soap_lr_betas_600")
     return Search(
-        study=study or data.get("study") or path.stem, sampler=chosen_sampler, trials=count,
+        study=chosen_study, sampler=chosen_sampler, trials=count,
         seed=int(data.get("seed", 0)), overrides=[*map(str, data.get("overrides") or []), *overrides],
         space=parse_space(data.get("space"), f"{path.name}: space"), jobs=jobs,
         results_dir=results_dir or Path(os.environ.get("SOAPBENCH_RESULTS", "results")),
