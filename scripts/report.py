@@ -58,8 +58,10 @@ def check_request(args: argparse.Namespace, request: ReportRequest, out: Path) -
     if args.metric is not None and not any(args.metric in r.metrics.columns for r in analysis.runs):
         logged = sorted({c for r in analysis.runs for c in r.metrics.columns if "/" in c})
         raise ReportError(f"--metric {args.metric}: no run logs it; logged: {', '.join(logged) or 'nothing'}")
-    if args.baseline is not None and not any(args.baseline in w.optimizers for w in analysis.workloads):
-        names = sorted({name for w in analysis.workloads for name in w.optimizers})
+    # as the analysis finds its baseline: an arm's label ("soap f=10") or an optimizer's name (its best arm)
+    arms = [arm for w in analysis.workloads for arm in w.optimizers.values()]
+    if args.baseline is not None and not any(args.baseline in (arm.arm, arm.optimizer) for arm in arms):
+        names = sorted({arm.optimizer for arm in arms} | {arm.arm for arm in arms})
         raise ReportError(f"--baseline {args.baseline}: no such optimizer in these runs; choose from {', '.join(names)}")
 
 

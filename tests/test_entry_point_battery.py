@@ -215,3 +215,18 @@ def test_a_locked_study_waits_a_bounded_time_then_one_line(tmp_path):
     assert len(lines) == 1 and "database is locked" in lines[0] and "another process holds it" in lines[0], result.stderr
     assert waited >= STUDY_LOCK_TIMEOUT_S
     assert _listing(tmp_path) == before
+
+
+def test_the_input_checks_accept_a_baseline_named_by_optimizer_or_arm(tmp_path):
+    """The baseline check finds a baseline as the analysis does: an optimizer's name ("soap") picks its best arm
+    ("soap f=10"), so refusing it would break reproductions (kl_methods compares against "shampoo")."""
+    for seed in (0, 1):
+        config = syn.base_config(EXPERIMENT, "soap", seed, 1e-3, 40, precondition_frequency=10)
+        syn.write_run(tmp_path / "store", EXPERIMENT, f"soap_s{seed}", config, [(20, 2.0, 3.5), (40, 4.0, 3.0 + seed)])
+    for baseline in ("soap", "soap f=10"):
+        result = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--experiment", EXPERIMENT,
+                                 "--results-dir", str(tmp_path / "store"), "--out", str(tmp_path / "out"),
+                                 "--baseline", baseline, "--no-figures"],
+                                capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert "soap f=10" in result.stdout
