@@ -23,6 +23,7 @@ from soapbench.bench.report import collect_metadata, render_markdown, write_repo
 from soapbench.bench.shapes import GradientBank, build_preset_model
 from soapbench.errors import ConfigError
 from soapbench.naming import plain_name
+from soapbench.outputs import output_dir_error
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -84,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
+    problem = output_dir_error(args.out, "--out")
+    if problem:  # before any measurement: the first section's report would otherwise fail after minutes
+        print(f"bench_optimizers: error: {problem}", file=sys.stderr)
+        return 2
     try:
         inputs = catalog.resolve_inputs(args.model, args.override, args.optimizers, args.device)
     except catalog.BenchInputError as error:

@@ -20,6 +20,8 @@ from pathlib import Path
 from optimizers.registry import OptimizerConfigError
 from soapbench.errors import SoapbenchError
 from soapbench.optimizer_check import check_optimizer, parse_kwargs, render
+from soapbench.outputs import output_file_error
+from soapbench.results import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,6 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    # before the checks: an unwritable --json would otherwise fail only after minutes of them
+    problem = args.json and output_file_error(args.json, "--json")
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         target, rows = check_optimizer(
             args.optimizer, parse_kwargs(args.kwargs), steps=args.steps, contract=not args.no_contract,
@@ -49,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(render(target, rows))
     if args.json:
-        args.json.write_text(json.dumps({"optimizer": target.description, "kwargs": repr(target.kwargs),
+        atomic_write_text(args.json, json.dumps({"optimizer": target.description, "kwargs": repr(target.kwargs),
                                          "rows": [asdict(r) for r in rows]}, indent=2) + "\n")  # fmt: skip
     return 1 if any(r.status == "fail" for r in rows) else 0
 

@@ -19,6 +19,7 @@ import torch
 
 from soapbench.bench import device as check
 from soapbench.bench.report import collect_metadata, report_paths
+from soapbench.outputs import output_dir_error
 from soapbench.results import atomic_write_text
 
 SECTIONS = ("lm_step", "nanogpt", "refresh")
@@ -43,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for name in ("batch_size", "steps", "nanogpt_steps"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    problem = output_dir_error(args.out, "--out")
+    if problem:  # before the device time is spent
+        parser.exit(2, f"device_check: error: {problem}\n")
     return args
 
 

@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from soapbench.outputs import output_dir_error
 from soapbench.report.export import export_store
 from soapbench.report.store import ReportError
 
@@ -29,6 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or args.results_dir / "export"
     try:
+        problem = output_dir_error(out, "--out")
+        if problem:
+            raise ReportError(problem)
         runs, records = export_store(args.results_dir, out, args.experiment)
     except ReportError as err:
         print(f"export: error: {err}", file=sys.stderr)

@@ -12,6 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from soapbench.outputs import output_dir_error
 from soapbench.report.leaderboard import LeaderboardError, read_entries, render, score, write_csv
 
 MARKER = ".soapbench-leaderboard"
@@ -34,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
             raise LeaderboardError(f"--out {out} holds files the leaderboard did not write; choose a new or empty folder")
+        problem = output_dir_error(out, "--out")
+        if problem:
+            raise LeaderboardError(problem)
         scores = score(read_entries(sources))
     except LeaderboardError as err:
         print(f"leaderboard: error: {err}", file=sys.stderr)

@@ -18,6 +18,7 @@ import torch
 
 from soapbench.bench import catalog, memory
 from soapbench.bench.report import collect_metadata, memory_markdown
+from soapbench.outputs import output_file_error
 from soapbench.results import atomic_write_text
 
 
@@ -34,7 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the rows (and metadata) as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
+    problem = args.json and output_file_error(args.json, "--json")
+    if problem:  # before measuring: the rows would otherwise be lost to a traceback at the end
+        print(f"optimizer_memory: error: {problem}", file=sys.stderr)
+        return 2
     try:
         inputs = catalog.resolve_inputs(args.model, args.override, args.optimizers, args.device)
     except catalog.BenchInputError as error:

@@ -19,8 +19,13 @@ import shlex
 import sys
 from pathlib import Path
 
-from soapbench.report.build import ReportRequest, publish
+import math
+
+from soapbench.outputs import output_dir_error
+from soapbench.report.build import ReportRequest, prepare, publish
 from soapbench.report.store import ReportError
+
+DEFAULT_BASELINE = "adamw"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", nargs="+", required=True, help="experiment name(s) under <results-dir>/runs")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/reports/<experiment>")
-    parser.add_argument("--baseline", default="adamw", help="optimizer whose best final loss is the target")
+    parser.add_argument("--baseline", default=None, help=f"optimizer whose best final loss is the target (default {DEFAULT_BASELINE})")
     parser.add_argument("--target", type=float, default=None, help="explicit target loss (one workload only)")
     parser.add_argument("--metric", default=None, help="eval metric (default val/loss, else val/mse)")
     parser.add_argument("--reference", default=None, help="NAME or NAME:SETTING of <results-dir>/reference/NAME.yaml")
@@ -41,13 +46,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def check_request(args: argparse.Namespace, request: ReportRequest, out: Path) -> None:
+    """Bad input that would otherwise give empty tables (a baseline or metric no run has), a meaningless target,
+    or a traceback after the work (an unwritable --out)."""
+    if args.target is not None and not (math.isfinite(args.target) and args.target > 0):
+        raise ReportError(f"--target {args.target}: must be a positive finite loss")
+    problem = output_dir_error(out, "--out")
+    if problem:
+        raise ReportError(problem)
+    if args.baseline is None and args.metric is None:
+        return
+    analysis, _ = prepare(request)
+    if args.metric is not None and not any(args.metric in r.metrics.columns for r in analysis.runs):
+        logged = sorted({c for r in analysis.runs for c in r.metrics.columns if "/" in c})
+        raise ReportError(f"--metric {args.metric}: no run logs it; logged: {', '.join(logged) or 'nothing'}")
+    # as the analysis finds its baseline: an arm's label ("soap f=10") or an optimizer's name (its best arm)
+    arms = [arm for w in analysis.workloads for arm in w.optimizers.values()]
+    if args.baseline is not None and not any(args.baseline in (arm.arm, arm.optimizer) for arm in arms):
+        names = sorted({arm.optimizer for arm in arms} | {arm.arm for arm in arms})
+        raise ReportError(f"--baseline {args.baseline}: no such optimizer in these runs; choose from {', '.join(names)}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out or args.results_dir / "reports" / "+".join(args.experiment)
     request = ReportRequest(
         experiments=args.experiment,
         results_dir=args.results_dir,
-        baseline=args.baseline,
+        baseline=args.baseline or DEFAULT_BASELINE,
         target=args.target,
         metric=args.metric,
         reference=args.reference,
@@ -58,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         command=shlex.join(["python", "scripts/report.py", *(argv if argv is not None else sys.argv[1:])]),
     )
     try:
+        check_request(args, request, out)
         tables = publish(request, out)
     except ReportError as err:
         print(f"report: error: {err}", file=sys.stderr)

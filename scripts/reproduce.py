@@ -33,6 +33,7 @@ from typing import Callable
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from soapbench.outputs import output_dir_error  # noqa: E402
 from soapbench.tuning import (  # noqa: E402
     MAX_EXTENSIONS, Arm, Design, Interrupted, Job, Planner, parity_differences, run_design, simulate, train_command,
     write_json_atomic,
@@ -127,23 +128,13 @@ class BadInput(Exception):
 
 def _compose(experiment: str, overrides: list[str]) -> dict:
     """The resolved, validated config a ``train.py experiment=<experiment> <overrides>`` run would train."""
-    from hydra import compose, initialize_config_dir
-
-    from soapbench.cli import USER_ERRORS, hydra_error_line, resolve
-    from soapbench.config import load_trainer_config, validate_run_config
+    from soapbench.composition import compose_run_config
+    from soapbench.errors import ConfigError
 
     try:
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            config = resolve(compose(config_name="train", overrides=[f"experiment={experiment}", *overrides]))
-        validate_run_config(config)
-        load_trainer_config(config["trainer"])
-    except USER_ERRORS as error:
+        config = compose_run_config([f"experiment={experiment}", *overrides])
+    except ConfigError as error:
         raise BadInput(str(error)) from error
-    except Exception as error:
-        line = hydra_error_line(error)
-        if line is None:
-            raise
-        raise BadInput(line) from error
     lr = config.get("optimizer", {}).get("lr")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
         raise BadInput(f"optimizer.lr: expected a positive number, got {lr!r}")
@@ -361,6 +352,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run and args.report_only:
         parser.error("--dry-run and --report-only exclude each other")
     args.scale = "paper" if args.scale == "full" else args.scale
+    problem = None if args.dry_run else output_dir_error(Path(args.results_dir), "--results-dir")
+    if problem:  # before composing or running anything: the store must take the runs and the report
+        print(f"reproduce: error: {problem}", file=sys.stderr)
+        return 2
 
     reproduction = REPRODUCTIONS[args.name]
     experiment = reproduction.experiments[args.scale]

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from soapbench.errors import SoapbenchError
-from soapbench.search.driver import SAMPLERS, best_line, load_search, run_search
+from soapbench.search.driver import SAMPLERS, best_line, load_search, run_search, validate_overrides
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         search = load_search(args.search, overrides=args.overrides, trials=args.trials, sampler=args.sampler,
                              study=args.study, jobs=args.jobs, results_dir=args.results_dir)  # fmt: skip
+        validate_overrides(search)
         study = run_search(search, print_line=lambda line: print(line, flush=True))
     except SoapbenchError as error:
         print(f"error: {error}", file=sys.stderr)

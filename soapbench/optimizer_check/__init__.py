@@ -18,7 +18,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from soapbench.optimizer_check.probes import check_bf16, check_gradless, check_golden_parity, check_modes, golden_run_for
+from soapbench.errors import ConfigError
+from soapbench.optimizer_check.probes import (
+    GOLDEN_RUNS, check_bf16, check_gradless, check_golden_parity, check_modes, golden_run_for,
+)
 from soapbench.optimizer_check.target import Target, parse_kwargs, resolve_target
 from soapbench.optimizer_check.training import check_resume, check_training
 
@@ -49,6 +52,41 @@ def _matrices_only(target: Target) -> bool:
     except Exception:  # noqa: BLE001 - any refusal of a vector means it trains matrices only
         return True
     return False
+
+
+def check_kwargs_accepted(target: Target, kwargs: dict) -> None:
+    """--kwargs the optimizer's own constructor rejects (``lr=abc``, ``lr=-1``, ``betas=[0.9]``) are bad input, not a
+    table of failed checks; only when it accepts its defaults, so a broken optimizer still shows as failed checks."""
+    import torch
+
+    if not kwargs:
+        return
+    defaults = {k: v for k, v in target.kwargs.items() if k not in kwargs}
+    params = lambda: [torch.nn.Parameter(torch.zeros(4, 3))]  # noqa: E731 - a matrix: every optimizer takes one
+    try:
+        target.factory(params(), **defaults)
+    except Exception:  # noqa: BLE001 - the optimizer itself is at fault: its checks fail and say why
+        return
+    try:
+        target.factory(params(), **target.kwargs)
+    except Exception as error:  # noqa: BLE001 - whatever the constructor raises names the rejected value
+        given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        raise ConfigError(f"--kwargs {given}: the optimizer rejects them ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0] if str(error) else 'no message'}); fix the values") from error
+
+
+def check_golden_name(golden: str | None) -> None:
+    """An explicit --golden must name golden runs that exist (a misspelt one would otherwise pass as a skip)."""
+    from soapbench.golden import golden_dir
+
+    if golden in (None, "auto", "none"):
+        return
+    known = {run for runs in GOLDEN_RUNS.values() for run in runs.split(",")}
+    known |= {p.stem for p in golden_dir().glob("*.pt") if p.stem != "problem"} if golden_dir().is_dir() else set()
+    unknown = [run for run in golden.split(",") if run not in known]
+    if unknown:
+        raise ConfigError(f"--golden {golden}: no golden run {unknown[0]!r}; choose from {', '.join(sorted(known))}, "
+                          "auto or none")
 
 
 def _timed(check: str, function: Callable[[], tuple[str, str]]) -> Row:
@@ -85,7 +123,9 @@ def check_optimizer(
     golden: str | None = None, progress: Callable[[str], None] = lambda _: None,
 ) -> tuple[Target, list[Row]]:  # fmt: skip
     """Resolve ``name`` (registered, yaml, or import path) and run every check on it; bad input raises ConfigError."""
+    check_golden_name(golden)
     target = resolve_target(name, dict(kwargs or {}))
+    check_kwargs_accepted(target, dict(kwargs or {}))
     matrices_only = _matrices_only(target)
     rows: list[Row] = []
     if contract:

@@ -14,6 +14,7 @@ ends as an uninterrupted run would. Trial processes die with their driver (Linux
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -97,24 +98,25 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
 
 def plan_trial(overrides: list[str]) -> Any:
     """Compose and validate a trial's config as scripts/train.py would; return where its run lives (run_dir, run_name)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from optimizers.imported import with_label
-    from soapbench.cli import resolve
     from data.errors import DataError
+    from optimizers.imported import with_label
+    from soapbench.composition import compose_run_config
     from soapbench.rundir import locate_run
 
-    try:
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-            config = resolve(compose(config_name="train", overrides=overrides))
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(f"overrides: {str(error).splitlines()[0]}") from error
+    config = compose_run_config(overrides)
     try:
         return locate_run({**config, "optimizer": with_label(config["optimizer"])})
     except DataError as error:
         raise ConfigError(str(error)) from error
+
+
+def validate_overrides(search: Search) -> None:
+    """One trial's config composed before the study exists: bad overrides are refused (exit 2) instead of
+    failing every trial and becoming the study's recorded identity."""
+    try:
+        plan_trial(search.trial_overrides(search.space.quasi_random_params(0, "halton", search.seed)))
+    except ConfigError as error:
+        raise ConfigError(f"overrides: {error}") from error
 
 
 def objective(summary: Mapping[str, Any] | None) -> float | None:
@@ -138,8 +140,12 @@ class _Lock:
         self.path = path
 
     def __enter__(self):
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.handle = open(self.path, "w")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = open(self.path, "w")
+        except OSError as error:
+            raise ConfigError(f"search: cannot write the study folder ({error}); make it writable, "
+                              "or pass --results-dir / --study elsewhere") from error
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
@@ -169,15 +175,68 @@ def _sampler(search: Search, trials_so_far: int):
     return optuna.samplers.RandomSampler(seed=seed)  # random, and the fallback for enqueued quasi-random points
 
 
+# How long a study locked by another process is waited for before the driver gives up with one line.
+STUDY_LOCK_TIMEOUT_S = 5.0
+
+
 def open_study(search: Search):
+    with _study_errors(search):
+        return _open_study(search)
+
+
+@contextlib.contextmanager
+def _study_errors(search: Search):
+    """A damaged, locked or unwritable study.db (or study folder) as one line naming the file and the fix."""
+    import sqlite3
+
+    import sqlalchemy.exc
+    from optuna.exceptions import StorageInternalError
+
+    path = search.directory / "study.db"
+    try:
+        yield
+    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError, sqlite3.Error, OSError) as error:
+        cause = error
+        while cause.__cause__ is not None and not isinstance(cause, sqlalchemy.exc.SQLAlchemyError):
+            cause = cause.__cause__
+        detail = str(getattr(cause, "orig", None) or cause).splitlines()[0]
+        if "locked" in detail:
+            fix = f"another process holds it (waited {STUDY_LOCK_TIMEOUT_S:.0f} s); stop it or wait, then re-run"
+        elif isinstance(error, OSError) or "readonly" in detail or "unable to open" in detail:
+            fix = "make the folder writable, or pass --results-dir / --study elsewhere"
+        else:
+            fix = f"it is damaged: move it away (the runs under runs/{search.study} are kept) or use --study <new name>"
+        raise ConfigError(f"search: {path}: cannot open the study ({detail}); {fix}") from error
+
+
+def check_study_file(search: Search) -> None:
+    """An existing study.db read (never written) before the driver takes its lock or writes anything: a damaged or
+    locked one is refused by the same one line as in :func:`open_study`, leaving the study folder as it was."""
+    import sqlite3
+
+    path = search.directory / "study.db"
+    if not path.is_file():
+        return
+    with _study_errors(search):
+        connection = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, timeout=STUDY_LOCK_TIMEOUT_S)
+        try:
+            problems = [row[0] for row in connection.execute("PRAGMA quick_check")]
+        finally:
+            connection.close()
+        if problems != ["ok"]:
+            raise sqlite3.DatabaseError(problems[0] if problems else "no answer to an integrity check")
+
+
+def _open_study(search: Search):
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     search.directory.mkdir(parents=True, exist_ok=True)
-    study = optuna.create_study(
-        study_name=search.study, storage=f"sqlite:///{(search.directory / 'study.db').resolve()}",
-        direction="minimize", load_if_exists=True,
-    )  # fmt: skip
+    storage = optuna.storages.RDBStorage(
+        f"sqlite:///{(search.directory / 'study.db').resolve()}",
+        engine_kwargs={"connect_args": {"timeout": STUDY_LOCK_TIMEOUT_S}},
+    )
+    study = optuna.create_study(study_name=search.study, storage=storage, direction="minimize", load_if_exists=True)
     study.sampler = _sampler(search, len(study.get_trials(deepcopy=False)))
     identity = {"overrides": search.overrides, "space": {k: repr(v) for k, v in search.space.distributions().items()}}
     recorded = study.user_attrs.get("identity")
@@ -262,6 +321,7 @@ def run_search(search: Search, *, print_line=print) -> Any:
     """Run (or continue) the search until ``search.trials`` trials have finished; return the study."""
     from optuna.trial import TrialState
 
+    check_study_file(search)
     with _Lock(search.directory / "driver.lock"):
         study = open_study(search)
         retried = retry_interrupted(study)

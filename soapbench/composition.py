@@ -1,0 +1,32 @@
+"""A run's config composed and validated exactly as ``scripts/train.py`` would, without training: the drivers
+(``reproduce.py``, ``search.py``) check their overrides with it before they start or record anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from soapbench.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def compose_run_config(overrides: list[str]) -> dict:
+    """The resolved config of ``train.py <overrides>``; ConfigError (one line naming the field) if train.py would refuse it."""
+    from hydra import compose, initialize_config_dir
+
+    from soapbench.cli import USER_ERRORS, hydra_error_line, resolve
+    from soapbench.config import load_trainer_config, validate_run_config
+
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            config = resolve(compose(config_name="train", overrides=overrides))
+        validate_run_config(config)
+        load_trainer_config(config["trainer"])
+    except USER_ERRORS as error:
+        raise ConfigError(str(error)) from error
+    except Exception as error:
+        line = hydra_error_line(error)
+        if line is None:
+            raise
+        raise ConfigError(line) from error
+    return config
