@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from soapbench.outputs import output_dir_error
+from soapbench.outputs import OutputFolderError, output_dir_error, owned_files, write_owner_marker
 from soapbench.report.leaderboard import LeaderboardError, read_entries, render, score, write_csv
 
 MARKER = ".soapbench-leaderboard"
@@ -33,20 +33,19 @@ def main(argv: list[str] | None = None) -> int:
         if not sources:
             raise LeaderboardError(f"no */report.csv under {args.reproductions_dir}; pass --reproductions-dir")
         out = args.out
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MARKER).exists())):
-            raise LeaderboardError(f"--out {out} holds files the leaderboard did not write; choose a new or empty folder")
         problem = output_dir_error(out, "--out")
         if problem:
             raise LeaderboardError(problem)
+        owned_files(out, MARKER, "leaderboard")
         scores = score(read_entries(sources))
-    except LeaderboardError as err:
+    except (LeaderboardError, OutputFolderError) as err:
         print(f"leaderboard: error: {err}", file=sys.stderr)
         return 2
     text = render(scores, sources)
     out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).write_text("written by scripts/leaderboard.py; it may replace leaderboard.md and leaderboard.csv\n")
     (out / "leaderboard.md").write_text(text, encoding="utf-8")
     write_csv(scores, out / "leaderboard.csv")
+    write_owner_marker(out, MARKER, "scripts/leaderboard.py", ["leaderboard.md", "leaderboard.csv"])
     print(text, end="")
     return 0
 

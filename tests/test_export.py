@@ -59,14 +59,18 @@ def test_the_export_never_writes_over_a_users_folder_or_into_the_store(tmp_path:
     users = tmp_path / "mine"
     users.mkdir()
     (users / "notes.txt").write_text("keep me")
-    with pytest.raises(ReportError, match="did not write"):
+    with pytest.raises(ReportError, match="no export wrote it"):
         export_store(tmp_path, users)
     assert sorted(p.name for p in users.iterdir()) == ["notes.txt"]
-    with pytest.raises(ReportError, match="inside the run store"):
+    with pytest.raises(ReportError, match="is the run store .*, inside it or above it"):
         export_store(tmp_path, tmp_path / "runs" / "exp")
     export_store(tmp_path, tmp_path / "export")
     assert (tmp_path / "export" / MARKER).exists()
     export_store(tmp_path, tmp_path / "export")  # its own folder: replaced
+    (tmp_path / "export" / "notes.txt").write_text("added by the user")
+    with pytest.raises(ReportError, match="holds notes.txt, which no export wrote"):
+        export_store(tmp_path, tmp_path / "export")  # nor is a file a user added since replaced
+    assert (tmp_path / "export" / "notes.txt").read_text() == "added by the user"
 
 
 @pytest.mark.parametrize(
@@ -74,7 +78,7 @@ def test_the_export_never_writes_over_a_users_folder_or_into_the_store(tmp_path:
     [
         (["--results-dir", "nowhere"], "no run store at nowhere/runs"),
         (["--results-dir", ".", "--experiment", "nope"], "no such experiment 'nope'"),
-        (["--results-dir", ".", "--out", "runs/exp"], "inside the run store"),
+        (["--results-dir", ".", "--out", "runs/exp"], "inside it or above it"),
     ],
 )
 def test_bad_input_to_the_export_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:

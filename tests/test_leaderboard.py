@@ -69,7 +69,7 @@ def test_the_command_writes_the_table_and_refuses_a_users_folder(tmp_path: Path)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.md").write_text("keep")
     refused = subprocess.run([*command, "--out", "mine"], cwd=tmp_path, capture_output=True, text=True)
-    assert refused.returncode == 2 and refused.stderr.startswith("leaderboard: error: --out mine holds files")
+    assert refused.returncode == 2 and refused.stderr.startswith("leaderboard: error: --out mine is not empty and no leaderboard wrote it")
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.md"]
     empty = subprocess.run([*command[:2], "--reproductions-dir", "nowhere"], cwd=tmp_path, capture_output=True, text=True)
     assert empty.returncode == 2 and "no */report.csv under nowhere" in empty.stderr

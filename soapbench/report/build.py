@@ -21,6 +21,7 @@ from typing import Sequence
 
 from soapbench.errors import ConfigError
 from soapbench.naming import plain_name
+from soapbench.outputs import OutputFolderError, owned_files, run_store_error, write_owner_marker
 from soapbench.report import figures as figs
 from soapbench.report.analysis import Analysis, analyze, tuning_roles
 from soapbench.report.html import write_html
@@ -142,41 +143,6 @@ def build_report(
     return tables
 
 
-def refuse_run_store(out_dir: Path, results_dir: Path) -> None:
-    """A report's folder is replaced whole: never the run store, a folder in it, or one holding it."""
-    runs = (Path(results_dir) / "runs").resolve()
-    if out_dir == runs or runs in out_dir.parents or out_dir in runs.parents:
-        raise ReportError(
-            f"--out {out_dir} is the run store {runs}, inside it or above it; "
-            "choose a folder of its own (the default is <results-dir>/reports/<experiment>)"
-        )
-
-
-def previous_report(out_dir: Path) -> list[Path]:
-    """The files at ``out_dir`` a new report replaces: those the last report listed in its marker, if that is all."""
-    if not out_dir.exists():
-        return []
-    if not out_dir.is_dir():
-        raise ReportError(f"--out {out_dir} is a file; choose a folder")
-    present = sorted(out_dir.iterdir())
-    if not present:
-        return []
-    try:
-        written = set(json.loads((out_dir / OWNER_MARKER).read_text(encoding="utf-8"))["files"]) | {OWNER_MARKER}
-    except (OSError, ValueError, KeyError, TypeError):
-        raise ReportError(
-            f"--out {out_dir} is not empty and no report wrote it (no {OWNER_MARKER}); "
-            "choose a new or empty folder, or move its files out"
-        ) from None
-    foreign = [p.name for p in present if p.name not in written or p.is_symlink() or not p.is_file()]
-    if foreign:
-        raise ReportError(
-            f"--out {out_dir} holds {', '.join(foreign[:3])}, which no report wrote; "
-            "move it out of the folder or choose another --out"
-        )
-    return present
-
-
 def publish(request: ReportRequest, out_dir: Path) -> str:
     """prepare + build into a temp dir next to ``out_dir``, then swap it in; returns the main table(s).
 
@@ -189,17 +155,20 @@ def publish(request: ReportRequest, out_dir: Path) -> str:
         except ConfigError as error:
             raise ReportError(str(error)) from None
     out_dir = out_dir.resolve()
-    refuse_run_store(out_dir, request.results_dir)
-    previous = previous_report(out_dir)
+    try:
+        problem = run_store_error(out_dir, request.results_dir)
+        if problem:
+            raise OutputFolderError(problem)
+        previous = owned_files(out_dir, OWNER_MARKER, "report")
+    except OutputFolderError as error:
+        raise ReportError(str(error)) from None
     analysis, reference = prepare(request)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     old = None
     try:
         tables = build_report(analysis, reference, tmp, request.command, request.figures)
-        written = sorted(p.name for p in tmp.iterdir())
-        marker = {"written_by": "scripts/report.py", "files": written}
-        (tmp / OWNER_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        write_owner_marker(tmp, OWNER_MARKER, "scripts/report.py", [p.name for p in tmp.iterdir()])
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
             out_dir.rename(old)

@@ -18,7 +18,8 @@ Both are written with pandas and pyarrow and read back by pandas, DuckDB or pola
     duckdb -c "SELECT optimizer, median(\\"summary.final_full_val_loss\\") AS loss FROM 'results/export/runs.parquet'
                WHERE status = 'completed' GROUP BY optimizer ORDER BY loss"
 
-The export never writes over files it did not make: its folder is new, or one it made before (its marker file).
+The export never writes over files it did not make: its folder is new, empty, or one it wrote before and nobody
+added to (its marker lists the files; :mod:`soapbench.outputs`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 import pandas as pd
 
+from soapbench.outputs import OutputFolderError, owned_files, run_store_error, write_owner_marker
 from soapbench.report.store import ReportError, Run, load_experiment
 
 MARKER = ".soapbench-export"
@@ -111,15 +113,14 @@ def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame
 
 
 def check_out_dir(out_dir: Path, results_dir: Path) -> None:
-    """The folder is new, empty, or one an export made; and it is not inside the run store."""
-    runs_root = (results_dir / "runs").resolve()
-    resolved = out_dir.resolve()
-    if resolved == runs_root or runs_root in resolved.parents:
-        raise ReportError(f"--out {out_dir} is inside the run store {runs_root}; choose a folder outside it")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ReportError(f"--out {out_dir} is a file; choose a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / MARKER).exists():
-        raise ReportError(f"--out {out_dir} holds files the export did not write; choose a new or empty folder")
+    """The folder is new, empty, or one an export wrote and nobody added to; and it is not in the run store."""
+    try:
+        problem = run_store_error(out_dir, results_dir)
+        if problem:
+            raise OutputFolderError(problem)
+        owned_files(out_dir, MARKER, "export")
+    except OutputFolderError as error:
+        raise ReportError(str(error)) from None
 
 
 def export_store(results_dir: Path, out_dir: Path, experiments: Iterable[str] | None = None) -> tuple[int, int]:
@@ -127,7 +128,7 @@ def export_store(results_dir: Path, out_dir: Path, experiments: Iterable[str] | 
     check_out_dir(out_dir, results_dir)
     table, metrics = _frames(results_dir, experiments or experiments_in(results_dir))
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / MARKER).write_text("written by soapbench's export; it may replace runs.parquet and metrics.parquet\n")
+    write_owner_marker(out_dir, MARKER, "scripts/export.py", OUTPUTS)
     for name, frame in zip(OUTPUTS, (table, metrics)):
         handle, temporary = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
         os.close(handle)
