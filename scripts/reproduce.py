@@ -59,6 +59,9 @@ class Reproduction:
     points: int = 3  # lr grid points before any edge extension
     max_extensions: int = MAX_EXTENSIONS  # edge extensions per arm before its best is flagged as on the edge
     cpu_arms: tuple[str, ...] = ()  # the CPU-scale default subset when all arms do not fit its budget (--all-arms: all)
+    # lr x weight_decay for every run of every arm (soapbench.tuning, rule 6), from the workload's own recipe;
+    # None where no arm decays (wd 0 in the preset) or for a sweep reproduction
+    decay_per_step: float | None = None
     note: dict[str, str] = field(default_factory=dict)  # per scale, what a sweep reproduction costs (no design to estimate from)
 
     def arms_for(self, scale: str, all_arms: bool = False) -> tuple[Arm, ...]:
@@ -81,6 +84,7 @@ REPRODUCTIONS = {
         arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.5), Arm("soap_f10", 1.4),
               Arm("shampoo_f1", 4.1, tune_from="shampoo_f10"), Arm("soap_f1", 3.1, tune_from="soap_f10")),
         seeds=5, tune_seeds=2,
+        decay_per_step=1e-4,  # nanoGPT's shakespeare_char recipe: AdamW lr 1e-3 with wd 0.1
         # all five arms at 5 report seeds are ~33-40 min on 2 cores (estimate): over the main job's 35
         cpu_arms=("adamw", "shampoo_f10", "soap_f10"),
     ),
@@ -118,6 +122,7 @@ REPRODUCTIONS = {
         {"cpu": 95.0, "paper": 10000.0},
         baseline="shampoo",
         arms=(Arm("shampoo_f10", 1.0), Arm("soap_f10", 0.96), Arm("kl_shampoo_f10", 1.08), Arm("kl_soap_f10", 1.07)),
+        decay_per_step=3e-5,  # the KL and SOAP references' wd 0.01 at their default lr 3e-3
     ),
 }
 
@@ -205,27 +210,39 @@ def _thread_overrides(jobs: int) -> list[str]:
 
 # What the protocol itself sets per run: an extra override of these would silently undo the tuning or the seeds.
 _PROTOCOL_KEYS = ("optimizer.lr", "seed", "variant", "sweep_keys")
+_DECAY_KEY = "optimizer.weight_decay"  # set by the protocol too where the design fixes the decay per step
+
+
+def arm_overrides(reproduction: Reproduction, variant: str, lr: float) -> list[str]:
+    """What the protocol sets for an arm at an lr besides the lr itself: its variant and, where the design fixes
+    the decay per step, the weight decay that gives it (the parity check composes every arm with these)."""
+    decay = reproduction.decay_per_step
+    return [f"variant={variant}", *([] if decay is None else [f"{_DECAY_KEY}={decay / lr:.6g}"])]
 
 
 def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> Planner:
     """The design's planner, every arm's config composed and checked for parity first (BadInput if not)."""
     for override in extra:
         key = override.lstrip("+~").split("=", 1)[0]
-        if key in _PROTOCOL_KEYS:
+        if key in _PROTOCOL_KEYS or (key == _DECAY_KEY and reproduction.decay_per_step is not None):
             raise BadInput(f"{key}: set by the tuning protocol for every run; drop '{override}' "
                            "(use --seeds for the seed count, or scripts/train.py for a single configuration)")
     arms = reproduction.arms_for(args.scale, args.all_arms)
     design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points,
-                    tune_seeds=reproduction.tune_seeds, max_extensions=reproduction.max_extensions)
+                    tune_seeds=reproduction.tune_seeds, max_extensions=reproduction.max_extensions,
+                    decay_per_step=reproduction.decay_per_step)
     base = _compose(experiment, extra)
     base_seed = int(base.get("seed") or 0)
+    yaml_lrs = {a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms}
+    # every arm as the protocol runs it at its yaml lr (weight decay included), checked for parity below; and
     # every planned run's config must be one train.py accepts, before the first one starts
-    configs = {a.variant: _compose(experiment, [f"variant={a.variant}", *extra]) for a in arms}
+    configs = {v: _compose(experiment, [*arm_overrides(reproduction, v, lr), *extra]) for v, lr in yaml_lrs.items()}
     for arm in arms:
-        _compose(experiment, [*Job(arm.variant, float(configs[arm.variant]["optimizer"]["lr"]), base_seed,
-                                   "grid", arm.cost).overrides(), *extra])
+        lr = yaml_lrs[arm.variant]
+        _compose(experiment, [*Job(arm.variant, lr, base_seed, "grid", arm.cost, design.weight_decay_at(lr)).overrides(),
+                              *extra])
     check_parity(experiment, configs)
-    return Planner(design, {a: float(c["optimizer"]["lr"]) for a, c in configs.items()}, base_seed)
+    return Planner(design, yaml_lrs, base_seed)
 
 
 def check_parity(experiment: str, configs: dict[str, dict]) -> None:
@@ -259,6 +276,9 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
              f"{design.points} points x{design.factor:.2f} around each yaml lr, extended while the best is on an edge, "
              f"at most {design.max_extensions} times",
              *borrowers]
+    if design.decay_per_step is not None:
+        lines.append(f"weight decay: {design.decay_per_step:g} per step at the peak lr in every run of every arm "
+                     f"(weight_decay = {design.decay_per_step:g} / lr)")
     unit = reproduction.unit_seconds.get(scale, 0.0)
     for case, final_of in _outcome_cases(planner).items():
         fresh = Planner(design, yaml_lrs, planner.base_seed)
@@ -268,7 +288,8 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
         else:
             cost = f"~{busy / 3600:.0f} GPU-hours (~{wall / 3600:.1f} h wall at {jobs} jobs)"
         lines.append(f"planned runs ({case}): {runs}; estimated {cost}")
-    lines.append("(estimates from per-run times of earlier runs, not measurements)")
+    lines.append("(estimates from per-run times of earlier runs on an Intel Xeon with AVX-512, not measurements; "
+                 "an AMD EPYC with AVX2 took ~2.5x as long per step for (a))")
     return lines
 
 

@@ -13,6 +13,10 @@ The protocol, the same for every arm of a design (a ``configs/variant/`` yaml in
 4. **Report seeds.** The best lr runs on the ``seeds`` report seeds.
 5. **Borrowers.** An arm with ``tune_from`` is not tuned: it takes the tuned lr of its cheaper sibling
    (e.g. SOAP f=1 takes SOAP f=10's) and runs the report seeds at it; ``tuning: "borrowed"`` says so.
+6. **One weight decay per step.** Decoupled weight decay shrinks the weights by lr × wd per step, so one
+   wd coefficient at two tuned lrs is two treatments. A design with ``decay_per_step`` D gives every run
+   ``weight_decay = D / lr``: every arm, at every grid point, decays by D per step at the peak lr (and by
+   the same schedule after it), the weights' averaging timescale 1/D steps.
 
 Every arm thus gets the same grid size, the same tuning seeds and the same extension rule; what an arm
 does not compare (weight decay, companion, schedule) is checked equal across arms before anything runs
@@ -22,7 +26,7 @@ does not compare (weight decay, companion, schedule) is checked equal across arm
 
     {"experiment": str,
      "protocol": {"points", "factor", "tune_seeds": [int], "report_seeds": [int], "seeds": n_report,
-                  "max_extensions", "edge_extension": str},
+                  "max_extensions", "edge_extension": str, "decay_per_step": float | null},
      "arms": {variant: {"yaml_lr", "grid": [lr, …] (in the order run), "results": {repr(lr): mean over
               the tuning seeds | null (failed) | Infinity (diverged)}, "results_by_seed": {repr(lr):
               {seed: final}}, "extensions": int, "extended": "up" | "down" | null (the last one),
@@ -89,6 +93,7 @@ class Design:
     factor: float = FACTOR
     tune_seeds: int = 1
     max_extensions: int = MAX_EXTENSIONS
+    decay_per_step: float | None = None  # lr x weight_decay of every run (None: the preset's weight decay)
 
     def __post_init__(self) -> None:
         names = [a.variant for a in self.arms]
@@ -97,6 +102,8 @@ class Design:
                 raise ValueError(f"arm {arm.variant}: tune_from {arm.tune_from!r} is not an arm of this design")
             if arm.tune_from is not None and self.arm(arm.tune_from).tune_from is not None:
                 raise ValueError(f"arm {arm.variant}: tune_from must name a tuned arm, not another borrower")
+        if self.decay_per_step is not None and not 0 <= self.decay_per_step < 1:
+            raise ValueError(f"decay_per_step must be in [0, 1), got {self.decay_per_step}")
         if self.points < 2 or self.seeds < 1 or self.tune_seeds < 1 or self.max_extensions < 0:
             raise ValueError("a design needs at least 2 grid points, 1 tuning seed, 1 report seed "
                              "and a non-negative extension cap")
@@ -111,6 +118,10 @@ class Design:
         """The seeds reported means use: after the tuning seeds, so the two never share one."""
         return [base + self.tune_seeds + i for i in range(self.seeds)]
 
+    def weight_decay_at(self, lr: float) -> float | None:
+        """The weight decay a run at ``lr`` gets (None: the preset's), so that lr x wd is the design's D."""
+        return None if self.decay_per_step is None else self.decay_per_step / lr
+
 
 TUNE_STAGES = ("grid", "edge")
 
@@ -122,6 +133,7 @@ class Job:
     seed: int
     stage: str  # grid | edge (role tune) | seed | sibling (role report)
     cost: float
+    weight_decay: float | None = None  # set by a design with one decay per step; None: the preset's
 
     @property
     def role(self) -> str:
@@ -131,7 +143,8 @@ class Job:
         # sweep_keys: the run directory and W&B name carry the arm and the lr (it is not part of the identity).
         # A tuning run is not reported: its checkpoints go when it completes (most of a reproduction's disk).
         keep = [] if self.role == "report" else ["trainer.keep_final_checkpoint=false"]
-        return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", f"seed={self.seed}",
+        decay = [] if self.weight_decay is None else [f"optimizer.weight_decay={self.weight_decay:.6g}"]
+        return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", *decay, f"seed={self.seed}",
                 f"sweep_keys=['variant={self.arm}',optimizer.lr]", *keep]
 
 
@@ -213,7 +226,7 @@ class Planner:
         return jobs
 
     def _job(self, arm: Arm, lr: float, seed: int, stage: str) -> Job:
-        job = Job(arm.variant, lr, seed, stage, arm.cost)
+        job = Job(arm.variant, lr, seed, stage, arm.cost, self.design.weight_decay_at(lr))
         self.pending[arm.variant].add(job)
         self.planned.append(job)
         return job
@@ -270,7 +283,7 @@ class Planner:
             "experiment": d.experiment,
             "protocol": {"points": d.points, "factor": round(d.factor, 4), "seeds": d.seeds,
                          "tune_seeds": list(self.tune_seeds), "report_seeds": list(self.report_seeds),
-                         "max_extensions": d.max_extensions,
+                         "max_extensions": d.max_extensions, "decay_per_step": d.decay_per_step,
                          "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions"},
             "arms": {name: asdict(log) for name, log in self.logs.items()},
             "runs": [{"arm": j.arm, "lr": float(f"{j.lr:.6g}"), "seed": j.seed, "stage": j.stage, "role": j.role}
@@ -293,7 +306,7 @@ def _treatment(variant: str, config: dict[str, Any]) -> dict[str, Any]:
     roles = optimizer.get("main_roles")
     roles = frozenset(resolve_spec(optimizer["name"], None).main_roles if roles is None else roles)
     treatment["optimizer.main_roles"] = sorted(roles)
-    treatment["optimizer.weight_decay"] = optimizer.get("weight_decay", 0.0)
+    treatment["optimizer.weight_decay per step (lr × wd)"] = _decay_per_step(optimizer.get("lr"), optimizer.get("weight_decay", 0.0))
     if not roles >= set(ALL_ROLES):
         companion = dict(optimizer.get("companion") or {})
         companion.setdefault("name", resolve_spec(optimizer["name"], None).companion)
@@ -304,13 +317,20 @@ def _treatment(variant: str, config: dict[str, Any]) -> dict[str, Any]:
     return treatment
 
 
+def _decay_per_step(lr: Any, weight_decay: Any) -> float | None:
+    """lr × wd to 4 significant digits (a wd written as D / lr with ``%.6g`` gives D back), None if unset."""
+    if lr is None or weight_decay is None:
+        return None
+    return float(f"{float(lr) * float(weight_decay):.4g}")
+
+
 def parity_differences(configs: dict[str, dict[str, Any]]) -> list[str]:
     """Every setting outside the compared optimizer's own knobs that is not the same in every arm.
 
     ``configs`` maps each arm to its resolved run config (plain containers). Compared: everything outside
     the ``optimizer`` section (model, data, trainer with its schedule, warmup and weight-decay roles, seed),
-    the optimizer's weight decay (one wd for every arm), the roles it trains, and the companion that trains
-    the others (name, lr, betas, eps, wd). One line per differing setting, naming each arm's value.
+    the weight decay per step, lr × wd (one per step for every arm: one wd coefficient at two lrs is two
+    treatments), the roles it trains, and the companion that trains the others (name, lr, betas, eps, wd). One line per differing setting, naming each arm's value.
     """
     from soapbench.report.store import flatten
 

@@ -229,7 +229,7 @@ import reproduce as m
 m.REPRODUCTIONS["tiny"] = m.Reproduction(
     "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": 5.0}},
     arms=(m.Arm("adamw"), m.Arm("soap_f10", 2.0), m.Arm("soap_f1", 3.0, tune_from="soap_f10")), seeds=2, points=2,
-    max_extensions=1)
+    max_extensions=1, decay_per_step=1e-4)
 sys.exit(m.main(sys.argv[1:]))
 """
 
@@ -432,8 +432,12 @@ def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str,
     if not variants:  # a reproduction with its own grid: the arms of its sweep
         preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
         variants = preset["hydra"]["sweeper"]["params"]["variant"].split(",")
-    configs = {v: OmegaConf.to_container(compose([f"experiment={experiment}", f"variant={v}"]), resolve=True)
-               for v in variants}
+    reproduce = _load_reproduce()
+    configs = {}
+    for v in variants:  # as the protocol runs each arm at its yaml lr: the design's weight decay per step included
+        yaml_lr = OmegaConf.to_container(compose([f"experiment={experiment}", f"variant={v}"]), resolve=True)["optimizer"]["lr"]
+        overrides = reproduce.arm_overrides(reproduction, v, yaml_lr)
+        configs[v] = OmegaConf.to_container(compose([f"experiment={experiment}", *overrides]), resolve=True)
     assert parity_differences(configs) == []
 
 
@@ -455,7 +459,7 @@ def _two_arms(**second_optimizer) -> dict:
 
 @pytest.mark.parametrize("change, named", [
     ({"companion.lr": 3e-4}, "optimizer.companion.lr: muon_ns10=0.004, soap_muon_f40=0.0003"),
-    ({"weight_decay": 0.1}, "optimizer.weight_decay: muon_ns10=0.0, soap_muon_f40=0.1"),
+    ({"weight_decay": 0.1}, "optimizer.weight_decay per step (lr × wd): muon_ns10=0.0, soap_muon_f40=0.002"),
     ({"main_roles": ["matrix", "embedding"]}, "optimizer.main_roles"),
     ({"companion.betas": [0.9, 0.99]}, "optimizer.companion.betas"),
 ])
@@ -467,6 +471,41 @@ def test_arms_differing_in_what_they_do_not_compare_are_refused(change, named) -
     reproduce = _load_reproduce()
     with pytest.raises(reproduce.BadInput, match="the arms differ in what they do not compare"):
         reproduce.check_parity("soap_muon_cpu", _two_arms(**change))
+
+
+def test_one_weight_decay_coefficient_at_two_lrs_is_two_treatments() -> None:
+    """Decoupled decay shrinks weights by lr × wd per step: the same wd at lrs 0.02 and 0.01 is refused, and the
+    same decay per step (wd = D / lr) passes. (The committed (a) ran wd 0.1 in every arm at tuned lrs 3.16e-3 and
+    9.49e-3: 3x more decay per step for Shampoo and SOAP, which its report flagged as a confound.)"""
+    from soapbench.tuning import parity_differences
+
+    same_wd = _two_arms(lr=0.01, weight_decay=0.1)
+    same_wd["muon_ns10"]["optimizer"].update(lr=0.02, weight_decay=0.1)
+    assert [d.split(":")[0] for d in parity_differences(same_wd)] == ["optimizer.weight_decay per step (lr × wd)"]
+    same_decay = _two_arms(lr=0.01, weight_decay=1e-4 / 0.01)
+    same_decay["muon_ns10"]["optimizer"].update(lr=0.02, weight_decay=float(f"{1e-4 / 0.02:.6g}"))
+    assert parity_differences(same_decay) == []
+
+
+def test_a_design_with_one_decay_per_step_gives_every_run_wd_equal_to_d_over_lr() -> None:
+    """Grid, edge, report and borrowed runs alike: lr × wd = D whatever lr the tuning lands on."""
+    from soapbench.tuning import Arm, Design, Planner
+
+    design = Design("x", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=2,
+                    decay_per_step=1e-4)
+    planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3})
+    ready = planner.initial()
+    while ready:  # the largest lr always wins: every arm is extended up to the cap, then seeded
+        job = ready.pop()
+        ready += planner.finished(job, -job.lr)
+    stages = {job.stage for job in planner.planned}
+    assert stages == {"grid", "edge", "seed", "sibling"}
+    for job in planner.planned:
+        wd = float(next(o for o in job.overrides() if o.startswith("optimizer.weight_decay=")).split("=")[1])
+        assert wd * job.lr == pytest.approx(1e-4, rel=1e-5), job
+    assert planner.tuning_record()["protocol"]["decay_per_step"] == 1e-4
+    plain = Planner(Design("x", (Arm("adamw"),)), {"adamw": 1e-3}).initial()
+    assert not any(o.startswith("optimizer.weight_decay") for job in plain for o in job.overrides())
 
 
 def test_a_companion_that_inherits_each_arms_lr_is_not_one_treatment() -> None:

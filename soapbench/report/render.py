@@ -522,7 +522,10 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
            f"{protocol.get('factor')} apart around its yaml lr, scored by the mean over tuning seed(s) "
            f"{_seed_list(protocol.get('tune_seeds'))}; {protocol.get('edge_extension')} while the best is on an edge; "
            f"then the best lr on {protocol.get('seeds')} report seed(s) {_seed_list(protocol.get('report_seeds'))}. "
-           "Reported means and paired tests use the report seeds only.", ""]
+           "Reported means and paired tests use the report seeds only."
+           + (f" Weight decay: {protocol['decay_per_step']:g} per step at the peak lr in every run of every arm "
+              f"(weight_decay = {protocol['decay_per_step']:g} / lr)." if protocol.get("decay_per_step") is not None else ""),
+           ""]
     d = decimals_for([v for arm in record.get("arms", {}).values() for v in arm.get("results", {}).values()])
     for name, arm in record.get("arms", {}).items():
         seeds, best = _seed_list(arm.get("seeds")), arm.get("best_lr")
