@@ -45,9 +45,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from data.cache import atomic_write_json, cache_key, locked, plain
-from data.errors import DataError
-from data.hub import require_hub
+from soapbench.data.cache import atomic_write_json, cache_key, locked, plain
+from soapbench.data.errors import DataError
+from soapbench.data.hub import require_hub
 
 FORMAT_VERSION = 1
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

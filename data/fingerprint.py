@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from data.cache import file_sha256
+from soapbench.data.cache import file_sha256
 
 _BLOCK = 1 << 24
 

@@ -3,7 +3,7 @@
 ``datasets`` and ``transformers`` retry and wait on network errors, which on an offline machine
 looks like a hang. Before any hub download we make one short HTTPS request (bounded by a thread
 join, so a stalled DNS lookup cannot block either) and, if it fails, raise a one-line
-:class:`~data.errors.DataError` telling the user which local-path key to set instead.
+:class:`~soapbench.data.errors.DataError` telling the user which local-path key to set instead.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import threading
 import urllib.error
 import urllib.request
 
-from data.errors import DataError
+from soapbench.data.errors import DataError
 
 HUB_URL = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 _OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")

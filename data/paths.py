@@ -15,7 +15,7 @@ from pathlib import Path
 from platformdirs import user_cache_dir
 from tqdm import tqdm
 
-from data.errors import DataError
+from soapbench.data.errors import DataError
 
 DATA_ENV = "SOAPBENCH_DATA"
 

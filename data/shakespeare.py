@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.paths import DATA_ENV, download
-from data.tokens import TokenSplits
+from soapbench.data.errors import DataError
+from soapbench.data.paths import DATA_ENV, download
+from soapbench.data.tokens import TokenSplits
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from data.errors import DataError
-from data.hub import require_hub
+from soapbench.data.errors import DataError
+from soapbench.data.hub import require_hub
 
 Piece = tuple[str, bool]
 TEXT_SUFFIXES = (".txt", ".txt.gz")

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from data.cache import file_sha256
-from data.errors import DataError
-from data.hub import require_hub
+from soapbench.data.cache import file_sha256
+from soapbench.data.errors import DataError
+from soapbench.data.hub import require_hub
 
 EOS_CANDIDATES = ("</s>", "<|endoftext|>", "<eos>", "<|end_of_text|>")
 _TOKENIZER_FILES = ("tokenizer.json", "spiece.model", "tokenizer.model", "vocab.json", "merges.txt")

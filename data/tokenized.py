@@ -1,4 +1,4 @@
-"""Tokenize a text corpus once into memory-mapped token files; load them as :class:`~data.tokens.TokenSplits`.
+"""Tokenize a text corpus once into memory-mapped token files; load them as :class:`~soapbench.data.tokens.TokenSplits`.
 
 The SOAP paper trains on C4 (``allenai/c4``, ``en``) tokenized with T5's tokenizer (vocab 32,100),
 through the OLMo pipeline, which concatenates documents with ``</s>`` between them and samples
@@ -51,11 +51,11 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 from tqdm import tqdm
 
-from data.cache import atomic_write_json, cache_key, file_sha256, locked, plain
-from data.errors import DataError
-from data.text_sources import HubTextSource, LocalTextSource, Piece, TextSource, resolve_paths
-from data.text_tokenizers import TextTokenizer, load_tokenizer
-from data.tokens import TokenSplits
+from soapbench.data.cache import atomic_write_json, cache_key, file_sha256, locked, plain
+from soapbench.data.errors import DataError
+from soapbench.data.text_sources import HubTextSource, LocalTextSource, Piece, TextSource, resolve_paths
+from soapbench.data.text_tokenizers import TextTokenizer, load_tokenizer
+from soapbench.data.tokens import TokenSplits
 
 FORMAT_VERSION = 1
 SOURCE_KEYS = {"train", "val", "text_field", "hub", "hub_config", "train_split", "val_split", "revision"}

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register_model
+from soapbench.models.registry import register_model
 
 class BasicBlock(nn.Module):
     """ResNet-18's residual block (torchvision layout: conv-bn-relu-conv-bn, optional 1x1 downsample)."""

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register_model
+from soapbench.models.registry import register_model
 
 
 class CausalSelfAttention(nn.Module):

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.registry import register_model
+from soapbench.models.registry import register_model
 
 ROPE_THETA = 10_000.0
 NORM_EPS = 1e-5

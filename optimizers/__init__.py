@@ -4,21 +4,21 @@
 are importable directly so they can be dropped into other training code.
 """
 
-from optimizers.registry import (
+from soapbench.optimizers.registry import (
     OptimizerConfigError,
     available_optimizers,
     build_optimizer,
     get_spec,
     register_optimizer,
 )
-from optimizers.composite import CompositeOptimizer
-from optimizers.adamw import AdamW
-from optimizers.adafactor import Adafactor, TorchAdafactor
-from optimizers.kl import KLSOAP, KLShampoo
-from optimizers.muon import Muon, TorchMuon
-from optimizers.shampoo import Shampoo
-from optimizers.soap import SOAP
-from optimizers.soap_muon import SOAPMuon
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.adamw import AdamW
+from soapbench.optimizers.adafactor import Adafactor, TorchAdafactor
+from soapbench.optimizers.kl import KLSOAP, KLShampoo
+from soapbench.optimizers.muon import Muon, TorchMuon
+from soapbench.optimizers.shampoo import Shampoo
+from soapbench.optimizers.soap import SOAP
+from soapbench.optimizers.soap_muon import SOAPMuon
 
 __all__ = [
     "Adafactor",

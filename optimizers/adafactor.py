@@ -42,10 +42,10 @@ from typing import Any, Callable
 
 import torch
 
-from optimizers.adamw import validate_adam_hyperparameters
-from optimizers.registry import register_optimizer
-from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
+from soapbench.optimizers.adamw import validate_adam_hyperparameters
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
     """V̂ = v_0 ⊗ v_1 ⊗ … / mean(v_0)^{K−1}, the reference's rank1_approximation, overflow-free.

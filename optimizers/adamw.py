@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from optimizers.registry import register_optimizer
-from optimizers.stepping import check_lr
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.stepping import check_lr
 
 
 @register_optimizer("adamw")

@@ -115,7 +115,7 @@ def group_buckets(
 
     A None key steps alone; buckets come in order of their first member, so every rank steps them identically.
     """
-    from optimizers.stepping import params_with_grads
+    from soapbench.optimizers.stepping import params_with_grads
 
     entries = [(group, param, key_of(param, group)) for group, param in params_with_grads(optimizer)]
     for group in optimizer.param_groups:
@@ -148,7 +148,7 @@ class StackedSteps:
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        from optimizers.stepping import closure_loss
+        from soapbench.optimizers.stepping import closure_loss
 
         loss = closure_loss(closure)
         self._plan_refreshes()

@@ -29,8 +29,8 @@ from typing import Any, Mapping
 
 import torch
 
-from optimizers.param_groups import ALL_ROLES
-from optimizers.spec import OptimizerConfigError, OptimizerSpec
+from soapbench.optimizers.param_groups import ALL_ROLES
+from soapbench.optimizers.spec import OptimizerConfigError, OptimizerSpec
 
 # Keys of an optimizer config that are not constructor keywords.
 SOURCE_KEYS = ("target", "package", "extra", "strict_kwargs", "settings", "implements")

@@ -84,20 +84,20 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from optimizers.adamw import validate_adam_hyperparameters
-from optimizers.kl_math import accumulate_factor, accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
-from optimizers.kl_stacked import StackedKLSteps
-from optimizers.linalg import (
+from soapbench.optimizers.adamw import validate_adam_hyperparameters
+from soapbench.optimizers.kl_math import accumulate_factor, accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
+from soapbench.optimizers.kl_stacked import StackedKLSteps
+from soapbench.optimizers.linalg import (
     eigenbasis,
     mode_gram,
     power_qr_refresh,
     rotate,
     unrotate,
 )
-from optimizers.refreshes import RefreshingOptimizer
-from optimizers.registry import register_optimizer
-from optimizers.state import KeepsStateDtypes
-from optimizers.stepping import group_lr
+from soapbench.optimizers.refreshes import RefreshingOptimizer
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.state import KeepsStateDtypes
+from soapbench.optimizers.stepping import group_lr
 
 CAST_DTYPES: dict[str, torch.dtype] = {
     "bfloat16": torch.bfloat16,

@@ -1,5 +1,5 @@
-"""KL-Shampoo's and KL-SOAP's factor arithmetic (:mod:`optimizers.kl`), shared by the per-parameter step and the
-per-shape one (:mod:`optimizers.kl_stacked`): the working shape, the factor EMA with the reference's rounding, and
+"""KL-Shampoo's and KL-SOAP's factor arithmetic (:mod:`soapbench.optimizers.kl`), shared by the per-parameter step and the
+per-shape one (:mod:`soapbench.optimizers.kl_stacked`): the working shape, the factor EMA with the reference's rounding, and
 the clamped eigenvalue EMA. Pure functions of tensors; neither module depends on the other through them."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from optimizers.linalg import SYMMETRIC_BLOCK, gram_update_
+from soapbench.optimizers.linalg import SYMMETRIC_BLOCK, gram_update_
 
 
 def working_shape(param_shape: Sequence[int]) -> tuple[int, ...]:

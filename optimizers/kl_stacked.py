@@ -1,6 +1,6 @@
 """KL-Shampoo's and KL-SOAP's step per shape: same-shape matrices of a param group stepped as one stack.
 
-The stacks are :mod:`optimizers.batching`'s (each parameter's state entries stay views into them). Issued once per
+The stacks are :mod:`soapbench.optimizers.batching`'s (each parameter's state entries stay views into them). Issued once per
 bucket instead of once per matrix: the rotations ``Q_Lᵀ G Q_R`` (KL-SOAP) and ``Q_Lᵀ m Q_R`` (KL-Shampoo), the
 moment updates, KL-Shampoo's Kronecker scale ``s_L ⊗ s_R / (1 + ε s_L ⊗ s_R)``, KL-SOAP's ``m/(√v+ε)``, the first
 back-rotation product, the whitened products ``diag(s_R) Q_Rᵀ Gᵀ`` and ``(Q_Lᵀ G) diag(s_L)``, the Gram products
@@ -18,7 +18,7 @@ Kept one per matrix, because a batched kernel would round them differently from 
 
 Same math per matrix, same rounding: stacked KL is bit-identical to per-parameter KL (``tests/test_stacked_steps.py``,
 at one and two threads), so the goldens are untouched. Under refresh sharing a rank refreshes the members it owns;
-a broadcast replaces members' tensors, which :class:`optimizers.batching.StackedState` notices and restacks.
+a broadcast replaces members' tensors, which :class:`soapbench.optimizers.batching.StackedState` notices and restacks.
 
 A matrix joins a bucket when it is 2-D in KL's working shape (no squeezed or merged dims), its dtype, gradient and
 state all in the state dtype, ``normalize_grads`` and ``using_damping`` off (their RMS and trace reductions would
@@ -33,10 +33,10 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
-from optimizers.batching import StackedSteps, rebind, stacked_state
-from optimizers.kl_math import accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
-from optimizers.linalg import rotate_matrix, unrotate_matrix
-from optimizers.stepping import group_lr
+from soapbench.optimizers.batching import StackedSteps, rebind, stacked_state
+from soapbench.optimizers.kl_math import accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
+from soapbench.optimizers.linalg import rotate_matrix, unrotate_matrix
+from soapbench.optimizers.stepping import group_lr
 
 SHAMPOO_SLOTS = (("exp_avg",), ("factors", 0), ("factors", 1), ("bases", 0), ("bases", 1),
                  ("inv_sqrt_eigenvalues", 0), ("inv_sqrt_eigenvalues", 1))  # fmt: skip
@@ -44,7 +44,7 @@ SOAP_SLOTS = SHAMPOO_SLOTS + (("exp_avg_sq",),)
 
 
 class StackedKLSteps(StackedSteps):
-    """Mixin for KL-Shampoo and KL-SOAP (:mod:`optimizers.kl`): ``step()`` by same-shape buckets (module docstring)."""
+    """Mixin for KL-Shampoo and KL-SOAP (:mod:`soapbench.optimizers.kl`): ``step()`` by same-shape buckets (module docstring)."""
 
     def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
         """What same-shape members must share to be stepped together, or None (stepped alone)."""

@@ -4,7 +4,7 @@ Such an optimizer keeps the weights a gradient is taken at (``y``) in the parame
 them to the weights to evaluate (``x``, an average) on ``optimizer.eval()``; ``optimizer.train()`` moves them back.
 An optimizer evaluated without the switch is evaluated at the wrong weights, silently. torch.optim's own
 optimizers have no modes, so an optimizer "has modes" when it has callable ``train`` and ``eval`` methods; a
-:class:`~optimizers.composite.CompositeOptimizer` switches every child that has them.
+:class:`~soapbench.optimizers.composite.CompositeOptimizer` switches every child that has them.
 """
 
 from __future__ import annotations

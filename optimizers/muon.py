@@ -52,9 +52,9 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
-from optimizers.registry import register_optimizer
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
+from soapbench.optimizers.registry import register_optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 _NS_EPS = 1e-7

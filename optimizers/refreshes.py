@@ -1,7 +1,7 @@
 """What the eigenbasis family (Shampoo, SOAP, SOAP-Muon, KL-Shampoo, KL-SOAP) shares about its refreshes:
 linear-algebra health counters, and spreading the refreshes across data-parallel ranks.
 
-Health: every eigh/QR/root goes through :mod:`optimizers.linalg`, which counts float64 retries and failures (the
+Health: every eigh/QR/root goes through :mod:`soapbench.optimizers.linalg`, which counts float64 retries and failures (the
 previous basis kept) in the optimizer's ``linalg_health``; ``diagnostics()`` reports them to the trainer's log.
 
 Sharing:
@@ -44,8 +44,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from optimizers.linalg import LinalgHealth
-from optimizers.stepping import closure_loss, params_with_grads
+from soapbench.optimizers.linalg import LinalgHealth
+from soapbench.optimizers.stepping import closure_loss, params_with_grads
 
 # Where a published tensor goes back: a (container, key) pair, so the received value replaces the state entry.
 Slot = tuple[Any, Any]

@@ -7,7 +7,7 @@ An optimizer module registers its class (or a factory function) with
 * given an iterable of parameters or param-group dicts, the registered class is
   constructed on them unchanged (this is how golden tests drive optimizers);
 * given an ``nn.Module``, the parameters are split by role (see
-  :mod:`optimizers.param_groups`). Roles listed in the optimizer's ``main_roles``
+  :mod:`soapbench.optimizers.param_groups`). Roles listed in the optimizer's ``main_roles``
   go to it; the others go to a *companion* optimizer (AdamW unless configured),
   which is how Muon and SOAP-Muon train embeddings, the head and 1-D parameters,
   as their papers do. Weight decay is applied to the roles in
@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES, parameter_roles
-from optimizers.spec import OptimizerConfigError, OptimizerSpec
+from soapbench.optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES, parameter_roles
+from soapbench.optimizers.spec import OptimizerConfigError, OptimizerSpec
 
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
@@ -99,7 +99,7 @@ def resolve_spec(name: str | None, source: Mapping[str, Any] | None = None, fiel
     """The registered optimizer ``name``, or, when ``source`` has a ``target``, the class at that import path."""
     source = dict(source or {})
     if source.get("target"):
-        from optimizers.imported import imported_spec
+        from soapbench.optimizers.imported import imported_spec
 
         return imported_spec(name=name, field=field, **source)
     if not name:
@@ -111,7 +111,7 @@ def split_optimizer_config(config: Mapping[str, Any]) -> tuple[str | None, dict[
     """An optimizer config section -> (name, constructor hyperparameters, build_optimizer's other arguments).
 
     Lists become tuples (betas and friends: references expect tuples)."""
-    from optimizers.imported import SOURCE_KEYS
+    from soapbench.optimizers.imported import SOURCE_KEYS
 
     hparams = dict(config)
     name = hparams.pop("name", None)
@@ -182,7 +182,7 @@ def build_optimizer(
     **hparams: Any,
 ) -> torch.optim.Optimizer:
     """Build a registered optimizer, or with ``source={"target": "pkg.module.Class", ...}`` any class by import path
-    (``name`` is then its label; see :mod:`optimizers.imported`).
+    (``name`` is then its label; see :mod:`soapbench.optimizers.imported`).
 
     ``companion`` (models only): ``{"name": ..., **hparams}`` (or ``{"target": ..., **hparams}``) for the
     parameters outside ``main_roles``; defaults to the spec's companion with its defaults, taking this
@@ -221,6 +221,6 @@ def build_optimizer(
         companion_hparams,
         "optimizer.companion.",
     )
-    from optimizers.composite import CompositeOptimizer
+    from soapbench.optimizers.composite import CompositeOptimizer
 
     return CompositeOptimizer({spec.name: main_optimizer, f"companion_{companion_spec.name}": companion_optimizer})

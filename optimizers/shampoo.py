@@ -58,12 +58,12 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from optimizers.linalg import matrix_inverse_root, mode_gram, rotate
-from optimizers.refreshes import RefreshingOptimizer
-from optimizers.registry import register_optimizer
-from optimizers.shampoo_stacked import GRAFTING_NORM_FLOOR, StackedShampooSteps
-from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import check_lr, group_lr
+from soapbench.optimizers.linalg import matrix_inverse_root, mode_gram, rotate
+from soapbench.optimizers.refreshes import RefreshingOptimizer
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.shampoo_stacked import GRAFTING_NORM_FLOOR, StackedShampooSteps
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.stepping import check_lr, group_lr
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
 

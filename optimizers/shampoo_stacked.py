@@ -23,10 +23,10 @@ from typing import Any, Callable, Hashable
 import torch
 from torch import Tensor
 
-from optimizers.batching import forget_stale_stacks, group_buckets, rebind, stacked_state
-from optimizers.linalg import rotate_matrix
-from optimizers.state import state_dtype_for
-from optimizers.stepping import closure_loss, group_lr
+from soapbench.optimizers.batching import forget_stale_stacks, group_buckets, rebind, stacked_state
+from soapbench.optimizers.linalg import rotate_matrix
+from soapbench.optimizers.state import state_dtype_for
+from soapbench.optimizers.stepping import closure_loss, group_lr
 
 # Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio (both Shampoo steps use it).
 GRAFTING_NORM_FLOOR = 1e-16
@@ -36,7 +36,7 @@ SLOTS = (("exp_avg",), ("grafting_exp_avg_sq",), ("factors", 0, 0), ("factors", 
 
 
 class StackedShampooSteps:
-    """Mixin for :class:`optimizers.shampoo.Shampoo`: ``step()`` by same-shape buckets (module docstring)."""
+    """Mixin for :class:`soapbench.optimizers.shampoo.Shampoo`: ``step()`` by same-shape buckets (module docstring)."""
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -58,7 +58,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from optimizers.linalg import (
+from soapbench.optimizers.linalg import (
     eigenbasis,
     estimated_eigenvalues,
     gram_update_,
@@ -68,11 +68,11 @@ from optimizers.linalg import (
     rotate,
     unrotate,
 )
-from optimizers.refreshes import RefreshingOptimizer
-from optimizers.registry import register_optimizer
-from optimizers.soap_stacked import StackedSOAPSteps
-from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.stepping import check_lr, group_lr
+from soapbench.optimizers.refreshes import RefreshingOptimizer
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.soap_stacked import StackedSOAPSteps
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.stepping import check_lr, group_lr
 
 DATA_FORMATS = ("channels_first", "channels_last")
 REFRESH_METHODS = ("qr", "eigh")

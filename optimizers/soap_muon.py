@@ -50,7 +50,7 @@ Deliberate deviations from the reference:
   runs (float64 params under default float64) are unchanged. bf16/fp16 params keep float32 moments and are
   updated through a float32 copy.
 * A failed eigh/QR (error or non-finite) is retried in float64, else the previous basis is kept (identity on
-  the first call); counted in ``diagnostics()``. Shared code in :mod:`optimizers.linalg`.
+  the first call); counted in ``diagnostics()``. Shared code in :mod:`soapbench.optimizers.linalg`.
 * An all-zero direction (e.g. a zero gradient) stays zero instead of becoming NaN in O/‖O‖_F.
 * ``scale="graft"``: entries of sqrt(v) below one rounding unit of its largest entry are raised to that level
   before ε is added. Where the rotated gradient is zero up to rounding (a rank-deficient factor's null space), the
@@ -70,14 +70,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from optimizers.state import KeepsStateDtypes, state_dtype_for
-from optimizers.adamw import validate_adam_hyperparameters
-from optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
-from optimizers.refreshes import RefreshingOptimizer
-from optimizers.registry import register_optimizer
-from optimizers.soap_muon_math import project, project_back
-from optimizers.soap_muon_stacked import StackedSOAPMuonSteps
-from optimizers.stepping import group_lr
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.adamw import validate_adam_hyperparameters
+from soapbench.optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
+from soapbench.optimizers.refreshes import RefreshingOptimizer
+from soapbench.optimizers.registry import register_optimizer
+from soapbench.optimizers.soap_muon_math import project, project_back
+from soapbench.optimizers.soap_muon_stacked import StackedSOAPMuonSteps
+from soapbench.optimizers.stepping import group_lr
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
 SCALES = ("shape", "graft")
@@ -161,7 +161,7 @@ def resolve_projection(matrix_shape: tuple[int, int] | None, projection_type: st
 def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth) -> tuple[Tensor, Tensor]:
     """SOAP-Muon's ``get_orthogonal_matrix_QR`` for one factor, in float32; returns (new basis, permutation).
 
-    Same steps as :func:`optimizers.linalg.power_qr_refresh` with ``sort=True``, but the power-iteration product
+    Same steps as :func:`soapbench.optimizers.linalg.power_qr_refresh` with ``sort=True``, but the power-iteration product
     is formed as the reference writes it, ``(Qᵀ L)ᵀ``, not ``L Q``: equal for symmetric L, yet BLAS rounds the
     two differently for small factors (seen for 8×8), and a float32 QR passes that on to the trajectory.
     On a QR failure the sorted previous basis is kept, which stays consistent with the permuted v.

@@ -1,5 +1,5 @@
 """SOAP-Muon's projections into and out of its eigenbases, shared by the per-parameter step
-(:mod:`optimizers.soap_muon`) and the per-shape one (:mod:`optimizers.soap_muon_stacked`)."""
+(:mod:`soapbench.optimizers.soap_muon`) and the per-shape one (:mod:`soapbench.optimizers.soap_muon_stacked`)."""
 
 from __future__ import annotations
 

@@ -21,14 +21,14 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
-from optimizers.batching import StackedSteps, rebind, stacked_state
-from optimizers.soap_muon_math import project, project_back
-from optimizers.state import state_dtype_for
-from optimizers.stepping import group_lr
+from soapbench.optimizers.batching import StackedSteps, rebind, stacked_state
+from soapbench.optimizers.soap_muon_math import project, project_back
+from soapbench.optimizers.state import state_dtype_for
+from soapbench.optimizers.stepping import group_lr
 
 
 class StackedSOAPMuonSteps(StackedSteps):
-    """Mixin for :class:`optimizers.soap_muon.SOAPMuon`: ``step()`` by same-shape buckets (module docstring)."""
+    """Mixin for :class:`soapbench.optimizers.soap_muon.SOAPMuon`: ``step()`` by same-shape buckets (module docstring)."""
 
     def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
         state = self.state.get(param)

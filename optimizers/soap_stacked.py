@@ -28,10 +28,10 @@ from typing import Any, Hashable
 import torch
 from torch import Tensor
 
-from optimizers.batching import StackedSteps, rebind, stacked_state
-from optimizers.linalg import gram_update_, power_qr_refresh, rotate_matrix, select_along, unrotate_matrix
-from optimizers.state import state_dtype_for
-from optimizers.stepping import group_lr
+from soapbench.optimizers.batching import StackedSteps, rebind, stacked_state
+from soapbench.optimizers.linalg import gram_update_, power_qr_refresh, rotate_matrix, select_along, unrotate_matrix
+from soapbench.optimizers.state import state_dtype_for
+from soapbench.optimizers.stepping import group_lr
 
 SLOTS = (("exp_avg",), ("exp_avg_sq",), ("GG", 0), ("GG", 1), ("Q", 0), ("Q", 1))
 # Devices whose QR refresh runs on the whole stack at once. On CPU, LAPACK factorises a batch one matrix at a time
@@ -41,7 +41,7 @@ BATCHED_REFRESH_DEVICES = ("cuda",)
 
 
 class StackedSOAPSteps(StackedSteps):
-    """Mixin for :class:`optimizers.soap.SOAP`: ``step()`` by same-shape buckets (module docstring)."""
+    """Mixin for :class:`soapbench.optimizers.soap.SOAP`: ``step()`` by same-shape buckets (module docstring)."""
 
     def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
         """What same-shape members must share to be stepped together, or None (stepped alone)."""

@@ -1,4 +1,4 @@
-"""What an optimizer is to the registry and to an import path (:mod:`optimizers.registry`, :mod:`optimizers.imported`):
+"""What an optimizer is to the registry and to an import path (:mod:`soapbench.optimizers.registry`, :mod:`soapbench.optimizers.imported`):
 its spec (factory, roles, companion) and the one-line error for a bad name or hyperparameter."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ class OptimizerSpec:
     main_roles: tuple[str, ...]
     # Registered name of the default companion optimizer (used only if some role is left over).
     companion: str = "adamw"
-    # Import path for an optimizer from outside the registry (optimizers.imported); None for registered ones.
+    # Import path for an optimizer from outside the registry (soapbench.optimizers.imported); None for registered ones.
     target: str | None = None
     # With **kwargs in the signature beside named keywords, still reject names that are not listed.
     strict_kwargs: bool = True

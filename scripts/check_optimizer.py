@@ -17,7 +17,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from optimizers.registry import OptimizerConfigError
+from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.errors import SoapbenchError
 from soapbench.optimizer_check import check_optimizer, parse_kwargs, render
 from soapbench.outputs import output_file_error

@@ -30,9 +30,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from data.errors import DataError
-from models.registry import ModelConfigError
-from optimizers.registry import OptimizerConfigError
+from soapbench.data.errors import DataError
+from soapbench.models.registry import ModelConfigError
+from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.errors import EXIT_BUSY, RunBusyError, RunInterrupted, SoapbenchError
 from soapbench.naming import experiment_folder
 

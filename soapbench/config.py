@@ -129,7 +129,7 @@ class TrainerConfig:
             raise ConfigError(f"{prefix}.divergence_factor: must be > 1, got {self.divergence_factor}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{prefix}.precision: unknown {self.precision!r}; valid: {', '.join(PRECISIONS)}")
-        from optimizers.param_groups import ALL_ROLES
+        from soapbench.optimizers.param_groups import ALL_ROLES
 
         unknown = sorted(set(self.weight_decay_roles) - set(ALL_ROLES))
         if unknown:

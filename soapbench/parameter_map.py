@@ -16,8 +16,8 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from optimizers.composite import CompositeOptimizer
-from optimizers.param_groups import parameter_roles
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.param_groups import parameter_roles
 
 
 def _plain(value: Any) -> Any:

@@ -39,12 +39,12 @@ import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from optimizers import build_optimizer
-from optimizers.imported import describe_source, with_label
-from optimizers.composite import CompositeOptimizer
-from optimizers.modes import evaluation_weights, set_mode
-from optimizers.registry import resolve_spec, split_optimizer_config
-from optimizers.refreshes import share_refreshes
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.imported import describe_source, with_label
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.modes import evaluation_weights, set_mode
+from soapbench.optimizers.registry import resolve_spec, split_optimizer_config
+from soapbench.optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import load_for_resume, refuse_changed_dtypes, restore_rng_state, rng_state, save_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
 from soapbench.distributed import (

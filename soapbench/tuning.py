@@ -298,8 +298,8 @@ _COMPANION_SHARED = ("lr", "weight_decay")  # a companion that omits these inher
 
 def _treatment(variant: str, config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a resolved run config that are not the compared optimizer's own, as comparable values."""
-    from optimizers.param_groups import ALL_ROLES
-    from optimizers.registry import resolve_spec
+    from soapbench.optimizers.param_groups import ALL_ROLES
+    from soapbench.optimizers.registry import resolve_spec
 
     optimizer = dict(config.get("optimizer") or {})
     treatment = {key: value for key, value in config.items() if key not in ("optimizer", "variant", "hydra")}

@@ -14,8 +14,8 @@ import yaml
 from torch import nn
 
 from golden_driver import load_golden, max_abs_diff, run_trajectory
-from optimizers.adafactor import Adafactor, TorchAdafactor
-from optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
+from soapbench.optimizers.adafactor import Adafactor, TorchAdafactor
+from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
 
 FIRST_ORDER_TOLERANCE = 1e-12
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"

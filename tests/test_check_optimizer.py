@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from optimizers.soap import SOAP
+from soapbench.optimizers.soap import SOAP
 from soapbench.optimizer_check import check_optimizer
 from soapbench.optimizer_check.training import check_resume
 from tests.conftest import REPO

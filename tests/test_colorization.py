@@ -11,11 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.colorization import load_colorization_data, rgb_to_scaled_lab, scaled_lab_to_rgb
-from data.errors import DataError
-from models.colorization import ColorizationNet, original_registered_parameters
-from models.registry import build_model
-from optimizers.param_groups import parameter_roles
+from soapbench.data.colorization import load_colorization_data, rgb_to_scaled_lab, scaled_lab_to_rgb
+from soapbench.data.errors import DataError
+from soapbench.models.colorization import ColorizationNet, original_registered_parameters
+from soapbench.models.registry import build_model
+from soapbench.optimizers.param_groups import parameter_roles
 from soapbench.workloads.colorization import ColorizationWorkload
 
 DATA_ROOT = Path(os.environ.get("SOAPBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -87,7 +87,7 @@ def test_dataset_is_cached_and_batches_are_a_pure_function_of_the_step(cache_dir
     classes = {label.split(":")[-1].split("/")[1] for label in manifest["train_images"]}
     assert len(classes) == 6  # the evenly spaced subset keeps every scene class
 
-    import data.colorization as module
+    import soapbench.data.colorization as module
 
     monkeypatch.setattr(module, "decode_square", lambda *a: (_ for _ in ()).throw(AssertionError("cached: no decoding")))
     a = ColorizationWorkload(ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=3, device="cpu")

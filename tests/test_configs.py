@@ -45,7 +45,7 @@ def test_every_experiment_composes_and_resolves(experiment: str) -> None:
 
 
 def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optimizer() -> None:
-    from optimizers import available_optimizers
+    from soapbench.optimizers import available_optimizers
 
     configs = [OmegaConf.load(p) for p in (CONFIG_DIR / "optimizer").glob("*.yaml")]
     names = {config["name"] for config in configs if "target" not in config.keys()}  # the others name a class by import path
@@ -73,8 +73,8 @@ def _peer_installed(target: str) -> bool:
 
 def _recorded_spec(config: dict):
     """The spec of a peer yaml's class as its recorded signature describes it, for a machine without the package."""
-    from optimizers.param_groups import ALL_ROLES
-    from optimizers.registry import OptimizerSpec
+    from soapbench.optimizers.param_groups import ALL_ROLES
+    from soapbench.optimizers.registry import OptimizerSpec
 
     recorded = _recorded_signatures()[config["target"]]
 
@@ -92,7 +92,7 @@ def _recorded_spec(config: dict):
 
 @pytest.mark.parametrize("stem", _OPTIMIZER_YAMLS)
 def test_optimizer_yaml_keys_are_constructor_keywords(stem: str) -> None:
-    from optimizers.registry import resolve_spec, split_optimizer_config
+    from soapbench.optimizers.registry import resolve_spec, split_optimizer_config
 
     config = _optimizer_yaml(stem)
     name, hparams, build_args = split_optimizer_config(config)
@@ -115,8 +115,8 @@ def test_every_peer_yaml_has_a_signature_recorded_for_its_pinned_package() -> No
 
 @pytest.mark.parametrize("target", sorted(_recorded_signatures()))
 def test_a_recorded_peer_signature_is_the_installed_packages(target: str) -> None:
-    from optimizers.imported import import_target, installed_version
-    from optimizers.registry import OptimizerSpec
+    from soapbench.optimizers.imported import import_target, installed_version
+    from soapbench.optimizers.registry import OptimizerSpec
 
     if not _peer_installed(target):
         pytest.skip(f"{target.split('.')[0]} is not installed; its yamls are checked against the recorded signature")

@@ -10,9 +10,9 @@ from importlib import metadata
 import pytest
 import torch
 
-from optimizers import build_optimizer
-from optimizers.composite import CompositeOptimizer
-from optimizers.registry import OptimizerConfigError
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.results import RunStore
 from tests.conftest import REPO, run_cli, train_in_process
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from data.tokens import TokenSplits
+from soapbench.data.tokens import TokenSplits
 from soapbench.results import RunStore
 from soapbench.workloads.language_model import LanguageModelWorkload
 from tests.conftest import train_in_process

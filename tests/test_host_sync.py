@@ -3,7 +3,7 @@
 On a GPU every ``.item()``, ``bool(tensor)``, ``float(tensor)``, ``.tolist()`` or ``.cpu()`` waits for the queued
 kernels, so one in the hot path serialises the step. CUDA's own sync counter is unavailable on CPU, so this counts
 the Python entry points of every device-to-host read instead, step by step. Refresh steps may read (each
-eigh/QR/root checks its output is finite before it replaces the previous basis: ``optimizers.linalg.is_finite``);
+eigh/QR/root checks its output is finite before it replaces the previous basis: ``soapbench.optimizers.linalg.is_finite``);
 the counts there prove the counter sees reads at all. torch's own optimizers (adamw, adafactor_torch, muon_torch)
 are not audited: their CPU step counters are host tensors by design.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import get_spec
+from soapbench.optimizers import get_spec
 
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 F = 4

@@ -7,19 +7,22 @@ closes a circle is the same coupling, only hidden from the interpreter.
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("soapbench", "optimizers", "models", "data")
+# Installed package -> its folder in the checkout (optimizers/ installs as soapbench.optimizers, ...).
+PACKAGE_DIRS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
 
 
-def _module_name(path: Path, root: Path) -> str:
-    parts = list(path.relative_to(root).with_suffix("").parts)
+def _module_name(path: Path, folder: Path, package: str) -> str:
+    parts = [*package.split("."), *path.relative_to(folder).with_suffix("").parts]
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
-    modules = {_module_name(path, root): path for package in PACKAGES for path in (root / package).rglob("*.py")}
+    modules = {_module_name(path, root / folder, package): path
+               for package, folder in PACKAGE_DIRS.items() for path in (root / folder).rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -82,12 +85,21 @@ def test_the_package_has_no_import_circles() -> None:
     assert circles(import_graph()) == []
 
 
+def test_the_graph_covers_the_folders_installed_under_soapbench() -> None:
+    graph = import_graph()
+    imported = set().union(*graph.values())
+    for package in ("soapbench.optimizers", "soapbench.models", "soapbench.data"):
+        assert package in graph, f"{package} is not in the import graph; pyproject.toml's package-dir: {PACKAGE_DIRS}"
+        # an edge into the folder: imports of it are resolved under their installed names
+        assert any(target.startswith(f"{package}.") for target in imported), f"no import of {package}.* was resolved"
+
+
 def test_a_deferred_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
     package = tmp_path / "optimizers"
     package.mkdir()
     (package / "__init__.py").write_text("")
-    (package / "host.py").write_text("from optimizers.mixin import Mixin\n")
-    (package / "mixin.py").write_text("class Mixin:\n    def f(self):\n        from optimizers.host import helper\n")
-    for other in PACKAGES[:1] + PACKAGES[2:]:
-        (tmp_path / other).mkdir()
-    assert circles(import_graph(tmp_path)) == [["optimizers.host", "optimizers.mixin"]]
+    (package / "host.py").write_text("from soapbench.optimizers.mixin import Mixin\n")
+    (package / "mixin.py").write_text("class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n")
+    for folder in set(PACKAGE_DIRS.values()) - {"optimizers"}:
+        (tmp_path / folder).mkdir()
+    assert circles(import_graph(tmp_path)) == [["soapbench.optimizers.host", "soapbench.optimizers.mixin"]]

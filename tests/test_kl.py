@@ -21,14 +21,14 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-import optimizers.kl  # noqa: F401  (registers kl_shampoo and kl_soap)
-import optimizers.linalg as linalg
+import soapbench.optimizers.kl  # noqa: F401  (registers kl_shampoo and kl_soap)
+import soapbench.optimizers.linalg as linalg
 from golden_driver import load_golden, max_abs_diff, run_trajectory, single_thread_default_dtype
-from optimizers.adamw import AdamW
-from optimizers.composite import CompositeOptimizer
-from optimizers.kl import CLAMP_FLOOR, KLSOAP, KLShampoo, parse_cast_dtype, working_shape
-from optimizers.linalg import rotate, unrotate
-from optimizers.registry import build_optimizer, get_spec
+from soapbench.optimizers.adamw import AdamW
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.kl import CLAMP_FLOOR, KLSOAP, KLShampoo, parse_cast_dtype, working_shape
+from soapbench.optimizers.linalg import rotate, unrotate
+from soapbench.optimizers.registry import build_optimizer, get_spec
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
 KL_CLASSES = {"kl_shampoo_f64": KLShampoo, "kl_soap_f64": KLSOAP}

@@ -20,9 +20,9 @@ import yaml
 from torch import nn
 
 from golden_driver import load_golden, max_abs_diff, run_trajectory
-from optimizers.composite import CompositeOptimizer
-from optimizers.muon import Muon, TorchMuon, keller_aspect_scale, zeropower_via_newtonschulz5_keller
-from optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.muon import Muon, TorchMuon, keller_aspect_scale, zeropower_via_newtonschulz5_keller
+from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
 
 ROUNDED_DIFFERENTLY_TOLERANCE = 1e-3
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"

@@ -8,9 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from models.olmo import OLMo, apply_rope, rope_tables
-from models.registry import ModelConfigError, build_model
-from optimizers.param_groups import parameter_roles
+from soapbench.models.olmo import OLMo, apply_rope, rope_tables
+from soapbench.models.registry import ModelConfigError, build_model
+from soapbench.optimizers.param_groups import parameter_roles
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 

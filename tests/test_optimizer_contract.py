@@ -17,8 +17,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from optimizers import available_optimizers, build_optimizer
-from optimizers.registry import get_spec
+from soapbench.optimizers import available_optimizers, build_optimizer
+from soapbench.optimizers.registry import get_spec
 from soapbench.contract import CATEGORIES, registered_info, run_contract
 from soapbench.results import RunStore
 from tests.conftest import CONFIG_DIR, assert_identical, train_in_process
@@ -335,7 +335,7 @@ def test_the_soap_cards_usage_trains(results_dir, monkeypatch) -> None:
     """The SOAP card's example, SOAP(lr=3e-3, weight_decay=1e-2, precondition_frequency=20, merge_dims=True),
     through the trainer: every matrix of a 16-wide GPT merges into one axis (the embedding into 1040), the basis is
     refreshed once, and the validation loss falls."""
-    from optimizers.soap import SOAP
+    from soapbench.optimizers.soap import SOAP
 
     refreshes, optimizers = {}, []
     original = SOAP._refresh_bases

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from optimizers import build_optimizer
-from optimizers.modes import evaluation_weights, has_modes
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.modes import evaluation_weights, has_modes
 from soapbench.optimizer_check.probes import check_modes
 from tests.conftest import train_in_process
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from optimizers import build_optimizer
-from optimizers.composite import CompositeOptimizer
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.composite import CompositeOptimizer
 from soapbench.parameter_map import misplaced, parameter_map
 from tests.conftest import train_in_process
 

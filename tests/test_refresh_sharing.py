@@ -14,8 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from optimizers import build_optimizer
-from optimizers.refreshes import RefreshSharing, share_refreshes
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.refreshes import RefreshSharing, share_refreshes
 from tests.conftest import assert_identical
 
 STEPS = 9

@@ -82,7 +82,7 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path) -> None
 
 
 def _built_in_optimizers() -> list[str]:
-    from optimizers import available_optimizers  # the suite's own (imported peers have their own tests)
+    from soapbench.optimizers import available_optimizers  # the suite's own (imported peers have their own tests)
 
     return sorted(set(available_optimizers()) & {p.stem for p in (REPO / "configs" / "optimizer").glob("*.yaml")})
 

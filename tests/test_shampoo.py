@@ -12,8 +12,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from optimizers import build_optimizer
-from optimizers.shampoo import Shampoo, block_layout, inverse_root_for_order, merge_small_dims
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.shampoo import Shampoo, block_layout, inverse_root_for_order, merge_small_dims
 from tests.conftest import CONFIG_DIR
 from tests.golden_driver import PARAM_NAMES, run_trajectory
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import optimizers.linalg as linalg
-from optimizers import build_optimizer
-from optimizers.soap import SOAP, factor_layout, merge_dims_shape
+import soapbench.optimizers.linalg as linalg
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.soap import SOAP, factor_layout, merge_dims_shape
 from tests.conftest import CONFIG_DIR
 from tests.golden_driver import PARAM_NAMES, load_golden, run_trajectory
 
@@ -180,7 +180,7 @@ def test_refresh_happens_after_updates_f_2f_and_moves_the_momentum(monkeypatch: 
         calls.append(step_counter[0])
         return original(*args, **kwargs)
 
-    import optimizers.soap as soap_module
+    import soapbench.optimizers.soap as soap_module
 
     monkeypatch.setattr(soap_module, "power_qr_refresh", counting)
     step_counter = [0]

@@ -19,10 +19,10 @@ import yaml
 from torch import nn
 
 from golden_driver import load_golden, max_abs_diff, run_trajectory
-from optimizers import linalg
-from optimizers.composite import CompositeOptimizer
-from optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
-from optimizers.soap_muon import LARGE_MATRIX_DIM, SOAPMuon, resolve_projection
+from soapbench.optimizers import linalg
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
+from soapbench.optimizers.soap_muon import LARGE_MATRIX_DIM, SOAPMuon, resolve_projection
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "optimizer"
 FRAGILE = 5e-2

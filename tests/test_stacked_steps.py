@@ -24,9 +24,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl_math, linalg, soap_stacked
-from optimizers.batching import StackedState
-from optimizers.linalg import LinalgHealth, orthonormalize_qr
+from soapbench.optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl_math, linalg, soap_stacked
+from soapbench.optimizers.batching import StackedState
+from soapbench.optimizers.linalg import LinalgHealth, orthonormalize_qr
 
 # Rounding of one step, in units of the dtype's epsilon times the largest entry; measured growth is 2-4 per step on
 # an AMD EPYC (MKL) in float32 and below 1 in float64. An amplified difference (1e-3 in float32) is 10^4 beyond it.

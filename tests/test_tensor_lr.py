@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import Parameter
 
-from optimizers import get_spec
+from soapbench.optimizers import get_spec
 from soapbench.contract.registered import INPUTS
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data.hub
-from data.errors import DataError
-from data.text_tokenizers import TextTokenizer
-from data.tokenized import load_token_splits
+from soapbench.data import hub
+from soapbench.data.errors import DataError
+from soapbench.data.text_tokenizers import TextTokenizer
+from soapbench.data.tokenized import load_token_splits
 
 DATA_ROOT = Path(os.environ.get("SOAPBENCH_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 SLICE_CHARS = 60_000
@@ -184,7 +184,7 @@ def test_wrong_tokenizer_path_names_it(gutenberg_slices, tmp_path) -> None:
 
 def test_hub_source_fails_fast_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(data.hub, "_reachable", None)
+    monkeypatch.setattr(hub, "_reachable", None)
     cfg = {"name": "c4", "source": {"hub": "allenai/c4", "hub_config": "en", "val_split": "validation"},
            "tokenizer": {"path": "tokenizers/t5"}}
     started = time.perf_counter()

@@ -238,7 +238,7 @@ def test_the_report_counts_the_parameters_each_optimizer_trains(tmp_path: Path) 
 def test_the_trainer_records_the_parameters_each_optimizer_trains() -> None:
     import torch
 
-    from optimizers import build_optimizer
+    from soapbench.optimizers import build_optimizer
     from soapbench.parameter_map import counts_by_optimizer, parameter_map
 
     model = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 3))

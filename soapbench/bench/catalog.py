@@ -29,8 +29,8 @@ CONFIG_DIR = REPO / "configs"
 
 def discover_optimizers() -> tuple[list[str], dict[str, str]]:
     """All registered optimizer names, and the ``optimizers`` modules that failed to import."""
-    failures = import_submodules("optimizers")
-    from optimizers import available_optimizers
+    failures = import_submodules("soapbench.optimizers")
+    from soapbench.optimizers import available_optimizers
 
     return available_optimizers(), failures
 
@@ -69,7 +69,7 @@ class OptimizerSetup:
     companion_hparams: dict[str, Any] = field(default_factory=dict)
 
     def build(self, model: nn.Module) -> torch.optim.Optimizer:
-        from optimizers import build_optimizer
+        from soapbench.optimizers import build_optimizer
 
         return build_optimizer(
             self.name, model, weight_decay_roles=self.weight_decay_roles, **self.build_args, **self.hparams
@@ -77,12 +77,12 @@ class OptimizerSetup:
 
     def effective_hparams(self) -> dict[str, Any]:
         """Constructor defaults overlaid with the configured values: every knob the algorithm will run with."""
-        from optimizers import get_spec
+        from soapbench.optimizers import get_spec
 
         return {**_constructor_defaults(get_spec(self.name).factory), **self.hparams}
 
     def effective_companion_hparams(self) -> dict[str, Any]:
-        from optimizers import get_spec
+        from soapbench.optimizers import get_spec
 
         return {**_constructor_defaults(get_spec(self.companion_name).factory), **self.companion_hparams}
 
@@ -104,8 +104,8 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 
 def optimizer_setup(name: str, weight_decay_roles: Sequence[str] = ("matrix", "head", "input")) -> OptimizerSetup:
     """The settings a run with ``optimizer=<name>`` uses (its yaml), or constructor defaults when it has no yaml."""
-    from optimizers import get_spec
-    from optimizers.registry import split_optimizer_config  # the trainer's parser: tuples for lists, companion split off
+    from soapbench.optimizers import get_spec
+    from soapbench.optimizers.registry import split_optimizer_config  # the trainer's parser: tuples for lists, companion split off
 
     spec = get_spec(name)
     path = CONFIG_DIR / "optimizer" / f"{name}.yaml"

@@ -117,7 +117,7 @@ def _reset_compiled_state(device: torch.device) -> None:
 
 def lm_step_section(plan: CheckPlan, device: torch.device, emit: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Time every LM arm through the trainer; ``emit`` receives the section after each arm (for atomic writes)."""
-    import_submodules("optimizers")
+    import_submodules("soapbench.optimizers")
     cfg = preset_config(plan.lm_preset, plan.lm_overrides)
     params = sum(info.numel for info in param_infos(build_preset_model(cfg["model"], "meta")))
     micro_tokens = plan.lm_batch_size * int(cfg["model"]["seq_len"])
@@ -168,7 +168,7 @@ def nanogpt_section(plan: CheckPlan, device: torch.device, emit: Callable[[dict[
     from soapbench.results import RunStore
     from soapbench.trainer import train
 
-    import_submodules("optimizers")
+    import_submodules("soapbench.optimizers")
     steps = plan.nanogpt_steps
     log_interval = max(1, steps // 30)
     section: dict[str, Any] = {
@@ -223,7 +223,7 @@ def _nanogpt_row(summary: Mapping[str, Any], records: Sequence[Mapping[str, Any]
 
 def factor_sizes(preset: str, overrides: Sequence[str]) -> dict[int, int]:
     """Preconditioned factor size → how many factors of that size SOAP (its yaml) keeps on the preset."""
-    from optimizers.soap import factor_layout
+    from soapbench.optimizers.soap import factor_layout
 
     setup = optimizer_setup("soap")
     hparams = setup.effective_hparams()
@@ -243,7 +243,7 @@ def _refresh_inputs(size: int, count: int, device: torch.device, seed: int) -> t
     One eigh instead of ``count`` keeps the set-up short (lm_360m has 48 factors of 4096); the refresh costs the
     same whichever orthonormal basis it starts from.
     """
-    from optimizers.linalg import eigenbasis
+    from soapbench.optimizers.linalg import eigenbasis
 
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = torch.randn(count, size, 2 * size, generator=generator, device=device)
@@ -255,7 +255,7 @@ def _refresh_inputs(size: int, count: int, device: torch.device, seed: int) -> t
 
 def refresh_section(plan: CheckPlan, device: torch.device, *, repeats: int = 3, sizes: int = 2) -> dict[str, Any]:
     """SOAP's refresh on the ``sizes`` largest factor sizes of the LM preset: single QR, single eigh, all batched."""
-    from optimizers.linalg import eigh_descending, power_qr_refresh
+    from soapbench.optimizers.linalg import eigh_descending, power_qr_refresh
 
     counts = factor_sizes(plan.lm_preset, plan.lm_overrides)
     section: dict[str, Any] = {

@@ -22,8 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from optimizers.linalg import gram_update_, householder_q
-from optimizers.soap import factor_layout
+from soapbench.optimizers.linalg import gram_update_, householder_q
+from soapbench.optimizers.soap import factor_layout
 from soapbench.timing import synchronize
 
 

@@ -84,7 +84,7 @@ def measure_state(optimizer: torch.optim.Optimizer, exclude: set[int] | None = N
 
 def measure_parts(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> dict[str, StateBytes]:
     """``{"main": …, "companion": …}``; the companion part is empty for a single optimizer."""
-    from optimizers.composite import CompositeOptimizer
+    from soapbench.optimizers.composite import CompositeOptimizer
 
     exclude = {storage_key(p) for p in params} | {storage_key(p.grad) for p in params if p.grad is not None}
     if not isinstance(optimizer, CompositeOptimizer):

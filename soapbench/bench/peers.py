@@ -194,7 +194,7 @@ def peer_builder(spec: PeerSpec, setup: OptimizerSetup) -> Callable[[nn.Module],
     hparams = setup.effective_hparams()
 
     def build(model: nn.Module) -> torch.optim.Optimizer:
-        from optimizers.composite import CompositeOptimizer
+        from soapbench.optimizers.composite import CompositeOptimizer
 
         ours = setup.build(model)  # only for its param groups; it never steps
         if isinstance(ours, CompositeOptimizer):

@@ -38,8 +38,8 @@ class ParamInfo:
 
 def build_preset_model(model_cfg: Mapping[str, Any], device: str | torch.device, seed: int = 0) -> nn.Module:
     """The preset's model on ``device`` ("meta": shapes only); real devices get the seeded initialisation."""
-    failures = import_submodules("models")  # architectures not yet imported by models/__init__.py register here
-    from models import build_model
+    failures = import_submodules("soapbench.models")  # architectures not yet imported by models/__init__.py register here
+    from soapbench.models import build_model
 
     device = torch.device(device)
     try:
@@ -54,7 +54,7 @@ def build_preset_model(model_cfg: Mapping[str, Any], device: str | torch.device,
 
 
 def param_infos(model: nn.Module) -> list[ParamInfo]:
-    from optimizers.param_groups import parameter_roles
+    from soapbench.optimizers.param_groups import parameter_roles
 
     roles = parameter_roles(model)
     return [ParamInfo(name, tuple(p.shape), roles[name]) for name, p in model.named_parameters() if p.requires_grad]

@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import math
 from typing import Any, Callable, Mapping, Sequence
-from optimizers.shampoo import block_layout
-from optimizers.soap import merge_dims_shape
+from soapbench.optimizers.shampoo import block_layout
+from soapbench.optimizers.soap import merge_dims_shape
 
 Shape = tuple[int, ...]
 # (parameter shapes, effective hyperparameters) → elements per state component

@@ -168,7 +168,7 @@ def trainer_throughput(
 def throughput_rows(
     preset: str, setups: Sequence[OptimizerSetup], preset_cfg: Mapping[str, Any], params: int, options: ThroughputOptions
 ) -> list[ThroughputRow]:
-    import_submodules("optimizers")  # the trainer's build_optimizer must see every registered optimizer
+    import_submodules("soapbench.optimizers")  # the trainer's build_optimizer must see every registered optimizer
     return [trainer_throughput(preset, setup, preset_cfg, params, options) for setup in setups]
 
 

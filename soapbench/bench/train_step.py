@@ -74,8 +74,8 @@ def arm_overrides(label: str) -> tuple[str, list[str]]:
 
 def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.device) -> Arm:
     """The trainer's objects for ``model=<preset> optimizer=<name>`` (+ knobs), and a function that runs one step."""
-    from optimizers import build_optimizer
-    from optimizers.registry import split_optimizer_config
+    from soapbench.optimizers import build_optimizer
+    from soapbench.optimizers.registry import split_optimizer_config
     from soapbench.config import load_trainer_config
     from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
     from soapbench.schedules import build_scheduler
@@ -157,7 +157,7 @@ def ratio_section(
 
     ``optimizers`` are registry names, optionally with knobs: ``soap+stack_shapes=false``.
     """
-    import_submodules("optimizers")
+    import_submodules("soapbench.optimizers")
     names = list(optimizers) if "adamw" in optimizers else ["adamw", *optimizers]
     arms = [build_arm(preset, name, overrides, device) for name in names]
     steps = block_steps or max([arm.frequency or 1 for arm in arms])

@@ -80,7 +80,7 @@ class Result:
 
 
 def registered_infos() -> list[ContractInfo]:
-    from optimizers import available_optimizers
+    from soapbench.optimizers import available_optimizers
 
     return [registered_info(name) for name in available_optimizers()]
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from optimizers import get_spec
+from soapbench.optimizers import get_spec
 from soapbench.contract.torch_testing import (
     ErrorOptimizerInput,
     OptimizerErrorEnum,

@@ -93,7 +93,7 @@ def check_gradless(factory: Factory, kwargs: dict[str, Any], matrices_only: bool
 def check_modes(factory: Factory, kwargs: dict[str, Any], matrices_only: bool) -> tuple[str, str]:
     """An optimizer with train/eval modes: eval() moves to its evaluation weights, train() back to the training
     weights (to rounding), and the trainer's evaluation (``evaluation_weights``) sees the evaluation weights."""
-    from optimizers.modes import evaluation_weights, has_modes, set_mode
+    from soapbench.optimizers.modes import evaluation_weights, has_modes, set_mode
 
     params = _matrices(torch.float32, matrices_only)
     optimizer = _quiet(factory, params, kwargs)

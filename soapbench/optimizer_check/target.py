@@ -16,7 +16,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from optimizers.registry import check_hyperparameters, resolve_spec, split_optimizer_config
+from soapbench.optimizers.registry import check_hyperparameters, resolve_spec, split_optimizer_config
 from soapbench.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
@@ -51,8 +51,8 @@ def _as_override(key: str, value: Any) -> str:
 
 def resolve_target(name: str, kwargs: dict[str, Any]) -> Target:
     """Bad input raises ConfigError or OptimizerConfigError (one line each)."""
-    from optimizers import available_optimizers
-    from optimizers.imported import describe_source
+    from soapbench.optimizers import available_optimizers
+    from soapbench.optimizers.imported import describe_source
 
     yaml_path = CONFIG_DIR / f"{name}.yaml"
     if yaml_path.is_file() and name != "custom":

@@ -2,7 +2,7 @@
 
 An arm's optimizer trains the parameter roles in its ``main_roles`` (the config's, else its registry
 default); the other roles go to a companion (AdamW unless configured), which takes the main
-optimizer's lr and weight decay unless the config sets its own (``optimizers.registry.build_optimizer``).
+optimizer's lr and weight decay unless the config sets its own (``soapbench.optimizers.registry.build_optimizer``).
 Two arms that differ in any of these, or in the weight decay applied per step (lr × weight_decay, the
 decoupled decay each step multiplies the weights by), differ in more than the optimizer being compared:
 :func:`confounds` names every such difference, and the report prints it beside the verdict.
@@ -14,8 +14,8 @@ import inspect
 import math
 from typing import Any, Mapping
 
-from optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES
-from optimizers.registry import get_spec
+from soapbench.optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES
+from soapbench.optimizers.registry import get_spec
 
 
 def _defaults(name: str) -> dict[str, Any]:

@@ -98,8 +98,8 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
 
 def plan_trial(overrides: list[str]) -> Any:
     """Compose and validate a trial's config as scripts/train.py would; return where its run lives (run_dir, run_name)."""
-    from data.errors import DataError
-    from optimizers.imported import with_label
+    from soapbench.data.errors import DataError
+    from soapbench.optimizers.imported import with_label
     from soapbench.composition import compose_run_config
     from soapbench.rundir import locate_run
 

@@ -6,7 +6,7 @@ from typing import Any, Mapping
 
 import torch
 
-from data.paths import default_cache_dir, resolve_data_root
+from soapbench.data.paths import default_cache_dir, resolve_data_root
 from soapbench.config import TrainerConfig
 from soapbench.errors import ConfigError
 from soapbench.workloads.base import Workload
@@ -16,12 +16,12 @@ DATA_KINDS = ("char", "tokenized", "images")
 
 def _token_splits(data_cfg: Mapping[str, Any], data_root, cache_dir):
     if data_cfg.get("kind") == "char":
-        from data.shakespeare import URL as SHAKESPEARE_URL
-        from data.shakespeare import load_shakespeare_char
+        from soapbench.data.shakespeare import URL as SHAKESPEARE_URL
+        from soapbench.data.shakespeare import load_shakespeare_char
 
         url = data_cfg.get("url") or SHAKESPEARE_URL
         return load_shakespeare_char(data_root, allow_download=bool(data_cfg.get("download", True)), url=url)
-    from data.tokenized import load_token_splits
+    from soapbench.data.tokenized import load_token_splits
 
     return load_token_splits(data_cfg, data_root, cache_dir)
 
@@ -32,12 +32,12 @@ def data_fingerprint(cfg: Mapping[str, Any]) -> dict[str, Any]:
     paths = cfg.get("paths", {})
     data_root, cache_dir = resolve_data_root(paths.get("data_root")), default_cache_dir(paths.get("cache_dir"))
     if data_cfg.get("kind") in ("char", "tokenized"):
-        from data.fingerprint import token_fingerprint
+        from soapbench.data.fingerprint import token_fingerprint
 
         splits = _token_splits(data_cfg, data_root, cache_dir)
         return token_fingerprint(splits.train, splits.val, splits.vocab_size, splits.meta)
     if data_cfg.get("kind") == "images":
-        from data.colorization import load_colorization_data
+        from soapbench.data.colorization import load_colorization_data
         from soapbench.workloads.colorization import images_fingerprint
 
         return images_fingerprint(load_colorization_data(data_cfg, data_root, cache_dir))
@@ -50,7 +50,7 @@ def build_workload(
     """Build data first (it may fix the vocabulary size), then the model, seeded so that the
     initial weights depend only on the seed — never on the optimizer being compared.
     ``shard`` selects this process's rows of every global training batch (data parallelism)."""
-    from models import build_model
+    from soapbench.models import build_model
 
     data_cfg = dict(cfg["data"])
     model_cfg = dict(cfg["model"])

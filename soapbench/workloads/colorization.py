@@ -30,9 +30,9 @@ from PIL import Image
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from data.colorization import ColorizationData, load_colorization_data, scaled_lab_to_rgb
-from data.errors import DataError
-from data.fingerprint import cached_file_sha256
+from soapbench.data.colorization import ColorizationData, load_colorization_data, scaled_lab_to_rgb
+from soapbench.data.errors import DataError
+from soapbench.data.fingerprint import cached_file_sha256
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

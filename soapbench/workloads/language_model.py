@@ -19,9 +19,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.errors import DataError
-from data.fingerprint import token_fingerprint
-from data.tokens import TokenSplits
+from soapbench.data.errors import DataError
+from soapbench.data.fingerprint import token_fingerprint
+from soapbench.data.tokens import TokenSplits
 
 VALIDATION_SEED = 20240917  # fixed on purpose: the validation windows must not depend on the run's seed
 
