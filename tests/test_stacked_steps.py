@@ -218,7 +218,7 @@ def test_a_rank_refreshes_only_the_members_it_owns(option: str, batched_refresh:
         owned = {id(param) for param in params}  # the first bases: every member computes its own (no broadcast here)
         monkeypatch.setattr(optimizer, "_computes_refresh", lambda param: id(param) in owned)
         generator = torch.Generator().manual_seed(1)
-        for step in range(7):
+        for _ in range(7):
             for param in params:
                 param.grad = torch.randn(param.shape, generator=generator)
             optimizer.step()

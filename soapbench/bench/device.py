@@ -255,8 +255,6 @@ def _refresh_inputs(size: int, count: int, device: torch.device, seed: int) -> t
 
 def refresh_section(plan: CheckPlan, device: torch.device, *, repeats: int = 3, sizes: int = 2) -> dict[str, Any]:
     """SOAP's refresh on the ``sizes`` largest factor sizes of the LM preset: single QR, single eigh, all batched."""
-    from soapbench.optimizers.linalg import eigh_descending, power_qr_refresh
-
     counts = factor_sizes(plan.lm_preset, plan.lm_overrides)
     section: dict[str, Any] = {
         "protocol": (
@@ -267,16 +265,22 @@ def refresh_section(plan: CheckPlan, device: torch.device, *, repeats: int = 3, 
         "rows": [],
     }
     for index, (size, count) in enumerate(list(counts.items())[:sizes]):
-        factors, bases = _refresh_inputs(size, count, device, seed=index)
-        qr_one = median_seconds(lambda: power_qr_refresh(factors[0], bases[0], exact_estimate=False), repeats, device)
-        eigh_one = median_seconds(lambda: eigh_descending(factors[0]), repeats, device)
-        qr_all = median_seconds(lambda: power_qr_refresh(factors, bases, exact_estimate=False), repeats, device)
-        section["rows"].append({
-            "size": size, "count": count, "qr_refresh_seconds": qr_one, "eigh_seconds": eigh_one,
-            "batched_qr_refresh_seconds": qr_all, "per_factor_loop_seconds": qr_one * count,
-        })  # fmt: skip
-        del factors, bases
+        section["rows"].append(_refresh_row(size, count, device, index, repeats))
     return section
+
+
+def _refresh_row(size: int, count: int, device: torch.device, seed: int, repeats: int) -> dict[str, Any]:
+    """One factor size's refresh timings (its factors are freed on return, before the next size's are made)."""
+    from soapbench.optimizers.linalg import eigh_descending, power_qr_refresh
+
+    factors, bases = _refresh_inputs(size, count, device, seed=seed)
+    qr_one = median_seconds(lambda: power_qr_refresh(factors[0], bases[0], exact_estimate=False), repeats, device)
+    eigh_one = median_seconds(lambda: eigh_descending(factors[0]), repeats, device)
+    qr_all = median_seconds(lambda: power_qr_refresh(factors, bases, exact_estimate=False), repeats, device)
+    return {
+        "size": size, "count": count, "qr_refresh_seconds": qr_one, "eigh_seconds": eigh_one,
+        "batched_qr_refresh_seconds": qr_all, "per_factor_loop_seconds": qr_one * count,
+    }  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------------- rendering

@@ -150,7 +150,7 @@ PEERS: tuple[PeerSpec, ...] = (
 def library_status() -> dict[str, str]:
     """Installed version of each peer library, or why it cannot be used."""
     status = {}
-    for library, module in PEER_LIBRARIES.items():
+    for library in PEER_LIBRARIES:
         status[library] = peer_unavailable_reason(library) or metadata.version(library)
     return status
 

@@ -130,7 +130,7 @@ def _converges(case: Case, make_scheduler: Callable | None) -> None:
         loss.backward()
         return loss
 
-    for step in range(CONVERGENCE_STEPS):
+    for _ in range(CONVERGENCE_STEPS):
         returned = optimizer.step(closure)
         if not isinstance(returned, Tensor):
             raise AssertionError(f"step(closure) returned {returned!r}, not the closure's loss")
@@ -484,7 +484,7 @@ def tensor_lr_multi_element(case: Case) -> None:
             raise AssertionError(f"ValueError without torch's message: {error}") from None
         return
     except Exception as error:  # noqa: BLE001 -- the wrong exception is the finding
-        raise AssertionError(f"{type(error).__name__} instead of ValueError('Tensor lr must be 1-element'): {error}")
+        raise AssertionError(f"{type(error).__name__} instead of ValueError('Tensor lr must be 1-element'): {error}") from error
     raise AssertionError("accepted a 2-element tensor lr")
 
 

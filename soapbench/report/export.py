@@ -105,7 +105,7 @@ def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame
         columns=["experiment", "run", "identity", "event", "step"])
     # A column that mixes numbers and text (a config key that is a number in one run, a string in another) is text.
     for frame in (table, metrics):
-        for column in frame.columns[frame.dtypes == object]:
+        for column in frame.select_dtypes(include="object").columns:
             kinds = {type(value) for value in frame[column] if value is not None}
             if len(kinds) > 1:
                 frame[column] = frame[column].map(lambda value: None if value is None else str(value))
