@@ -11,6 +11,9 @@ Each checkpoint records the run's identity, so a resume from another run's check
 its tensors must come back in the dtypes the run keeps them in: ``load_state_dict`` would silently
 cast a checkpoint whose tensors were converted (say to bfloat16) and the run would end ``completed``
 under its identity with other weights, so that is refused too (:func:`refuse_changed_dtypes`).
+
+The run's own counters are a :class:`RunState`, stored under the checkpoint's ``state`` key as the plain
+dict it always was; :func:`resume_run` puts a run back where its checkpoint left it.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import io
 import os
 import pickle
 import random
+import shutil
+import sys
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -29,7 +34,7 @@ import torch
 
 from soapbench.errors import ConfigError, SoapbenchError
 from soapbench.identity import RunIdentity, describe_differences
-from soapbench.results import PREVIOUS_CHECKPOINT_FILE, atomic_write_bytes
+from soapbench.results import METRICS_FILE, PREVIOUS_CHECKPOINT_FILE, RunStore, atomic_write_bytes, utc_now
 
 # What torch.load raises for a file that is not a whole checkpoint.
 UNREADABLE = (OSError, EOFError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, KeyError, ValueError)
@@ -167,3 +172,130 @@ def refuse_changed_dtypes(path: Path, saved: Mapping[str, Any], live: Mapping[st
             f"resume: {path} holds tensors in other dtypes than this run's ({shown}), so it was converted after it "
             "was written; restore it from a backup, or delete it to resume from the previous checkpoint or start over"
         )
+
+
+@dataclass
+class LogWindow:
+    """The current log window's sums: checkpointed, so a resume at any step logs what an uninterrupted run logs."""
+
+    loss: float = 0.0
+    steps: int = 0
+    seconds: float = 0.0
+    optimizer_seconds: float = 0.0
+    items: int = 0
+
+
+@dataclass
+class RunState:
+    """A run's counters and headline numbers: what the checkpoint's ``state`` holds beside the state dicts."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    optimizer_seconds: float = 0.0
+    tokens: int = 0
+    samples: int = 0
+    # Records in metrics.jsonl up to this step: a resume drops the ones logged after its checkpoint.
+    metric_records: int = 0
+    initial_loss: float | None = None
+    best_val_loss: float | None = None
+    final_val_loss: float | None = None
+    final_val_metrics: dict[str, float] = field(default_factory=dict)
+    final_full_val_loss: float | None = None
+    final_full_val_metrics: dict[str, float] = field(default_factory=dict)
+    final_full_eval_seconds: float | None = None
+    # One entry per process that trained the run (``soapbench.machine_load``), updated in place.
+    segments: list[dict[str, Any]] = field(default_factory=list)
+    wandb_run_id: str | None = None
+    started_at: str | None = None
+    log_window: LogWindow = field(default_factory=LogWindow)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        """The checkpoint's ``state``: a plain dict (what older versions wrote and read), keys in field order."""
+        saved = {item.name: getattr(self, item.name) for item in fields(self)}
+        saved["log_window"] = {item.name: getattr(self.log_window, item.name) for item in fields(LogWindow)}
+        return saved
+
+    @classmethod
+    def from_checkpoint(cls, saved: Mapping[str, Any], defaults: "RunState") -> "RunState":
+        """``defaults`` with what the checkpoint holds; a key an older checkpoint lacks keeps its default."""
+        known = {item.name for item in fields(cls)}
+        values = {key: value for key, value in saved.items() if key in known}
+        if "log_window" in values:
+            window_keys = {item.name for item in fields(LogWindow)}
+            values["log_window"] = LogWindow(**{k: v for k, v in values["log_window"].items() if k in window_keys})
+        return replace(defaults, **values)
+
+
+@dataclass
+class ResumedRun:
+    state: RunState
+    # Set when the summary should say where the run came from: resume=<path>, or another identity allowed.
+    resumed_from: dict[str, Any] | None
+    # Failure records to add to the summary's: the unreadable checkpoints skipped over.
+    failures: list[dict[str, Any]]
+    # The records metrics.jsonl lost before the checkpoint (a damaged log), if any.
+    metrics_gap: dict[str, Any] | None
+
+
+def resume_run(
+    candidates: list[Path], step: Any, fresh: RunState, identity: RunIdentity, *, run_dir: Path,
+    max_steps: int, allow_other_identity: bool, explicit: bool, rank: int, is_main: bool,
+) -> ResumedRun:  # fmt: skip
+    """Load the first readable checkpoint of ``candidates`` into ``step`` (a ``soapbench.training_step.TrainStep``),
+    restore this rank's RNG, and (on rank 0) cut the run's metrics log back to the checkpoint's records."""
+    loaded = load_for_resume(candidates, identity, allow_other_identity=allow_other_identity, explicit=explicit)
+    failures = []
+    for bad_path, reason in loaded.unreadable:
+        if is_main:
+            print(f"warning: {bad_path} is unreadable ({reason}); resuming from {loaded.path}", file=sys.stderr, flush=True)
+            bad_path.replace(bad_path.with_name(bad_path.name + ".unreadable"))  # kept for inspection, out of the rotation
+        failures.append({"status": "interrupted", "error": f"unreadable checkpoint {bad_path} ({reason})", "at": utc_now()})
+    checkpoint = loaded.payload
+    if checkpoint["state"]["step"] > max_steps:
+        raise ConfigError(
+            f"resume: {loaded.path} is at step {checkpoint['state']['step']}, past trainer.max_steps={max_steps}; "
+            "raise trainer.max_steps or resume an earlier checkpoint"
+        )
+    resumed_from = None
+    if explicit or loaded.identity_differences:
+        resumed_from = {"checkpoint": str(loaded.path), "step": checkpoint["state"]["step"],
+                        "identity_differences": loaded.identity_differences}  # fmt: skip
+    step.load_state_dicts(checkpoint)
+    live = step.state_dicts()
+    refuse_changed_dtypes(
+        loaded.path,
+        {"model": checkpoint["model"], "optimizer": checkpoint["optimizer"], "ema": checkpoint.get("ema")},
+        {"model": live["model"], "optimizer": live["optimizer"], "ema": live["ema"]},
+    )
+    state = RunState.from_checkpoint(checkpoint["state"], fresh)
+    restore_rng_state(checkpoint["rng_per_rank"][rank % len(checkpoint["rng_per_rank"])])
+    gap = None
+    if is_main:
+        store = RunStore(run_dir)
+        source_metrics = loaded.path.parent / METRICS_FILE
+        if loaded.path.parent.resolve() != Path(run_dir).resolve() and source_metrics.is_file():
+            shutil.copyfile(source_metrics, store.metrics_path)  # the log up to the checkpoint comes with it
+        kept = store.truncate_metrics(state.metric_records)
+        if len(kept) < state.metric_records:
+            gap = _metrics_gap(store, kept, state)
+            state.metric_records = len(kept)  # counts the log as it now is (rank 0's state is checkpointed)
+        print(f"{run_dir}: resuming from step {state.step} ({loaded.path.name})", flush=True)
+    return ResumedRun(state, resumed_from, failures, gap)
+
+
+def _metrics_gap(store: RunStore, kept: list[dict[str, Any]], state: RunState) -> dict[str, Any]:
+    """Say (one line) and record that metrics.jsonl lost records its checkpoint counted: they cannot be remade."""
+    after_step = kept[-1]["step"] if kept else None
+    gap = {"records_expected": state.metric_records, "records_found": len(kept), "after_step": after_step,
+           "until_step": state.step, "at": utc_now()}  # fmt: skip
+    print(f"warning: {store.metrics_path} holds {len(kept)} of the {state.metric_records} records logged up to "
+          f"step {state.step} (cut short or damaged); the records after step {after_step} are lost, training "
+          "resumes, and summary.json marks the gap under metrics_gaps", file=sys.stderr, flush=True)
+    return gap
+
+
+def save_run_checkpoint(path: Path, step: Any, state: RunState, rng_per_rank: list[dict[str, Any]],
+                        identity: RunIdentity) -> None:  # fmt: skip
+    """The run's checkpoint: ``step``'s state dicts (a ``TrainStep``), its counters, every rank's RNG, its identity."""
+    save_checkpoint(path, {**step.state_dicts(), "state": state.to_checkpoint(), "rng_per_rank": rng_per_rank,
+                           "identity": identity.as_record()})  # fmt: skip

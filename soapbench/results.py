@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -34,6 +35,11 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_CHECKPOINT_FILE = "checkpoint.prev.pt"
 # Temp files of atomic writes: ".<target name>.<random>.tmp" beside the target.
 TEMP_SUFFIX = ".tmp"
+
+
+def utc_now() -> str:
+    """The timestamps of summaries and failure records."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

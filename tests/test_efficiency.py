@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.analysis import analyze
 from soapbench.report.efficiency import BudgetPoint, fit_power_law, schedule_efficiency
 from soapbench.report.profiles import performance_profile, performance_ratios

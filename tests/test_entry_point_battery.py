@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from tests.conftest import REPO
 
 TIMEOUT_S = 120

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.export import MARKER, export_store
 from soapbench.report.store import ReportError
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from tests.conftest import REPO, RunsCode, run_cli, train_in_process
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.html import VERDICT_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]

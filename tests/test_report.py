@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.analysis import analyze, fairness_warnings
 from soapbench.report.curves import crossing
 from soapbench.report.figures import latest_image

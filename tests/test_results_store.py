@@ -56,7 +56,7 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch) -> None:
 
 
 def test_runs_of_another_world_size_are_another_configuration_in_the_report(tmp_path) -> None:
-    from soapbench.report import synthetic as syn
+    import synthetic_runs as syn
     from soapbench.report.store import config_key, load_experiment, swept_keys
 
     evals = [(10, 1.0, 2.0), (20, 2.0, 1.9)]

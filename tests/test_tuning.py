@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 from conftest import FAST, REPO
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.analysis import analyze
 from soapbench.report.render import markdown
 from soapbench.report.stats import estimate, judge, paired_test

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from soapbench.report import synthetic as syn
+import synthetic_runs as syn
 from soapbench.report.analysis import analyze, comparisons, fairness_warnings
 from soapbench.report.reference import check_claims, load_reference
 from soapbench.report.render import markdown

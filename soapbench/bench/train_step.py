@@ -1,11 +1,11 @@
 """Training-step ratio (issue 14 item 4): the whole training step of each optimizer against AdamW's, in one process.
 
-The step is the trainer's inner step, mirrored here as nanoGPT's bench.py mirrors its loop: the workload's
-batch for (seed, step), forward and loss under the configured autocast, backward with the trainer's loss scaling,
-its gradient handling (``soapbench.gradients``: unscale, the preset's clipping), ``optimizer.step()``, the LR
-schedule, ``zero_grad``; every interval closed by a device synchronisation. Each arm
-is built exactly as ``scripts/train.py model=<preset> optimizer=<name>`` builds it (same seed: same initial weights
-and the same batch sequence) and keeps its own step counter.
+The step is the trainer's own (``soapbench.training_step.TrainStep``): the workload's batch for (seed, step),
+forward and loss under the configured autocast, backward with the trainer's loss scaling, its gradient handling
+(``soapbench.gradients``: unscale, the preset's clipping), ``optimizer.step()``, the LR schedule, ``zero_grad``,
+the EMA if the preset keeps one; every interval closed by a device synchronisation. Each arm is built by
+``soapbench.trainer.build_training``, as ``scripts/train.py model=<preset> optimizer=<name>`` builds it (same seed:
+same initial weights and the same batch sequence), and keeps its own step counter.
 
 Protocol, for a machine shared with other work:
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import gc
 import os
 import statistics
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -34,7 +33,6 @@ from soapbench.bench.catalog import compose, optimizer_setup, preset_config
 from soapbench.bench.discovery import import_submodules
 from soapbench.bench.step_timing import garbage_collection_paused, rotated
 from soapbench.machine_load import load_average
-from soapbench.timing import synchronize
 
 
 @dataclass
@@ -73,54 +71,24 @@ def arm_overrides(label: str) -> tuple[str, list[str]]:
 
 
 def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.device) -> Arm:
-    """The trainer's objects for ``model=<preset> optimizer=<name>`` (+ knobs), and a function that runs one step."""
-    from soapbench.optimizers import build_optimizer
+    """The trainer's step for ``model=<preset> optimizer=<name>`` (+ knobs), built as a run builds it."""
     from soapbench.optimizers.registry import split_optimizer_config
     from soapbench.config import load_trainer_config
-    from soapbench.gradients import build_grad_scaler, prepare_gradients, scale_loss
-    from soapbench.schedules import build_scheduler
-    from soapbench.trainer import _autocast
-    from soapbench.workloads import build_workload
+    from soapbench.distributed import DistContext
+    from soapbench.trainer import build_training
 
     optimizer_name, knobs = arm_overrides(label)
     cfg = compose([f"model={preset}", f"optimizer={optimizer_name}", f"device={device}", *overrides, *knobs])
     trainer = load_trainer_config(cfg["trainer"])
-    torch.manual_seed(int(cfg["seed"]))
-    workload = build_workload(cfg, trainer, device)
-    name, hparams, build_args = split_optimizer_config(cfg["optimizer"])
-    optimizer = build_optimizer(name, workload.model, weight_decay_roles=trainer.weight_decay_roles, **build_args,
-                                **hparams)  # fmt: skip
-    scheduler = build_scheduler(optimizer, trainer.schedule, trainer.max_steps)
-    model = workload.model
-    model.train()
-    parameters = list(model.parameters())
-    scaler = build_grad_scaler(trainer, device)
-    frequency = hparams.get("precondition_frequency")
+    train_step = build_training(cfg, trainer, device, DistContext(), announce=False).step
+    train_step.enter_training_mode()
+    frequency = split_optimizer_config(cfg["optimizer"])[1].get("precondition_frequency")
     arm = Arm(label, lambda step: (0.0, 0.0), int(frequency) if frequency else None)
 
     def one_step(step: int) -> tuple[float, float]:
-        synchronize(device)
-        start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        for micro_step in range(trainer.grad_accum_steps):
-            batch = workload.train_batch(step, micro_step)
-            with _autocast(trainer.precision, device):
-                loss = workload.loss(model, batch)
-            scale_loss(loss, trainer, scaler).backward()
-            loss_sum += loss.detach().float()
-        prepare_gradients(parameters, optimizer, scaler, trainer)
-        synchronize(device)
-        optimizer_start = time.perf_counter()
-        scaler.step(optimizer)
-        scaler.update()
-        synchronize(device)
-        optimizer_seconds = time.perf_counter() - optimizer_start
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        synchronize(device)
-        seconds = time.perf_counter() - start
-        arm.losses.append(float(loss_sum) / trainer.grad_accum_steps)  # outside the clock, as the trainer's read
-        return seconds, optimizer_seconds
+        result = train_step(step)
+        arm.losses.append(float(result.loss))  # outside the clock, as the trainer's read
+        return result.seconds, result.optimizer_seconds
 
     arm.step = one_step
     return arm
@@ -179,8 +147,8 @@ def ratio_section(
             adamw["step"]["mean"] - adamw["optimizer_step"]["mean"] + soap_floor["mean_seconds"]
         ) / adamw["step"]["mean"]
     protocol = (
-        f"Whole training step (data, forward, backward, clipping, `optimizer.step()`, schedule; the trainer's inner "
-        f"step mirrored in `soapbench/bench/train_step.py`) of `model={preset}` per optimizer on {device}, {threads} "
+        f"Whole training step (data, forward, backward, clipping, `optimizer.step()`, schedule; the trainer's own "
+        f"step, `soapbench.training_step.TrainStep`) of `model={preset}` per optimizer on {device}, {threads} "
         f"torch threads, in one process: {warmup} untimed warm-up steps per arm, then {blocks} rounds of one block of "
         f"{steps} consecutive steps per arm (so each SOAP block holds one refresh at f = {steps}), the arms' order "
         "rotated by one per round so machine noise hits every arm alike; garbage collection off inside blocks. "

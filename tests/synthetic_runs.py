@@ -1,37 +1,31 @@
-"""Write run directories in the trainer's store format from known curves.
+"""Write run directories in the trainer's store format from known curves (a test fixture).
 
-Used by the report's tests (known curves → known steps-to-target, efficiency and fit parameters) and
-to try the report without training anything. The files are exactly what the trainer writes:
+Used by the report's tests (known curves → known steps-to-target, efficiency and fit parameters). The files
+are written by the trainer's own code (``soapbench.results.RunStore``, ``soapbench.run_record``):
 ``config.yaml`` (resolved config), ``metrics.jsonl`` (train and eval records with cumulative step,
 train_seconds, tokens, samples) and ``summary.json``; each can be left out or damaged on purpose to
-mimic killed, failed and half-written runs. As in ``soapbench.results``, non-finite floats are written
-as the strings "inf"/"nan", the summary's ``final_val_loss`` is the last evaluation whatever the status,
+mimic killed, failed and half-written runs. As in the trainer, non-finite floats are written as the
+strings "inf"/"nan", the summary's ``final_val_loss`` is the last evaluation whatever the status,
 and a colorization eval logs ``val/loss`` = ``val/mse``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import yaml
 
+from soapbench.checkpoint import RunState
+from soapbench.results import RunStore
+from soapbench.run_record import metrics_counters, summary_numbers
+
 TOKENS_PER_STEP = 16_384
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
-
-
-def _counters(step: int, seconds: float) -> dict[str, Any]:
-    """The fields every metrics record carries."""
-    return {"step": step, "train_seconds": seconds, "tokens": step * TOKENS_PER_STEP, "samples": step * 64}
+def _state(step: int, seconds: float) -> RunState:
+    return RunState(step=step, train_seconds=seconds, tokens=step * TOKENS_PER_STEP, samples=step * 64)
 
 
 def base_config(
@@ -76,28 +70,28 @@ def write_run(
     """
     run_dir = root / "runs" / experiment / name
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    store = RunStore(run_dir)
+    store.write_config(yaml.safe_dump(config, sort_keys=False))
     if evals is None:
         return run_dir
-    lines: list[str] = []
+    store.metrics_path.write_text("", encoding="utf-8")  # appended to below; a run with no evals has an empty log
     previous = (0, 0.0)
     for step, seconds, loss in evals:
         mid_step, mid_seconds = (previous[0] + step) // 2, (previous[1] + seconds) / 2
-        train = {**_counters(mid_step, mid_seconds), "event": "train", "train/loss": loss + 0.05,
-                 "train/lr": config["optimizer"]["lr"], "train/step_seconds": 0.01,
-                 "train/optimizer_seconds": 0.002, "train/throughput": 1e5}
-        record = {**_counters(step, seconds), "event": "eval", "val/loss": loss}
+        store.append_metrics({**metrics_counters(_state(mid_step, mid_seconds)), "event": "train",
+                              "train/loss": loss + 0.05, "train/lr": config["optimizer"]["lr"],
+                              "train/step_seconds": 0.01, "train/optimizer_seconds": 0.002, "train/throughput": 1e5})
+        record = {**metrics_counters(_state(step, seconds)), "event": "eval", "val/loss": loss}
         if metric == "val/loss":
             record["val/perplexity"] = math.exp(loss) if math.isfinite(loss) and loss < 700 else float("inf")
         else:
             record[metric] = loss
-        lines += [json.dumps(_json_safe(train), sort_keys=True), json.dumps(_json_safe(record), sort_keys=True)]
+        store.append_metrics(record)
         previous = (step, seconds)
-    text = "\n".join(lines) + "\n"
     if truncate_last_line:
-        text = text.rstrip("\n")
-        text = text[: len(text) - max(len(lines[-1]) // 2, 1)]
-    (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
+        text = store.metrics_path.read_text(encoding="utf-8").rstrip("\n")
+        last_line = text.rpartition("\n")[2]
+        store.metrics_path.write_text(text[: len(text) - max(len(last_line) // 2, 1)], encoding="utf-8")
     if images:
         (run_dir / "images").mkdir(exist_ok=True)
         for step, data in images.items():
@@ -108,17 +102,14 @@ def write_run(
     finite = [loss for _, _, loss in evals if math.isfinite(loss)]
     if status == "diverged" and diverged_step is not None:
         last_step = diverged_step
+    state = _state(last_step, last_seconds)
+    state.optimizer_seconds = last_seconds * 0.2
+    state.final_val_loss, state.best_val_loss = last_loss, min(finite) if finite else None
+    state.final_val_metrics = {"val/loss": last_loss, metric: last_loss} if evals else {}
     summary = {
         "status": status,
-        "final_val_loss": last_loss,
-        "best_val_loss": min(finite) if finite else None,
-        "final_val_metrics": {"val/loss": last_loss, metric: last_loss} if evals else {},
-        "steps": last_step,
+        **summary_numbers(state, "tokens"),
         "max_steps": config["trainer"]["max_steps"],
-        "train_seconds": last_seconds,
-        "optimizer_seconds": last_seconds * 0.2,
-        "tokens": last_step * TOKENS_PER_STEP,
-        "samples": last_step * 64,
         "params": 800_000,
         "device": "cpu",
         "optimizer": config["optimizer"]["name"],
@@ -135,7 +126,7 @@ def write_run(
         "finished_at": None if status == "running" else "2025-01-01T00:10:00Z",
         **(summary_extra or {}),
     }
-    (run_dir / "summary.json").write_text(json.dumps(_json_safe(summary), indent=2, sort_keys=True), encoding="utf-8")
+    store.write_summary(summary)
     return run_dir
 
 
