@@ -11,9 +11,10 @@ import fcntl
 import hashlib
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 
 def plain(value: Any) -> Any:

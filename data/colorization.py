@@ -35,9 +35,10 @@ import io
 import json
 import os
 import tarfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import kornia
 import numpy as np
@@ -97,7 +98,9 @@ def _refuse_cut_short(archive: tarfile.TarFile, path: Path, key: str) -> None:
 def _tar_refs(entry: Mapping[str, Any], data_root: Path, key: str) -> tuple[list[ImageRef], dict[str, Any]]:
     path = _resolve(str(entry["tar"]), data_root)
     if not path.is_file():
-        raise DataError(f"{key}: tar {path} does not exist; point it at an image tar (relative paths are under data_root={data_root})")
+        raise DataError(
+            f"{key}: tar {path} does not exist; point it at an image tar (relative paths are under data_root={data_root})"
+        )
     patterns = entry.get("members") or ["*"]
     patterns = [patterns] if isinstance(patterns, str) else list(patterns)
     try:
@@ -105,8 +108,13 @@ def _tar_refs(entry: Mapping[str, Any], data_root: Path, key: str) -> tuple[list
         # where extracting by name would rescan the archive's headers for every image.
         archive = tarfile.open(path)
         members = sorted(
-            (m for m in archive.getmembers()
-             if m.isfile() and m.name.lower().endswith(IMAGE_SUFFIXES) and any(fnmatch.fnmatch(m.name, p) for p in patterns)),
+            (
+                m
+                for m in archive.getmembers()
+                if m.isfile()
+                and m.name.lower().endswith(IMAGE_SUFFIXES)
+                and any(fnmatch.fnmatch(m.name, p) for p in patterns)
+            ),
             key=lambda m: m.name,
         )
         _refuse_cut_short(archive, path, key)
@@ -138,7 +146,11 @@ def _folder_refs(entry: Mapping[str, Any], data_root: Path, key: str) -> tuple[l
     if not files:
         raise DataError(f"{key}: folder {folder} holds no images matching {pattern!r} ({', '.join(IMAGE_SUFFIXES)})")
     listing = hashlib.sha256("".join(f"{p}:{p.stat().st_size}\n" for p in files).encode()).hexdigest()
-    return [ImageRef(str(p), p.read_bytes) for p in files], {"folder": str(folder.resolve()), "pattern": pattern, "listing": listing}
+    return [ImageRef(str(p), p.read_bytes) for p in files], {
+        "folder": str(folder.resolve()),
+        "pattern": pattern,
+        "listing": listing,
+    }
 
 
 def _hub_refs(entry: Mapping[str, Any], key: str, limit: int | None) -> tuple[list[ImageRef], dict[str, Any]]:
@@ -151,16 +163,22 @@ def _hub_refs(entry: Mapping[str, Any], key: str, limit: int | None) -> tuple[li
     try:
         stream = datasets.load_dataset(name, entry.get("hub_config"), split=split, streaming=True)
     except Exception as error:
-        raise DataError(f"{key}: cannot open hub dataset {name} [{split}] ({error}); check name, config and split") from error
+        raise DataError(
+            f"{key}: cannot open hub dataset {name} [{split}] ({error}); check name, config and split"
+        ) from error
     rows = stream.take(limit) if limit else stream
     refs = [ImageRef(f"hf://{name}[{split}]#{i}", (lambda image=row[field]: image)) for i, row in enumerate(rows)]
     return refs, {"hub": name, "hub_config": entry.get("hub_config"), "split": split, "image_field": field}
 
 
-def list_images(entries: Any, data_root: Path, key: str, limit: int | None) -> tuple[list[ImageRef], list[dict[str, Any]]]:
+def list_images(
+    entries: Any, data_root: Path, key: str, limit: int | None
+) -> tuple[list[ImageRef], list[dict[str, Any]]]:
     """All images of a split, in order, and the identity of each entry (for the cache key)."""
     if not entries:
-        raise DataError(f"{key}: no image sources; give a list of {{tar: ...}}, {{folder: ...}} or {{hub: ...}} entries")
+        raise DataError(
+            f"{key}: no image sources; give a list of {{tar: ...}}, {{folder: ...}} or {{hub: ...}} entries"
+        )
     refs: list[ImageRef] = []
     identity: list[dict[str, Any]] = []
     for entry in [entries] if isinstance(entries, Mapping) else entries:
@@ -187,10 +205,14 @@ def decode_square(ref: ImageRef, size: int) -> np.ndarray:
         image = loaded if isinstance(loaded, Image.Image) else Image.open(io.BytesIO(loaded))
         image = image.convert("RGB")
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
-        raise DataError(f"unreadable image {ref.label} ({type(error).__name__}: {error}); remove it from the split or replace the file") from error
+        raise DataError(
+            f"unreadable image {ref.label} ({type(error).__name__}: {error}); remove it from the split or replace the file"
+        ) from error
     width, height = image.size
     scale = size / min(width, height)
-    resized = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC)
+    resized = image.resize(
+        (max(size, round(width * scale)), max(size, round(height * scale))), Image.Resampling.BICUBIC
+    )
     left, top = (resized.width - size) // 2, (resized.height - size) // 2
     return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
 
@@ -272,4 +294,3 @@ def load_colorization_data(data_cfg: Mapping[str, Any], data_root: Path, cache_d
         "val_sources": manifest["val_sources"],
     }
     return ColorizationData(train=arrays["train"], val=arrays["val"], crop=crop, meta=meta)
-

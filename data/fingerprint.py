@@ -57,4 +57,10 @@ def token_fingerprint(train: np.ndarray, val: np.ndarray, vocab_size: int, meta:
     hashes = {}
     for split, tokens in (("train", train), ("val", val)):
         hashes[f"{split}_sha256"] = meta.get(f"{split}_sha256") or array_sha256(np.asarray(tokens))
-    return {"kind": "tokens", "vocab_size": int(vocab_size), "train_tokens": len(train), "val_tokens": len(val), **hashes}
+    return {
+        "kind": "tokens",
+        "vocab_size": int(vocab_size),
+        "train_tokens": len(train),
+        "val_tokens": len(val),
+        **hashes,
+    }

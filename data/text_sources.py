@@ -18,9 +18,10 @@ import gzip
 import io
 import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from soapbench.data.errors import DataError
 from soapbench.data.hub import require_hub
@@ -50,7 +51,9 @@ def resolve_paths(spec: str | list[str], data_root: Path, key: str) -> list[Path
         if any(ch in str(path) for ch in "*?["):
             matches = sorted(Path(p) for p in glob.glob(str(path)))
             if not matches:
-                raise DataError(f"{key}: no file matches {path}; check the pattern (relative paths are under data_root={data_root})")
+                raise DataError(
+                    f"{key}: no file matches {path}; check the pattern (relative paths are under data_root={data_root})"
+                )
         elif not path.exists():
             raise DataError(
                 f"{key}: {path} does not exist; point it at an existing file "
@@ -83,7 +86,9 @@ class LocalTextSource:
         self.description = ", ".join(str(f) for f in self.files[:3]) + (" ..." if len(self.files) > 3 else "")
 
     def identity(self) -> dict[str, Any]:
-        files = [{"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in self.files]
+        files = [
+            {"path": str(f.resolve()), "bytes": f.stat().st_size, "mtime_ns": f.stat().st_mtime_ns} for f in self.files
+        ]
         return {"type": "local", "files": files, "text_field": self.text_field, "chunk_chars": self.chunk_chars}
 
     def ensure_available(self) -> None:
@@ -102,7 +107,9 @@ class LocalTextSource:
                     produced = produced or bool(piece[0].strip())
                     yield piece
             except (OSError, EOFError, UnicodeDecodeError, json.JSONDecodeError, ValueError) as error:
-                raise DataError(f"{self.key}: cannot read {path} ({type(error).__name__}: {error}); check the file is intact") from error
+                raise DataError(
+                    f"{self.key}: cannot read {path} ({type(error).__name__}: {error}); check the file is intact"
+                ) from error
             if not produced:
                 raise DataError(f"{self.key}: {path} contains no text; point at a file with text")
 
@@ -208,14 +215,20 @@ class HubTextSource:
         import datasets
 
         try:
-            stream = datasets.load_dataset(self.name, self.config, split=self.split, streaming=True, revision=self.revision)
+            stream = datasets.load_dataset(
+                self.name, self.config, split=self.split, streaming=True, revision=self.revision
+            )
         except Exception as error:  # the hub answers, but the dataset, config or split is wrong
-            raise DataError(f"{self.key}: cannot open hub dataset {self.description} ({error}); check name, config and split") from error
+            raise DataError(
+                f"{self.key}: cannot open hub dataset {self.description} ({error}); check name, config and split"
+            ) from error
         if skip:
             stream = stream.skip(skip)
         for row in stream:
             if self.text_field not in row:
-                raise DataError(f"{self.key}: {self.description} rows have no field {self.text_field!r}; set data.source.text_field")
+                raise DataError(
+                    f"{self.key}: {self.description} rows have no field {self.text_field!r}; set data.source.text_field"
+                )
             yield row[self.text_field], True
 
 

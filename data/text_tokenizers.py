@@ -17,9 +17,10 @@ Documents are encoded *without* special tokens; the writer appends ``eos_id`` af
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from soapbench.data.cache import file_sha256
 from soapbench.data.errors import DataError
@@ -62,7 +63,9 @@ def _from_tokenizer_json(path: Path, eos_token: str | None) -> TextTokenizer:
     try:
         tokenizer = Tokenizer.from_file(str(path))
     except Exception as error:
-        raise DataError(f"data.tokenizer.path: cannot load {path} ({error}); point it at a valid tokenizer.json") from error
+        raise DataError(
+            f"data.tokenizer.path: cannot load {path} ({error}); point it at a valid tokenizer.json"
+        ) from error
 
     def encode(texts: list[str]) -> list[list[int]]:
         return [encoding.ids for encoding in tokenizer.encode_batch(texts, add_special_tokens=False)]
@@ -81,7 +84,9 @@ def _from_transformers(name_or_dir: str, eos_token: str | None, identity: dict[s
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_dir)
     except Exception as error:
-        raise DataError(f"data.tokenizer: cannot load {name_or_dir} with transformers ({type(error).__name__}: {error})") from error
+        raise DataError(
+            f"data.tokenizer: cannot load {name_or_dir} with transformers ({type(error).__name__}: {error})"
+        ) from error
     eos_id = tokenizer.convert_tokens_to_ids(eos_token) if eos_token else tokenizer.eos_token_id
     if eos_id is None:
         raise DataError(f"data.tokenizer: {name_or_dir} defines no eos token; set data.tokenizer.eos_token")
@@ -121,13 +126,21 @@ def _from_local(path: Path, eos_token: str | None) -> TextTokenizer:
     if path.is_file():
         if path.name.endswith(".json"):
             return _from_tokenizer_json(path, eos_token)
-        raise DataError(f"data.tokenizer.path: {path} is a file but not a tokenizer.json; point it at the tokenizer's directory")
+        raise DataError(
+            f"data.tokenizer.path: {path} is a file but not a tokenizer.json; point it at the tokenizer's directory"
+        )
     if (path / "tokenizer.json").is_file():
         return _from_tokenizer_json(path / "tokenizer.json", eos_token)
     present = [name for name in _TOKENIZER_FILES if (path / name).is_file()]
     if not present:
-        raise DataError(f"data.tokenizer.path: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); point it at a tokenizer directory")
-    identity = {"loader": "transformers", "dir": str(path.resolve()), "sha256": {n: file_sha256(path / n) for n in present}}
+        raise DataError(
+            f"data.tokenizer.path: {path} holds no tokenizer files ({', '.join(_TOKENIZER_FILES)}); point it at a tokenizer directory"
+        )
+    identity = {
+        "loader": "transformers",
+        "dir": str(path.resolve()),
+        "sha256": {n: file_sha256(path / n) for n in present},
+    }
     return _from_transformers(str(path), eos_token, identity)
 
 
@@ -148,5 +161,9 @@ def load_tokenizer(spec: Mapping[str, Any], data_root: Path) -> TextTokenizer:
     if spec.get("tiktoken"):
         return _from_tiktoken(str(spec["tiktoken"]), spec.get("tiktoken_cache"), data_root)
     name = str(spec["hub"])
-    require_hub(f"data.tokenizer.hub: {name}", "set data.tokenizer.path to a local tokenizer directory (e.g. tokenizers/t5)")
-    return _from_transformers(name, eos_token, {"loader": "transformers", "hub": name, "revision": spec.get("revision")})
+    require_hub(
+        f"data.tokenizer.hub: {name}", "set data.tokenizer.path to a local tokenizer directory (e.g. tokenizers/t5)"
+    )
+    return _from_transformers(
+        name, eos_token, {"loader": "transformers", "hub": name, "revision": spec.get("revision")}
+    )

@@ -45,8 +45,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -84,16 +85,22 @@ def build_sources(cfg: Mapping[str, Any], data_root: Path) -> tuple[TextSource, 
     text_field = source.get("text_field") or "text"
     chunk_chars = int(cfg.get("chunk_chars") or 1 << 16)
     if source.get("train"):
-        train = LocalTextSource(resolve_paths(source["train"], data_root, "data.source.train"), "data.source.train", text_field, chunk_chars)
+        train = LocalTextSource(
+            resolve_paths(source["train"], data_root, "data.source.train"), "data.source.train", text_field, chunk_chars
+        )
         val = None
         if source.get("val"):
-            val = LocalTextSource(resolve_paths(source["val"], data_root, "data.source.val"), "data.source.val", text_field, chunk_chars)
+            val = LocalTextSource(
+                resolve_paths(source["val"], data_root, "data.source.val"), "data.source.val", text_field, chunk_chars
+            )
         return train, val
     if not source.get("hub"):
         raise DataError("data.source: give source.train (local files) or source.hub (a Hugging Face dataset)")
     if source.get("val"):
         raise DataError("data.source.val: a local val file needs a local source.train too")
-    common = dict(name=str(source["hub"]), config=source.get("hub_config"), text_field=text_field, revision=source.get("revision"))
+    common = dict(
+        name=str(source["hub"]), config=source.get("hub_config"), text_field=text_field, revision=source.get("revision")
+    )
     train = HubTextSource(split=source.get("train_split") or "train", key="data.source.hub", **common)
     val_split = source.get("val_split")
     return train, (HubTextSource(split=val_split, key="data.source.hub", **common) if val_split else None)
@@ -174,7 +181,9 @@ def tokenize_split(
         handle.flush()
         os.fsync(handle.fileno())
     if state["tokens"] == 0:
-        raise DataError(f"{getattr(source, 'key', 'data.source')}: {source.description} produced no tokens; point it at a file with text")
+        raise DataError(
+            f"{getattr(source, 'key', 'data.source')}: {source.description} produced no tokens; point it at a file with text"
+        )
     seconds = time.perf_counter() - started
     state.update(
         done=True,
@@ -228,7 +237,9 @@ def load_token_splits(data_cfg: Mapping[str, Any], data_root: Path, cache_dir: P
         )
     max_train, max_val = _optional_int(cfg, "max_train_tokens"), _optional_int(cfg, "max_val_tokens")
     if val_source is None and max_val is None:
-        raise DataError("data.max_val_tokens: needed to hold out a validation split from the train stream (no val source given)")
+        raise DataError(
+            "data.max_val_tokens: needed to hold out a validation split from the train stream (no val source given)"
+        )
     dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32)
     identity = {
         "format_version": FORMAT_VERSION,
@@ -257,14 +268,21 @@ def load_token_splits(data_cfg: Mapping[str, Any], data_root: Path, cache_dir: P
                 if val_source is None:
                     splits["val"] = tokenize_split("val", train_source, tokenizer, out_dir, dtype, 0, max_val, **knobs)
                     skip = splits["val"]["pieces"]
-                    splits["train"] = tokenize_split("train", train_source, tokenizer, out_dir, dtype, skip, max_train, **knobs)
+                    splits["train"] = tokenize_split(
+                        "train", train_source, tokenizer, out_dir, dtype, skip, max_train, **knobs
+                    )
                 else:
                     splits["val"] = tokenize_split("val", val_source, tokenizer, out_dir, dtype, 0, max_val, **knobs)
-                    splits["train"] = tokenize_split("train", train_source, tokenizer, out_dir, dtype, 0, max_train, **knobs)
+                    splits["train"] = tokenize_split(
+                        "train", train_source, tokenizer, out_dir, dtype, 0, max_train, **knobs
+                    )
                 manifest = {
                     "name": name,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "source": {"train": train_source.description, "val": val_source.description if val_source else None},
+                    "source": {
+                        "train": train_source.description,
+                        "val": val_source.description if val_source else None,
+                    },
                     "val_held_out": val_source is None,
                     "vocab_size": tokenizer.vocab_size,
                     "splits": splits,

@@ -34,6 +34,7 @@ from torch import nn
 
 from soapbench.models.registry import register_model
 
+
 class BasicBlock(nn.Module):
     """ResNet-18's residual block (torchvision layout: conv-bn-relu-conv-bn, optional 1x1 downsample)."""
 

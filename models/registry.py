@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -33,7 +34,9 @@ def build_model(config: Mapping[str, Any]) -> nn.Module:
     config.pop("name", None)
     arch = config.pop("arch", None)
     if arch not in _ARCHITECTURES:
-        raise ModelConfigError(f"model.arch: unknown architecture {arch!r}; valid: {', '.join(available_architectures())}")
+        raise ModelConfigError(
+            f"model.arch: unknown architecture {arch!r}; valid: {', '.join(available_architectures())}"
+        )
     factory = _ARCHITECTURES[arch]
     valid = [n for n in inspect.signature(factory).parameters if n != "self"]
     unknown = sorted(set(config) - set(valid))

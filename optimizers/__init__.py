@@ -4,6 +4,11 @@
 are importable directly so they can be dropped into other training code.
 """
 
+from soapbench.optimizers.adafactor import Adafactor, TorchAdafactor
+from soapbench.optimizers.adamw import AdamW
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.kl import KLSOAP, KLShampoo
+from soapbench.optimizers.muon import Muon, TorchMuon
 from soapbench.optimizers.registry import (
     OptimizerConfigError,
     available_optimizers,
@@ -11,11 +16,6 @@ from soapbench.optimizers.registry import (
     get_spec,
     register_optimizer,
 )
-from soapbench.optimizers.composite import CompositeOptimizer
-from soapbench.optimizers.adamw import AdamW
-from soapbench.optimizers.adafactor import Adafactor, TorchAdafactor
-from soapbench.optimizers.kl import KLSOAP, KLShampoo
-from soapbench.optimizers.muon import Muon, TorchMuon
 from soapbench.optimizers.shampoo import Shampoo
 from soapbench.optimizers.soap import SOAP
 from soapbench.optimizers.soap_muon import SOAPMuon

@@ -37,8 +37,8 @@ Deliberate deviations from the reference:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 
@@ -46,6 +46,7 @@ from soapbench.optimizers.adamw import validate_adam_hyperparameters
 from soapbench.optimizers.registry import register_optimizer
 from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
 from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
+
 
 def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> torch.Tensor:
     """V̂ = v_0 ⊗ v_1 ⊗ … / mean(v_0)^{K−1}, the reference's rank1_approximation, overflow-free.
@@ -98,7 +99,6 @@ class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
             reference_1d_quirk=bool(reference_1d_quirk),
         )
         super().__init__(params, defaults)
-
 
     def _init_state(self, param: torch.Tensor) -> dict[str, Any]:
         dtype = state_dtype_for(param.dtype)
@@ -179,5 +179,12 @@ def TorchAdafactor(
     if not weight_decay >= 0:
         raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
     return torch.optim.Adafactor(
-        params, lr=lr, beta2_decay=beta2_decay, eps=eps, d=d, weight_decay=weight_decay, foreach=foreach, maximize=maximize
+        params,
+        lr=lr,
+        beta2_decay=beta2_decay,
+        eps=eps,
+        d=d,
+        weight_decay=weight_decay,
+        foreach=foreach,
+        maximize=maximize,
     )

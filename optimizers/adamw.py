@@ -31,7 +31,14 @@ def AdamW(
 ) -> torch.optim.AdamW:
     validate_adam_hyperparameters(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
     return torch.optim.AdamW(
-        params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, amsgrad=amsgrad, foreach=foreach, fused=fused
+        params,
+        lr=lr,
+        betas=tuple(betas),
+        eps=eps,
+        weight_decay=weight_decay,
+        amsgrad=amsgrad,
+        foreach=foreach,
+        fused=fused,
     )
 
 

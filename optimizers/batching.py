@@ -15,7 +15,8 @@ optimizer restacks the bucket from the per-parameter tensors (one copy) before i
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -40,7 +41,7 @@ def _set(state: dict[str, Any], slot: Slot, value: Tensor) -> None:
     _container(state, slot)[slot[-1]] = value
 
 
-def rebind(state: dict[str, Any], slot: Slot, stacked: "StackedState", index: int) -> None:
+def rebind(state: dict[str, Any], slot: Slot, stacked: StackedState, index: int) -> None:
     """After per-parameter code assigned ``state``'s entry a new tensor: copy it into the stack, point back at it."""
     view = stacked.view(slot, index)
     value = _get(state, slot)
@@ -82,9 +83,7 @@ class StackedState:
         return self._views[slot][index]
 
 
-def stacked_state(
-    optimizer: torch.optim.Optimizer, params: Sequence[Tensor], slots: Sequence[Slot]
-) -> StackedState:
+def stacked_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], slots: Sequence[Slot]) -> StackedState:
     """The optimizer's stacks for exactly these parameters, restacked if anything replaced a member's tensors.
 
     Stacks are cached on the optimizer per member list; lists not stepped together since the last call are dropped
@@ -160,4 +159,3 @@ class StackedSteps:
         forget_stale_stacks(self)
         self._synchronize_refreshes()
         return loss
-

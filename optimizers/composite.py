@@ -10,7 +10,8 @@ drives every child), and ``state_dict`` holds each child's state under its key.
 from __future__ import annotations
 
 from collections import ChainMap, OrderedDict
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 

@@ -24,8 +24,9 @@ The config keys that describe *where the class comes from* rather than how it tr
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from importlib import metadata
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -44,16 +45,20 @@ def _requirement_name(package: str) -> str:
 
 def install_hint(module: str, package: str | None, extra: str | None) -> str:
     if extra:
-        return f"install the {extra!r} extra: pip install -e \".[{extra}]\""
+        return f'install the {extra!r} extra: pip install -e ".[{extra}]"'
     if package:
         return f"pip install '{package}'"
     return f"pip install the package that provides {module.split('.')[0]!r}, or put its directory on PYTHONPATH"
 
 
-def import_target(target: str, *, package: str | None = None, extra: str | None = None, field: str = "optimizer.target"):
+def import_target(
+    target: str, *, package: str | None = None, extra: str | None = None, field: str = "optimizer.target"
+):
     """The object named by ``pkg.module.Attr``; a failure is one line naming the module and what to install."""
     if not isinstance(target, str) or "." not in target.strip("."):
-        raise OptimizerConfigError(f"{field}: {target!r} is not an import path; give pkg.module.Class, e.g. torch.optim.SGD")
+        raise OptimizerConfigError(
+            f"{field}: {target!r} is not an import path; give pkg.module.Class, e.g. torch.optim.SGD"
+        )
     module_name, _, attribute = target.rpartition(".")
     try:
         module = importlib.import_module(module_name)
@@ -66,7 +71,9 @@ def import_target(target: str, *, package: str | None = None, extra: str | None 
             f"{field}: importing {module_name!r} failed: {type(error).__name__}: {error}"
         ) from error
     if not hasattr(module, attribute):
-        public = sorted(n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, torch.optim.Optimizer))
+        public = sorted(
+            n for n, v in vars(module).items() if isinstance(v, type) and issubclass(v, torch.optim.Optimizer)
+        )
         raise OptimizerConfigError(
             f"{field}: module {module_name!r} has no {attribute!r}"
             + (f"; its optimizers: {', '.join(public)}" if public else "")
@@ -98,16 +105,23 @@ def version_mismatch(package: str | None, target: str) -> str | None:
     return None
 
 
-def apply_settings(settings: Mapping[str, Any] | None, field: str = "optimizer.settings", *,
-                   package: str | None = None, extra: str | None = None) -> None:
+def apply_settings(
+    settings: Mapping[str, Any] | None,
+    field: str = "optimizer.settings",
+    *,
+    package: str | None = None,
+    extra: str | None = None,
+) -> None:
     for path, value in (settings or {}).items():
         owner_path, _, attribute = path.rpartition(".")
         try:
             owner = importlib.import_module(owner_path)
         except ImportError as error:
             # the library itself is missing, more often than not: say how to get it, as for the target
-            raise OptimizerConfigError(f"{field}.{path}: cannot import {owner_path!r} ({error}); "
-                                       f"{install_hint(owner_path.split('.')[0], package, extra)}") from error
+            raise OptimizerConfigError(
+                f"{field}.{path}: cannot import {owner_path!r} ({error}); "
+                f"{install_hint(owner_path.split('.')[0], package, extra)}"
+            ) from error
         if not hasattr(owner, attribute):
             raise OptimizerConfigError(f"{field}.{path}: {owner_path!r} has no attribute {attribute!r}")
         setattr(owner, attribute, value)
@@ -133,7 +147,9 @@ def imported_spec(
     if not callable(factory):
         raise OptimizerConfigError(f"{field}.target: {target} is not a class or a function")
     label = name or default_label(target)
-    return OptimizerSpec(name=label, factory=factory, main_roles=ALL_ROLES, target=target, strict_kwargs=bool(strict_kwargs))
+    return OptimizerSpec(
+        name=label, factory=factory, main_roles=ALL_ROLES, target=target, strict_kwargs=bool(strict_kwargs)
+    )
 
 
 def default_label(target: str) -> str:

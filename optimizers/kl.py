@@ -79,7 +79,8 @@ Deliberate deviations from the reference (none changes a golden trajectory):
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -264,7 +265,9 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
                 left_basis, right_basis = state["bases"]
                 left_rotated = (grad.mT @ left_basis).mT
                 rotated = (left_rotated, left_rotated @ right_basis)
-            eigen_direction = self._klsoap_rotated_direction(grad, state, group, None if rotated is None else rotated[1])
+            eigen_direction = self._klsoap_rotated_direction(
+                grad, state, group, None if rotated is None else rotated[1]
+            )
         else:
             eigen_direction = self._klshampoo_rotated_direction(grad, state, group)
         # The update only reads the bases the direction was formed in, so it goes before the curvature update
@@ -337,9 +340,7 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
             for factor in factors
         ]
         self._publish_refresh(param, [(state["bases"], dim) for dim in range(len(factors))])
-        state["inv_sqrt_eigenvalues"] = [
-            self._initial_inv_sqrt_eigenvalues(size, group, grad) for size in grad.shape
-        ]
+        state["inv_sqrt_eigenvalues"] = [self._initial_inv_sqrt_eigenvalues(size, group, grad) for size in grad.shape]
 
     # ------------------------------------------------------------------------------------------------------------
     # Directions
@@ -381,7 +382,10 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         direction = exp_avg * scale
         shifts = self._damping_shifts(inv_sqrt_eigenvalues, group)
         inv_sqrt_eigenvalues[0] = updated_inv_sqrt_eigenvalues(
-            inv_sqrt_eigenvalues[0], grad**2, self._shampoo_beta(group), self._clamp_max(group, grad.shape[0]),
+            inv_sqrt_eigenvalues[0],
+            grad**2,
+            self._shampoo_beta(group),
+            self._clamp_max(group, grad.shape[0]),
             shifts[0],
         )
         return direction
@@ -402,7 +406,11 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         return [total / trace for trace in traces]
 
     def _update_curvature(
-        self, param: Tensor, grad: Tensor, state: dict[str, Any], group: dict[str, Any],
+        self,
+        param: Tensor,
+        grad: Tensor,
+        state: dict[str, Any],
+        group: dict[str, Any],
         rotated: tuple[Tensor, Tensor] | None = None,
     ) -> None:
         due = state["step"] % group["precondition_frequency"] == 0

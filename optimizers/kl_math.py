@@ -5,7 +5,7 @@ the clamped eigenvalue EMA. Pure functions of tensors; neither module depends on
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -24,7 +24,6 @@ def working_shape(param_shape: Sequence[int]) -> tuple[int, ...]:
     if len(squeezed) > 3:
         return (squeezed[0], squeezed[1], math.prod(squeezed[2:]))
     return tuple(squeezed)
-
 
 
 def accumulate_factor(factor: Tensor, contribution: Tensor, beta: float, numel: int) -> None:

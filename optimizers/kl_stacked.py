@@ -28,7 +28,8 @@ and any bucket of one, is stepped by ``_step_param``.
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -10,7 +10,8 @@ optimizers have no modes, so an optimizer "has modes" when it has callable ``tra
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Literal
+from collections.abc import Iterator
+from typing import Literal
 
 import torch
 from torch import nn

@@ -46,15 +46,15 @@ Parameters with fewer than 2 dims are rejected at construction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from soapbench.optimizers.registry import register_optimizer
 from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
 from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
-from soapbench.optimizers.registry import register_optimizer
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 _NS_EPS = 1e-7
@@ -118,7 +118,6 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
                     f"(build_optimizer does this from a model)."
                 )
 
-
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure_loss(closure)
@@ -126,7 +125,9 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
             lr, momentum = group_lr(group), group["momentum"]
             state = self.state[param]
             if not state:
-                state["momentum_buffer"] = torch.zeros(param.shape, dtype=state_dtype_for(param.dtype), device=param.device)
+                state["momentum_buffer"] = torch.zeros(
+                    param.shape, dtype=state_dtype_for(param.dtype), device=param.device
+                )
             buffer = state["momentum_buffer"]
             grad = param.grad.to(buffer.dtype)
 
@@ -219,7 +220,9 @@ class TorchMuon(torch.optim.Muon):
             if param.grad.is_sparse:
                 raise RuntimeError("Muon does not support sparse gradients")
             if param.ndim > 2 and not param.is_contiguous():
-                raise RuntimeError(f"muon_torch views >2-D parameters as (out, rest); got a non-contiguous {tuple(param.shape)}")
+                raise RuntimeError(
+                    f"muon_torch views >2-D parameters as (out, rest); got a non-contiguous {tuple(param.shape)}"
+                )
             state = self.state[param]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros(param.shape, dtype=param.grad.dtype, device=param.device)

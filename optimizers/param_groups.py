@@ -22,9 +22,7 @@ _HEAD_PREFIXES = ("lm_head.", "head.", "output.")
 
 
 def parameter_roles(model: nn.Module) -> dict[str, str]:
-    embedding_params = {
-        id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)
-    }
+    embedding_params = {id(module.weight) for module in model.modules() if isinstance(module, nn.Embedding)}
     roles: dict[str, str] = {}
     for name, param in model.named_parameters():
         if id(param) in embedding_params:
@@ -40,6 +38,8 @@ def parameter_roles(model: nn.Module) -> dict[str, str]:
         overrides = custom()
         bad = {role for role in overrides.values() if role not in ALL_ROLES}
         if bad:
-            raise ValueError(f"{type(model).__name__}.parameter_roles(): unknown roles {sorted(bad)}; valid: {ALL_ROLES}")
+            raise ValueError(
+                f"{type(model).__name__}.parameter_roles(): unknown roles {sorted(bad)}; valid: {ALL_ROLES}"
+            )
         roles.update({name: role for name, role in overrides.items() if name in roles})
     return roles

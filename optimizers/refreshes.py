@@ -38,7 +38,8 @@ after the step clock's synchronisation, so that read adds no stall of its own.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -226,5 +227,3 @@ def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.Proces
             child.share_refreshes(process_group)
             enabled.append(type(child).__name__)
     return enabled
-
-

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from soapbench.optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES, parameter_roles
 from soapbench.optimizers.spec import OptimizerConfigError, OptimizerSpec
-
 
 _REGISTRY: dict[str, OptimizerSpec] = {}
 
@@ -95,6 +95,8 @@ def _check_kinds(spec: OptimizerSpec, hparams: Mapping[str, Any], field_prefix: 
         default = parameters[name].default if name in parameters else None  # **kwargs pass-through: unchecked
         if default is not inspect.Parameter.empty and default is not None:
             _check_kind(default, value, f"{field_prefix}{name}")
+
+
 def resolve_spec(name: str | None, source: Mapping[str, Any] | None = None, field: str = "optimizer") -> OptimizerSpec:
     """The registered optimizer ``name``, or, when ``source`` has a ``target``, the class at that import path."""
     source = dict(source or {})
@@ -165,7 +167,9 @@ def _groups(
     undecayed = [p for _, p, role in named if role not in decay_roles]
     groups = []
     if decayed:
-        groups.append({"params": decayed} if weight_decay is None else {"params": decayed, "weight_decay": weight_decay})
+        groups.append(
+            {"params": decayed} if weight_decay is None else {"params": decayed, "weight_decay": weight_decay}
+        )
     if undecayed:
         groups.append({"params": undecayed, "weight_decay": 0.0})
     return groups

@@ -51,9 +51,10 @@ Deliberate deviations from DistributedShampoo:
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -189,8 +190,10 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         if int(precondition_frequency) != precondition_frequency or precondition_frequency < 1:
             raise ValueError(f"precondition_frequency must be an integer >= 1, got {precondition_frequency}")
         if start_preconditioning_step != -1 and not start_preconditioning_step >= 1:
-            raise ValueError(f"start_preconditioning_step must be -1 (= precondition_frequency) or >= 1, "
-                             f"got {start_preconditioning_step}")
+            raise ValueError(
+                f"start_preconditioning_step must be -1 (= precondition_frequency) or >= 1, "
+                f"got {start_preconditioning_step}"
+            )
         overrides = list(inv_root_override) if isinstance(inv_root_override, Sequence) else [inv_root_override]
         if any(not override >= 0 for override in overrides):
             raise ValueError(f"inv_root_override must be >= 0 (0 = default 2*order), got {inv_root_override}")
@@ -205,14 +208,25 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         if isinstance(inv_root_override, Sequence):
             inv_root_override = tuple(float(override) for override in inv_root_override)
         defaults = dict(
-            lr=lr, betas=betas, beta3=beta3, epsilon=epsilon, momentum=momentum,
-            dampening=dampening, weight_decay=weight_decay, max_preconditioner_dim=int(max_preconditioner_dim),
+            lr=lr,
+            betas=betas,
+            beta3=beta3,
+            epsilon=epsilon,
+            momentum=momentum,
+            dampening=dampening,
+            weight_decay=weight_decay,
+            max_preconditioner_dim=int(max_preconditioner_dim),
             precondition_frequency=int(precondition_frequency),
             start_preconditioning_step=int(start_preconditioning_step),
-            inv_root_override=inv_root_override, exponent_multiplier=exponent_multiplier,
-            use_nesterov=use_nesterov, use_bias_correction=use_bias_correction,
-            use_decoupled_weight_decay=use_decoupled_weight_decay, use_merge_dims=use_merge_dims,
-            grafting_type=grafting_type, grafting_beta2=grafting_beta2, grafting_epsilon=grafting_epsilon,
+            inv_root_override=inv_root_override,
+            exponent_multiplier=exponent_multiplier,
+            use_nesterov=use_nesterov,
+            use_bias_correction=use_bias_correction,
+            use_decoupled_weight_decay=use_decoupled_weight_decay,
+            use_merge_dims=use_merge_dims,
+            grafting_type=grafting_type,
+            grafting_beta2=grafting_beta2,
+            grafting_epsilon=grafting_epsilon,
             stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
@@ -335,8 +349,12 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
             for index, factor in enumerate(factors):
                 precision = "float64" if factor.dtype == torch.float64 else "float32"
                 inverse_roots[index] = matrix_inverse_root(
-                    factor / bias_correction2, root, epsilon=group["epsilon"], precision=precision,
-                    previous=inverse_roots[index], health=self.linalg_health,
+                    factor / bias_correction2,
+                    root,
+                    epsilon=group["epsilon"],
+                    precision=precision,
+                    previous=inverse_roots[index],
+                    health=self.linalg_health,
                 )
 
     @staticmethod

@@ -18,7 +18,8 @@ bucket of one, is stepped by the per-parameter code.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+from collections.abc import Callable, Hashable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -83,7 +84,10 @@ class StackedShampooSteps:
         for state in states:
             state["step"] = step
         beta2 = group["betas"][1]
-        for factor, gram in ((stacked[("factors", 0, 0)], grads @ grads.mT), (stacked[("factors", 0, 1)], grads.mT @ grads)):
+        for factor, gram in (
+            (stacked[("factors", 0, 0)], grads @ grads.mT),
+            (stacked[("factors", 0, 1)], grads.mT @ grads),
+        ):
             if beta2 != 1.0:
                 factor.mul_(beta2).add_(gram, alpha=1.0 - beta2)
             else:

@@ -51,9 +51,10 @@ Deliberate deviations from the reference (all within the golden tolerances; none
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -239,11 +240,22 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
                 stacklevel=2,
             )
         defaults = dict(
-            lr=lr, betas=betas, shampoo_beta=shampoo_beta, eps=eps, weight_decay=weight_decay,
-            precondition_frequency=int(precondition_frequency), max_precond_dim=int(max_precond_dim),
-            merge_dims=merge_dims, precondition_1d=precondition_1d, normalize_grads=normalize_grads,
-            data_format=data_format, correct_bias=correct_bias, refresh_method=refresh_method,
-            linalg_precision=linalg_precision, state_dtype=state_dtype, bitwise_reference=bitwise_reference,
+            lr=lr,
+            betas=betas,
+            shampoo_beta=shampoo_beta,
+            eps=eps,
+            weight_decay=weight_decay,
+            precondition_frequency=int(precondition_frequency),
+            max_precond_dim=int(max_precond_dim),
+            merge_dims=merge_dims,
+            precondition_1d=precondition_1d,
+            normalize_grads=normalize_grads,
+            data_format=data_format,
+            correct_bias=correct_bias,
+            refresh_method=refresh_method,
+            linalg_precision=linalg_precision,
+            state_dtype=state_dtype,
+            bitwise_reference=bitwise_reference,
             stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
@@ -269,7 +281,10 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
 
     def _layout(self, param: Tensor, group: dict[str, Any]) -> FactorLayout:
         return factor_layout(
-            tuple(param.shape), group["max_precond_dim"], group["merge_dims"], group["precondition_1d"],
+            tuple(param.shape),
+            group["max_precond_dim"],
+            group["merge_dims"],
+            group["precondition_1d"],
             group["data_format"],
         )
 
@@ -300,7 +315,6 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
             exp_avg_sq.mul_(beta2).addcmul_(grad_rotated, grad_rotated, value=1.0 - beta2)
         normalized = exp_avg_sq.sqrt().add_(group["eps"])
         return torch.div(exp_avg, normalized, out=normalized)
-
 
     @staticmethod
     def _step_size(group: dict[str, Any], step: int) -> float:
@@ -492,7 +506,10 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
                     estimated_eigenvalues(factor.to(compute), basis.to(compute)), descending=True
                 )
                 new_basis = eigenbasis(
-                    factor, precision=precision, out_dtype=basis.dtype, previous=basis[:, permutation],
+                    factor,
+                    precision=precision,
+                    out_dtype=basis.dtype,
+                    previous=basis[:, permutation],
                     health=self.linalg_health,
                 )
             second_moment = second_moment.index_select(dim, permutation)

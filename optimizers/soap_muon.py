@@ -70,13 +70,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
 from soapbench.optimizers.adamw import validate_adam_hyperparameters
 from soapbench.optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
 from soapbench.optimizers.refreshes import RefreshingOptimizer
 from soapbench.optimizers.registry import register_optimizer
 from soapbench.optimizers.soap_muon_math import project, project_back
 from soapbench.optimizers.soap_muon_stacked import StackedSOAPMuonSteps
+from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
 from soapbench.optimizers.stepping import group_lr
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
@@ -271,7 +271,9 @@ class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torc
 
     def _refresh_bases(self, state: dict[str, Any], second_moment: Tensor) -> None:
         for side in self._sides(state):
-            basis, permutation = _sorted_power_qr_refresh(state[f"factor_{side}"], state[f"basis_{side}"], self.linalg_health)
+            basis, permutation = _sorted_power_qr_refresh(
+                state[f"factor_{side}"], state[f"basis_{side}"], self.linalg_health
+            )
             # Relabel v's rows (left) or columns (right) like Q's columns; v is never rotated.
             axis = 0 if side == "left" else 1
             second_moment.copy_(second_moment.index_select(axis, permutation))
@@ -279,8 +281,13 @@ class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torc
 
     @staticmethod
     def _direction(
-        grad_matrix: Tensor, grad_projected: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, state: dict[str, Any],
-        group: dict[str, Any], step: int,
+        grad_matrix: Tensor,
+        grad_projected: Tensor,
+        exp_avg: Tensor,
+        exp_avg_sq: Tensor,
+        state: dict[str, Any],
+        group: dict[str, Any],
+        step: int,
     ) -> tuple[float, Tensor]:
         """Moments, then (α_t, N or O) of the module docstring; for one matrix or a stack (``state``'s bases)."""
         beta1, beta2 = group["betas"]

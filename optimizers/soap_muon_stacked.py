@@ -16,7 +16,8 @@ already initialised, with a left, right or full projection; members also share t
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +46,10 @@ class StackedSOAPMuonSteps(StackedSteps):
         slots = [("exp_avg",), ("exp_avg_sq",), *((f"factor_{side}",) for side in sides),
                  *((f"basis_{side}",) for side in sides)]  # fmt: skip
         stacked = stacked_state(self, params, slots)
-        bases = {"projection": states[0]["projection"], **{f"basis_{side}": stacked[(f"basis_{side}",)] for side in sides}}
+        bases = {
+            "projection": states[0]["projection"],
+            **{f"basis_{side}": stacked[(f"basis_{side}",)] for side in sides},
+        }
         grads = torch.stack([param.grad for param in params])
         grad_projected = project(grads, bases)
         step = states[0]["step"] + 1

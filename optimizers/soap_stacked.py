@@ -23,7 +23,8 @@ also share their step count. Everything else, and any bucket of one, is stepped 
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -4,8 +4,8 @@ its spec (factory, roles, companion) and the one-line error for a bad name or hy
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import torch
 

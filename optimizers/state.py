@@ -14,9 +14,10 @@ read from what the pre-hooks return, and post-hooks see (and may change) the fin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from itertools import chain
 from numbers import Number
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -3,7 +3,8 @@ and the learning rate as torch.optim accepts it (a float or a 1-element tensor).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

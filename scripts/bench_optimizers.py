@@ -29,10 +29,17 @@ from soapbench.outputs import output_dir_error
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="nanogpt_char", help="preset in configs/model (default nanogpt_char)")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                        help="Hydra override applied to the preset's config, e.g. model.n_layer=2 (repeatable)")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="Hydra override applied to the preset's config, e.g. model.n_layer=2 (repeatable)",
+    )
     parser.add_argument("--optimizers", default="all", help="'all' (every registered optimizer) or a comma list")
-    parser.add_argument("--steps", type=int, default=30, help="timed step() calls (rounded up to whole refresh periods)")
+    parser.add_argument(
+        "--steps", type=int, default=30, help="timed step() calls (rounded up to whole refresh periods)"
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed step() calls before timing (>= 1)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch.set_num_threads")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
@@ -40,28 +47,61 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grad-sets", type=int, default=2, help="distinct fixed gradient sets, used in turn")
     parser.add_argument("--grad-scale", type=float, default=1e-2, help="std of the fixed random gradients")
     parser.add_argument("--timing", action=argparse.BooleanOptionalAction, default=True, help="step timing")
-    parser.add_argument("--peers", action=argparse.BooleanOptionalAction, default=True,
-                        help="time pytorch-optimizer / heavyball implementations beside ours")
-    parser.add_argument("--heavyball-compile", action=argparse.BooleanOptionalAction, default=True,
-                        help="leave heavyball's torch.compile on (its default)")
+    parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="time pytorch-optimizer / heavyball implementations beside ours",
+    )
+    parser.add_argument(
+        "--heavyball-compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="leave heavyball's torch.compile on (its default)",
+    )
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True, help="state memory table")
     parser.add_argument("--memory-steps", type=int, default=2, help="step() calls before measuring state")
-    parser.add_argument("--materialize-limit", type=int, default=50_000_000,
-                        help="presets up to this many parameters are measured on real tensors, larger on meta")
-    parser.add_argument("--throughput", action=argparse.BooleanOptionalAction, default=True,
-                        help="short real-trainer runs per optimizer")
+    parser.add_argument(
+        "--materialize-limit",
+        type=int,
+        default=50_000_000,
+        help="presets up to this many parameters are measured on real tensors, larger on meta",
+    )
+    parser.add_argument(
+        "--throughput",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="short real-trainer runs per optimizer",
+    )
     parser.add_argument("--throughput-steps", type=int, default=5)
     parser.add_argument("--throughput-warmup", type=int, default=2)
     parser.add_argument("--throughput-batch-size", type=int, default=None, help="sequences per micro-batch")
-    parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                        help="trainer precision (default: bf16 for >100M-parameter presets on GPU, else the preset's)")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="trainer precision (default: bf16 for >100M-parameter presets on GPU, else the preset's)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the model in the throughput runs")
-    parser.add_argument("--min-batch-tokens", type=int, default=None,
-                        help="accumulate to at least this many tokens per step (default 524288 for large presets on GPU)")
-    parser.add_argument("--train-step-ratio", action=argparse.BooleanOptionalAction, default=False,
-                        help="whole training steps of every optimizer vs AdamW's, in alternating blocks")
-    parser.add_argument("--ratio-variant", action="append", default=[], metavar="NAME+KEY=VALUE",
-                        help="an extra arm of the ratio benchmark, e.g. soap+stack_shapes=false (repeatable)")
+    parser.add_argument(
+        "--min-batch-tokens",
+        type=int,
+        default=None,
+        help="accumulate to at least this many tokens per step (default 524288 for large presets on GPU)",
+    )
+    parser.add_argument(
+        "--train-step-ratio",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="whole training steps of every optimizer vs AdamW's, in alternating blocks",
+    )
+    parser.add_argument(
+        "--ratio-variant",
+        action="append",
+        default=[],
+        metavar="NAME+KEY=VALUE",
+        help="an extra arm of the ratio benchmark, e.g. soap+stack_shapes=false (repeatable)",
+    )
     parser.add_argument("--ratio-blocks", type=int, default=8, help="rounds of one block per optimizer")
     parser.add_argument("--ratio-warmup", type=int, default=2, help="untimed training steps per optimizer first")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="report directory")
@@ -104,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     import_failures = inputs.import_failures
     model_cfg = cfg["model"]
     notes = [
-        f"`{module}` failed to import, its optimizers are missing: {error}"
-        for module, error in import_failures.items()
+        f"`{module}` failed to import, its optimizers are missing: {error}" for module, error in import_failures.items()
     ]
 
     arguments = {key: str(value) if isinstance(value, Path) else value for key, value in vars(args).items()}
@@ -132,8 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             setups, base_model, steps=args.steps, warmup=args.warmup, with_peers=args.peers
         )
         del base_model
-        timing_protocol = step_timing.protocol(steps=args.steps, warmup=args.warmup, sets=args.grad_sets,
-                                               scale=args.grad_scale, threads=args.threads, device=str(device))
+        timing_protocol = step_timing.protocol(
+            steps=args.steps,
+            warmup=args.warmup,
+            sets=args.grad_sets,
+            scale=args.grad_scale,
+            threads=args.threads,
+            device=str(device),
+        )
 
         def progress(line: str) -> None:
             print(line, flush=True)

@@ -17,19 +17,25 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.errors import SoapbenchError
 from soapbench.optimizer_check import check_optimizer, parse_kwargs, render
+from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.outputs import output_file_error
 from soapbench.results import atomic_write_text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("optimizer", help="registered name or optimizer yaml (soap, heavyball_soap) or pkg.module.Class")
-    parser.add_argument("--kwargs", nargs="*", default=[], metavar="NAME=VALUE", help="constructor keywords (YAML values)")
+    parser.add_argument(
+        "optimizer", help="registered name or optimizer yaml (soap, heavyball_soap) or pkg.module.Class"
+    )
+    parser.add_argument(
+        "--kwargs", nargs="*", default=[], metavar="NAME=VALUE", help="constructor keywords (YAML values)"
+    )
     parser.add_argument("--steps", type=int, default=100, help="nanogpt_char_cpu steps for the run beside AdamW")
-    parser.add_argument("--golden", default="auto", help="golden run for parity (soap_f64, adamw_f64, ...), auto, or none")
+    parser.add_argument(
+        "--golden", default="auto", help="golden run for parity (soap_f64, adamw_f64, ...), auto, or none"
+    )
     parser.add_argument("--no-contract", action="store_true", help="skip the generic contract")
     parser.add_argument("--no-training", action="store_true", help="skip the nanogpt_char_cpu and resume runs")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")

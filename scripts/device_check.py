@@ -33,8 +33,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64, help="lm_360m sequences per micro-batch (GPU mode)")
     parser.add_argument("--steps", type=int, default=30, help="timed lm steps per optimizer (GPU mode)")
     parser.add_argument("--nanogpt-steps", type=int, default=300, help="nanogpt_char training steps (GPU mode)")
-    parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="optional lm arms (SOAP-Muon, KL-SOAP) start only while this budget holds one more arm")
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=450.0,
+        help="optional lm arms (SOAP-Muon, KL-SOAP) start only while this budget holds one more arm",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"), help="report directory")
     args = parser.parse_args(argv)

@@ -20,8 +20,12 @@ MARKER = ".soapbench-leaderboard"
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reproductions-dir", type=Path, default=Path("results/reproductions"),
-                        help="folder of reproductions, each with a report.csv")
+    parser.add_argument(
+        "--reproductions-dir",
+        type=Path,
+        default=Path("results/reproductions"),
+        help="folder of reproductions, each with a report.csv",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/leaderboard"))
     return parser.parse_args(argv)
 

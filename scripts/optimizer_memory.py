@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="nanogpt_char", help="preset in configs/model")
-    parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override (repeatable)")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="KEY=VALUE", help="Hydra override (repeatable)"
+    )
     parser.add_argument("--optimizers", default="all", help="'all' or a comma list of registered names")
     parser.add_argument("--device", default="cpu", help="where presets small enough to materialise are measured")
     parser.add_argument("--steps", type=int, default=2, help="step() calls before measuring")

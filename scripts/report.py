@@ -15,11 +15,10 @@ with status 2 and one line on stderr.
 from __future__ import annotations
 
 import argparse
+import math
 import shlex
 import sys
 from pathlib import Path
-
-import math
 
 from soapbench.outputs import output_dir_error
 from soapbench.report.build import ReportRequest, prepare, publish
@@ -33,15 +32,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--experiment", nargs="+", required=True, help="experiment name(s) under <results-dir>/runs")
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/reports/<experiment>")
-    parser.add_argument("--baseline", default=None, help=f"optimizer whose best final loss is the target (default {DEFAULT_BASELINE})")
+    parser.add_argument(
+        "--baseline", default=None, help=f"optimizer whose best final loss is the target (default {DEFAULT_BASELINE})"
+    )
     parser.add_argument("--target", type=float, default=None, help="explicit target loss (one workload only)")
     parser.add_argument("--metric", default=None, help="eval metric (default val/loss, else val/mse)")
     parser.add_argument("--reference", default=None, help="NAME or NAME:SETTING of <results-dir>/reference/NAME.yaml")
-    parser.add_argument("--reference-dir", type=Path, default=None,
-                        help="default: <results-dir>/reference, else the repository's results/reference")
+    parser.add_argument(
+        "--reference-dir",
+        type=Path,
+        default=None,
+        help="default: <results-dir>/reference, else the repository's results/reference",
+    )
     parser.add_argument("--wandb-project", default=None, help="read runs from this W&B project instead of the store")
-    parser.add_argument("--ignore-key", action="append", default=[],
-                        help="extra config key (prefix) to ignore when grouping runs; repeatable")
+    parser.add_argument(
+        "--ignore-key",
+        action="append",
+        default=[],
+        help="extra config key (prefix) to ignore when grouping runs; repeatable",
+    )
     parser.add_argument("--no-figures", action="store_true", help="tables only (faster)")
     return parser.parse_args(argv)
 
@@ -64,7 +73,9 @@ def check_request(args: argparse.Namespace, request: ReportRequest, out: Path) -
     arms = [arm for w in analysis.workloads for arm in w.optimizers.values()]
     if args.baseline is not None and not any(args.baseline in (arm.arm, arm.optimizer) for arm in arms):
         names = sorted({arm.optimizer for arm in arms} | {arm.arm for arm in arms})
-        raise ReportError(f"--baseline {args.baseline}: no such optimizer in these runs; choose from {', '.join(names)}")
+        raise ReportError(
+            f"--baseline {args.baseline}: no such optimizer in these runs; choose from {', '.join(names)}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,16 +26,25 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from soapbench.outputs import output_dir_error  # noqa: E402
 from soapbench.tuning import (  # noqa: E402
-    MAX_EXTENSIONS, Arm, Design, Interrupted, Job, Planner, parity_differences, run_design, simulate, train_command,
+    MAX_EXTENSIONS,
+    Arm,
+    Design,
+    Interrupted,
+    Job,
+    Planner,
+    parity_differences,
+    run_design,
+    simulate,
+    train_command,
     write_json_atomic,
 )
 
@@ -62,7 +71,9 @@ class Reproduction:
     # lr x weight_decay for every run of every arm (soapbench.tuning, rule 6), from the workload's own recipe;
     # None where no arm decays (wd 0 in the preset) or for a sweep reproduction
     decay_per_step: float | None = None
-    note: dict[str, str] = field(default_factory=dict)  # per scale, what a sweep reproduction costs (no design to estimate from)
+    note: dict[str, str] = field(
+        default_factory=dict
+    )  # per scale, what a sweep reproduction costs (no design to estimate from)
 
     def arms_for(self, scale: str, all_arms: bool = False) -> tuple[Arm, ...]:
         """At CPU scale expensive siblings borrow a tuned lr (and a subset may be the default); at paper scale every arm is tuned."""
@@ -81,9 +92,15 @@ REPRODUCTIONS = {
         # cpu: AdamW's measured 33-45 s per run (two at a time) plus ~15 s start-up and whole-split evaluation;
         # costs from results/reproductions/whitening_nanogpt_cpu/configurations.csv (train_seconds_mean)
         {"cpu": 55.0, "paper": 200.0},
-        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.5), Arm("soap_f10", 1.4),
-              Arm("shampoo_f1", 4.1, tune_from="shampoo_f10"), Arm("soap_f1", 3.1, tune_from="soap_f10")),
-        seeds=5, tune_seeds=2,
+        arms=(
+            Arm("adamw", 1.0),
+            Arm("shampoo_f10", 1.5),
+            Arm("soap_f10", 1.4),
+            Arm("shampoo_f1", 4.1, tune_from="shampoo_f10"),
+            Arm("soap_f1", 3.1, tune_from="soap_f10"),
+        ),
+        seeds=5,
+        tune_seeds=2,
         decay_per_step=1e-4,  # nanoGPT's shakespeare_char recipe: AdamW lr 1e-3 with wd 0.1
         # all five arms at 5 report seeds are ~33-40 min on 2 cores (estimate): over the main job's 35
         cpu_arms=("adamw", "shampoo_f10", "soap_f10"),
@@ -94,16 +111,23 @@ REPRODUCTIONS = {
         "whitening_colorization",
         # cpu: from results/reproductions/whitening_colorization_cpu (AdamW 31 s per run, two at a time, + 15 s)
         {"cpu": 46.0, "paper": 400.0},
-        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.15), Arm("soap_f10", 1.1),
-              Arm("shampoo_f1", 1.3), Arm("soap_f1", 1.25)),  # f=1 is cheap here: tuned on its own grid
+        arms=(
+            Arm("adamw", 1.0),
+            Arm("shampoo_f10", 1.15),
+            Arm("soap_f10", 1.1),
+            Arm("shampoo_f1", 1.3),
+            Arm("soap_f1", 1.25),
+        ),  # f=1 is cheap here: tuned on its own grid
     ),
     "soap_lm": Reproduction(
         "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, frequency ablation, efficiency fit)",
         {"cpu": "soap_lm_cpu", "paper": "soap_lm_360m"},
         "soap_lm",
         {},
-        note={"cpu": "about 30 minutes on 2 idle CPU cores (measured before the shared companion: 27 runs)",
-              "paper": "runs of ~4 H100-hours each: a cluster job (hydra/launcher=slurm)"},
+        note={
+            "cpu": "about 30 minutes on 2 idle CPU cores (measured before the shared companion: 27 runs)",
+            "paper": "runs of ~4 H100-hours each: a cluster job (hydra/launcher=slurm)",
+        },
     ),
     "soap_muon": Reproduction(
         "(d) SOAP-Muon report: Muon (10 Newton-Schulz steps, as the report's baseline) vs SOAP-Muon at precondition frequency 1 and 40",
@@ -225,22 +249,34 @@ def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, 
     for override in extra:
         key = override.lstrip("+~").split("=", 1)[0]
         if key in _PROTOCOL_KEYS or (key == _DECAY_KEY and reproduction.decay_per_step is not None):
-            raise BadInput(f"{key}: set by the tuning protocol for every run; drop '{override}' "
-                           "(use --seeds for the seed count, or scripts/train.py for a single configuration)")
+            raise BadInput(
+                f"{key}: set by the tuning protocol for every run; drop '{override}' "
+                "(use --seeds for the seed count, or scripts/train.py for a single configuration)"
+            )
     arms = reproduction.arms_for(args.scale, args.all_arms)
-    design = Design(experiment, arms, seeds=args.seeds or reproduction.seeds, points=reproduction.points,
-                    tune_seeds=reproduction.tune_seeds, max_extensions=reproduction.max_extensions,
-                    decay_per_step=reproduction.decay_per_step)
+    design = Design(
+        experiment,
+        arms,
+        seeds=args.seeds or reproduction.seeds,
+        points=reproduction.points,
+        tune_seeds=reproduction.tune_seeds,
+        max_extensions=reproduction.max_extensions,
+        decay_per_step=reproduction.decay_per_step,
+    )
     base = _compose(experiment, extra)
     base_seed = int(base.get("seed") or 0)
-    yaml_lrs = {a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms}
+    yaml_lrs = {
+        a.variant: float(_compose(experiment, [f"variant={a.variant}", *extra])["optimizer"]["lr"]) for a in arms
+    }
     # every arm as the protocol runs it at its yaml lr (weight decay included), checked for parity below; and
     # every planned run's config must be one train.py accepts, before the first one starts
     configs = {v: _compose(experiment, [*arm_overrides(reproduction, v, lr), *extra]) for v, lr in yaml_lrs.items()}
     for arm in arms:
         lr = yaml_lrs[arm.variant]
-        _compose(experiment, [*Job(arm.variant, lr, base_seed, "grid", arm.cost, design.weight_decay_at(lr)).overrides(),
-                              *extra])
+        _compose(
+            experiment,
+            [*Job(arm.variant, lr, base_seed, "grid", arm.cost, design.weight_decay_at(lr)).overrides(), *extra],
+        )
     check_parity(experiment, configs)
     return Planner(design, yaml_lrs, base_seed)
 
@@ -248,15 +284,19 @@ def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, 
 def check_parity(experiment: str, configs: dict[str, dict]) -> None:
     differences = parity_differences(configs)
     if differences:
-        raise BadInput(f"{experiment}: the arms differ in what they do not compare ({'; '.join(differences)}); "
-                       f"set it once for every arm in configs/experiment/{experiment}.yaml")
+        raise BadInput(
+            f"{experiment}: the arms differ in what they do not compare ({'; '.join(differences)}); "
+            f"set it once for every arm in configs/experiment/{experiment}.yaml"
+        )
 
 
 def _outcome_cases(planner: Planner) -> dict[str, Callable[[Job], float]]:
     """Stand-in outcomes for planning: the yaml lr best (no extension), and ever larger lrs best (every extension)."""
     yaml_lrs = {name: log.yaml_lr for name, log in planner.logs.items()}
-    return {"no extension": lambda j: abs(math.log(j.lr / yaml_lrs[j.arm])),
-            f"every arm extended {planner.design.max_extensions} times": lambda j: -j.lr}
+    return {
+        "no extension": lambda j: abs(math.log(j.lr / yaml_lrs[j.arm])),
+        f"every arm extended {planner.design.max_extensions} times": lambda j: -j.lr,
+    }
 
 
 def planned_runs(planner: Planner, jobs: int) -> int:
@@ -269,16 +309,23 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
     """The plan in words, with its run count and time from :func:`soapbench.tuning.simulate` (an estimate)."""
     design, logs = planner.design, planner.logs
     yaml_lrs = {name: log.yaml_lr for name, log in logs.items()}
-    borrowers = [f"{a.variant} takes {a.tune_from}'s tuned lr (not tuned: recorded in tuning.json)"
-                 for a in design.arms if a.tune_from]
-    lines = [f"arms: {', '.join(a.variant for a in design.arms)}",
-             f"tuning seeds {planner.tune_seeds}, report seeds {planner.report_seeds} (disjoint); lr grid of "
-             f"{design.points} points x{design.factor:.2f} around each yaml lr, extended while the best is on an edge, "
-             f"at most {design.max_extensions} times",
-             *borrowers]
+    borrowers = [
+        f"{a.variant} takes {a.tune_from}'s tuned lr (not tuned: recorded in tuning.json)"
+        for a in design.arms
+        if a.tune_from
+    ]
+    lines = [
+        f"arms: {', '.join(a.variant for a in design.arms)}",
+        f"tuning seeds {planner.tune_seeds}, report seeds {planner.report_seeds} (disjoint); lr grid of "
+        f"{design.points} points x{design.factor:.2f} around each yaml lr, extended while the best is on an edge, "
+        f"at most {design.max_extensions} times",
+        *borrowers,
+    ]
     if design.decay_per_step is not None:
-        lines.append(f"weight decay: {design.decay_per_step:g} per step at the peak lr in every run of every arm "
-                     f"(weight_decay = {design.decay_per_step:g} / lr)")
+        lines.append(
+            f"weight decay: {design.decay_per_step:g} per step at the peak lr in every run of every arm "
+            f"(weight_decay = {design.decay_per_step:g} / lr)"
+        )
     unit = reproduction.unit_seconds.get(scale, 0.0)
     for case, final_of in _outcome_cases(planner).items():
         fresh = Planner(design, yaml_lrs, planner.base_seed)
@@ -288,8 +335,10 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
         else:
             cost = f"~{busy / 3600:.0f} GPU-hours (~{wall / 3600:.1f} h wall at {jobs} jobs)"
         lines.append(f"planned runs ({case}): {runs}; estimated {cost}")
-    lines.append("(estimates from per-run times of earlier runs on an Intel Xeon with AVX-512, not measurements; "
-                 "an AMD EPYC with AVX2 took ~2.5x as long per step for (a))")
+    lines.append(
+        "(estimates from per-run times of earlier runs on an Intel Xeon with AVX-512, not measurements; "
+        "an AMD EPYC with AVX2 took ~2.5x as long per step for (a))"
+    )
     return lines
 
 
@@ -322,11 +371,11 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
         return None if final is False else final
 
     try:
-        counts = run_design(planner, launch, outcome, store.final, args.jobs, log_dir,
-                            planned=planned_runs(planner, args.jobs))
+        counts = run_design(
+            planner, launch, outcome, store.final, args.jobs, log_dir, planned=planned_runs(planner, args.jobs)
+        )
     finally:
-        write_json_atomic(results_dir / "runs" / experiment / "tuning.json",
-                          planner.tuning_record())
+        write_json_atomic(results_dir / "runs" / experiment / "tuning.json", planner.tuning_record())
     print(f"runs: {counts['ran']} run, {counts['reused']} reused from the store, {counts['failed']} failed", flush=True)
     return 1 if counts["failed"] else 0
 
@@ -342,8 +391,11 @@ def sweep(reproduction: Reproduction, experiment: str, args: argparse.Namespace,
     runs = math.prod(len(str(values).split(",")) for values in params.values())
     command = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"experiment={experiment}",
                f"paths.results_dir={args.results_dir}", *extra]  # fmt: skip
-    print(f"arms: {', '.join(variants)} (this reproduction's own grid, not tuned per arm)\nplanned runs: {runs}; "
-          f"{reproduction.note.get(args.scale, '')}\n$ " + " ".join(command[1:]), flush=True)
+    print(
+        f"arms: {', '.join(variants)} (this reproduction's own grid, not tuned per arm)\nplanned runs: {runs}; "
+        f"{reproduction.note.get(args.scale, '')}\n$ " + " ".join(command[1:]),
+        flush=True,
+    )
     if args.dry_run:
         return 0
     if subprocess.run(command).returncode != 0:
@@ -359,14 +411,28 @@ def main(argv: list[str] | None = None) -> int:
         argv, extra = argv[:cut], argv[cut + 1 :]
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("name", choices=sorted(REPRODUCTIONS), help="which paper comparison")
-    parser.add_argument("--scale", choices=(*SCALES, "full"), default="cpu",
-                        help="cpu: minutes on a laptop; paper (alias: full): the paper's setup on GPUs, every arm tuned")
+    parser.add_argument(
+        "--scale",
+        choices=(*SCALES, "full"),
+        default="cpu",
+        help="cpu: minutes on a laptop; paper (alias: full): the paper's setup on GPUs, every arm tuned",
+    )
     parser.add_argument("--results-dir", default="results", help="the results store (default: results)")
     parser.add_argument("--report-only", action="store_true", help="skip the runs; remake the report from the store")
-    parser.add_argument("--dry-run", action="store_true", help="print the plan, its run count and time estimate; run and write nothing")
-    parser.add_argument("--all-arms", action="store_true", help="at CPU scale, every arm (the default may be a subset that fits its budget)")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each (default: cores)")
-    parser.add_argument("--seeds", type=int, default=None, help="report seeds per arm (default: the reproduction's, 3 or 5)")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the plan, its run count and time estimate; run and write nothing"
+    )
+    parser.add_argument(
+        "--all-arms",
+        action="store_true",
+        help="at CPU scale, every arm (the default may be a subset that fits its budget)",
+    )
+    parser.add_argument(
+        "--jobs", type=int, default=os.cpu_count() or 1, help="runs at a time, one thread each (default: cores)"
+    )
+    parser.add_argument(
+        "--seeds", type=int, default=None, help="report seeds per arm (default: the reproduction's, 3 or 5)"
+    )
     args = parser.parse_args(argv)
     if args.jobs < 1 or (args.seeds is not None and args.seeds < 1):
         parser.error("--jobs and --seeds must be positive")
@@ -389,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"reproduce: error: {error}", file=sys.stderr)
             return 2
         except Interrupted as stop:
-            print(f"reproduce: interrupted ({stop}); running jobs checkpointed. The same command resumes.", file=sys.stderr)
+            print(
+                f"reproduce: interrupted ({stop}); running jobs checkpointed. The same command resumes.",
+                file=sys.stderr,
+            )
             return 128 + stop.signum
     if args.dry_run:
         return status

@@ -25,9 +25,10 @@ import random
 import shutil
 import sys
 import zipfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,7 +168,9 @@ def refuse_changed_dtypes(path: Path, saved: Mapping[str, Any], live: Mapping[st
     checkpoint was written (the run writes what it keeps); loading it has rounded the run's state."""
     changed = sorted(_dtype_differences(saved, live, ""))
     if changed:
-        shown = "; ".join(item.lstrip(".") for item in changed[:2]) + (f"; and {len(changed) - 2} more" if len(changed) > 2 else "")
+        shown = "; ".join(item.lstrip(".") for item in changed[:2]) + (
+            f"; and {len(changed) - 2} more" if len(changed) > 2 else ""
+        )
         raise ConfigError(
             f"resume: {path} holds tensors in other dtypes than this run's ({shown}), so it was converted after it "
             "was written; restore it from a backup, or delete it to resume from the previous checkpoint or start over"
@@ -216,7 +219,7 @@ class RunState:
         return saved
 
     @classmethod
-    def from_checkpoint(cls, saved: Mapping[str, Any], defaults: "RunState") -> "RunState":
+    def from_checkpoint(cls, saved: Mapping[str, Any], defaults: RunState) -> RunState:
         """``defaults`` with what the checkpoint holds; a key an older checkpoint lacks keeps its default."""
         known = {item.name for item in fields(cls)}
         values = {key: value for key, value in saved.items() if key in known}
@@ -247,9 +250,17 @@ def resume_run(
     failures = []
     for bad_path, reason in loaded.unreadable:
         if is_main:
-            print(f"warning: {bad_path} is unreadable ({reason}); resuming from {loaded.path}", file=sys.stderr, flush=True)
-            bad_path.replace(bad_path.with_name(bad_path.name + ".unreadable"))  # kept for inspection, out of the rotation
-        failures.append({"status": "interrupted", "error": f"unreadable checkpoint {bad_path} ({reason})", "at": utc_now()})
+            print(
+                f"warning: {bad_path} is unreadable ({reason}); resuming from {loaded.path}",
+                file=sys.stderr,
+                flush=True,
+            )
+            bad_path.replace(
+                bad_path.with_name(bad_path.name + ".unreadable")
+            )  # kept for inspection, out of the rotation
+        failures.append(
+            {"status": "interrupted", "error": f"unreadable checkpoint {bad_path} ({reason})", "at": utc_now()}
+        )
     checkpoint = loaded.payload
     if checkpoint["state"]["step"] > max_steps:
         raise ConfigError(
@@ -288,9 +299,13 @@ def _metrics_gap(store: RunStore, kept: list[dict[str, Any]], state: RunState) -
     after_step = kept[-1]["step"] if kept else None
     gap = {"records_expected": state.metric_records, "records_found": len(kept), "after_step": after_step,
            "until_step": state.step, "at": utc_now()}  # fmt: skip
-    print(f"warning: {store.metrics_path} holds {len(kept)} of the {state.metric_records} records logged up to "
-          f"step {state.step} (cut short or damaged); the records after step {after_step} are lost, training "
-          "resumes, and summary.json marks the gap under metrics_gaps", file=sys.stderr, flush=True)
+    print(
+        f"warning: {store.metrics_path} holds {len(kept)} of the {state.metric_records} records logged up to "
+        f"step {state.step} (cut short or damaged); the records after step {after_step} are lost, training "
+        "resumes, and summary.json marks the gap under metrics_gaps",
+        file=sys.stderr,
+        flush=True,
+    )
     return gap
 
 

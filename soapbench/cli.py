@@ -21,9 +21,10 @@ import os
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -31,10 +32,10 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from soapbench.data.errors import DataError
-from soapbench.models.registry import ModelConfigError
-from soapbench.optimizers.registry import OptimizerConfigError
 from soapbench.errors import EXIT_BUSY, RunBusyError, RunInterrupted, SoapbenchError
+from soapbench.models.registry import ModelConfigError
 from soapbench.naming import experiment_folder
+from soapbench.optimizers.registry import OptimizerConfigError
 
 USER_ERRORS = (SoapbenchError, DataError, OptimizerConfigError, ModelConfigError)
 
@@ -85,13 +86,19 @@ def format_result(summary: dict[str, Any]) -> str:
 
     rows = [
         ("run", summary.get("run_dir")),
-        ("status", summary.get("status") + (f" at step {summary['diverged_step']}" if summary.get("diverged_step") else "")),
+        (
+            "status",
+            summary.get("status") + (f" at step {summary['diverged_step']}" if summary.get("diverged_step") else ""),
+        ),
         ("optimizer / model", f"{summary.get('optimizer')} / {summary.get('model')}"),
         ("steps", summary.get("steps")),
         ("final val loss", f"{loss('final_val_loss')} (fixed evaluation set)"),
         ("whole-split val loss", loss("final_full_val_loss")),
         ("best val loss", loss("best_val_loss")),
-        ("train seconds", f"{summary.get('train_seconds', 0):.1f} (optimizer {summary.get('optimizer_seconds', 0):.1f})"),
+        (
+            "train seconds",
+            f"{summary.get('train_seconds', 0):.1f} (optimizer {summary.get('optimizer_seconds', 0):.1f})",
+        ),
         ("machine shared", _shared_line(summary.get("machine_shared"))),
         ("device", summary.get("device")),
     ]
@@ -162,7 +169,11 @@ def run_job(cfg: DictConfig) -> float | None:
     except RunInterrupted as error:
         outcome, code, line = "interrupted", EXIT_INTERRUPTED, f"error: run interrupted: {error}"
     except OSError as error:  # the environment, before training started: nothing is stranded, re-run when fixed
-        outcome, code, line = "interrupted", EXIT_INTERRUPTED, f"error: run interrupted: {type(error).__name__}: {error}"
+        outcome, code, line = (
+            "interrupted",
+            EXIT_INTERRUPTED,
+            f"error: run interrupted: {type(error).__name__}: {error}",
+        )
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside the training loop
         outcome, code, line = "interrupted", 130, "interrupted (SIGINT); the same command resumes the run"
     except Exception as error:  # recorded as "failed" in the run's summary.json by the trainer
@@ -212,7 +223,15 @@ def sweep_table(arms: list[dict[str, Any]]) -> str:
     for arm in sorted(arms, key=lambda a: a["job"]):
         val = arm.get("final_val_loss")
         varying = " ".join(o for o in arm["overrides"].split() if o not in shared)
-        rows.append((str(arm["job"]), arm["outcome"], f"{val:.4f}" if isinstance(val, float) else "-", arm.get("run") or "-", varying))
+        rows.append(
+            (
+                str(arm["job"]),
+                arm["outcome"],
+                f"{val:.4f}" if isinstance(val, float) else "-",
+                arm.get("run") or "-",
+                varying,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     counts = {}
@@ -247,7 +266,9 @@ def hydra_error_line(error: BaseException) -> str | None:
             close = difflib.get_close_matches(option, options, n=1)
             hint = f"did you mean {group}={close[0]}? " if close else ""
             return f"{group}={option}: no such {group} config; {hint}available: {', '.join(options)}"
-        return f"{missing or 'config'}: config not found; check the name and --config-dir ({str(error).splitlines()[0]})"
+        return (
+            f"{missing or 'config'}: config not found; check the name and --config-dir ({str(error).splitlines()[0]})"
+        )
     if isinstance(error, OverrideParseException):
         return f"override syntax: {str(error).splitlines()[0]}; quote the value or see Hydra's override grammar"
     if isinstance(error, ConfigCompositionException):
@@ -278,8 +299,10 @@ def unlisted_optimizer_keyword_line(key: str, argv: list[str] | None = None) -> 
     with Hydra's ``+``; the line repeats the user's own override with the ``+`` in front."""
     argv = sys.argv[1:] if argv is None else argv
     override = next((arg for arg in argv if arg.startswith(f"{key}=")), f"{key}=<value>")
-    return (f"{key}: not a key of the optimizer's yaml; use +{override} to pass a keyword the yaml does not list "
-            "(it is checked against the optimizer's signature)")
+    return (
+        f"{key}: not a key of the optimizer's yaml; use +{override} to pass a keyword the yaml does not list "
+        "(it is checked against the optimizer's signature)"
+    )
 
 
 def run_app(hydra_main: Callable[[], Any]) -> None:

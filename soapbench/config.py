@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from soapbench.errors import ConfigError
 from soapbench.naming import experiment_folder, plain_name
@@ -114,7 +115,14 @@ class TrainerConfig:
             raise ConfigError(f"{prefix}.max_steps: set max_steps or max_epochs")
         _positive(prefix, "max_steps", self.max_steps, allow_none=True)
         _positive(prefix, "max_epochs", self.max_epochs, allow_none=True)
-        for name in ("batch_size", "grad_accum_steps", "eval_interval", "eval_batches", "log_interval", "checkpoint_interval"):
+        for name in (
+            "batch_size",
+            "grad_accum_steps",
+            "eval_interval",
+            "eval_batches",
+            "log_interval",
+            "checkpoint_interval",
+        ):
             _positive(prefix, name, getattr(self, name))
         for name in ("grad_clip_norm", "grad_clip_norm_per_tensor", "grad_clip_value", "loss_scale_factor"):
             _positive(prefix, name, getattr(self, name), allow_none=True)
@@ -228,7 +236,9 @@ def validate_run_config(cfg: Mapping[str, Any]) -> None:
     if cfg.get("run_name"):
         plain_name("run_name", cfg["run_name"], "soap_lr3e-3")
     if not isinstance(cfg.get("allow_identity_mismatch", False), bool):
-        raise ConfigError(f"allow_identity_mismatch: expected true or false, got {cfg.get('allow_identity_mismatch')!r}")
+        raise ConfigError(
+            f"allow_identity_mismatch: expected true or false, got {cfg.get('allow_identity_mismatch')!r}"
+        )
     paths = cfg.get("paths") or {}
     if not isinstance(paths, Mapping):
         raise ConfigError(f"paths: expected a mapping, got {paths!r}")

@@ -10,9 +10,9 @@ Each parameter has its own linear-regression loss; at step t the gradient of par
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
 

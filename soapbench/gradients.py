@@ -13,7 +13,8 @@ card's ``clipnorm``: each parameter's gradient rescaled to at most this L2 norm)
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import Tensor

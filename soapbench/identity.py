@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 IDENTITY_SECTIONS = ("optimizer", "model", "data", "trainer", "seed")
 # Keys inside those sections that change how a run is executed or stored, never what it computes.

@@ -22,8 +22,9 @@ import shlex
 import signal
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -75,6 +76,10 @@ def start_owned_job(command: Sequence[str], log_path: Path, env: dict[str, str])
         handle.write("$ " + shlex.join(command) + "\n")
         handle.flush()
         return subprocess.Popen(
-            list(command), stdout=handle, stderr=subprocess.STDOUT, env={**env, PARENT_ENV: str(os.getpid())},
-            start_new_session=True, preexec_fn=_die_with_parent(os.getpid()),
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env={**env, PARENT_ENV: str(os.getpid())},
+            start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
         )

@@ -42,7 +42,7 @@ from __future__ import annotations
 import os
 import statistics
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import torch
@@ -117,7 +117,7 @@ class MachineLoad:
             "threads": threads, "cores": cores if cores is not None else available_cores(),
             "jobs": jobs_on_this_machine(parallel_jobs), "wall_seconds": 0.0, "cpu_seconds": 0.0,
             "slowed_steps": 0, "steps": 0, "max_load": self._latest_load,
-            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }  # fmt: skip
 
     def is_slowed(self, wall: float, cpu: float) -> bool:
@@ -126,7 +126,9 @@ class MachineLoad:
             return True
         if self.segment["threads"] == 1 or len(self._walls) < MEDIAN_MIN_STEPS:
             return False
-        if not load_exceeds_run(self._latest_load, self.segment["threads"], self.segment["jobs"], self.segment["cores"]):
+        if not load_exceeds_run(
+            self._latest_load, self.segment["threads"], self.segment["jobs"], self.segment["cores"]
+        ):
             return False
         return wall > SLOWED_RATIO * statistics.median(self._walls)
 

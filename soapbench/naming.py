@@ -9,7 +9,8 @@ name; the hash still tells apart runs whose rounded values coincide.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from soapbench.errors import ConfigError
 
@@ -78,7 +79,9 @@ def plain_name(key: str, value: Any, example: str) -> str:
     """A user-supplied name that becomes one folder: without a separator or ``..`` it cannot leave its root."""
     text = str(value)
     if text in ("", ".", "..") or any(c in text for c in ("/", "\\", "\0")):
-        raise ConfigError(f"{key}: {text!r} is a path, not a name; use a plain name without '/' or '..' (e.g. {example})")
+        raise ConfigError(
+            f"{key}: {text!r} is a path, not a name; use a plain name without '/' or '..' (e.g. {example})"
+        )
     return text
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 
 class OutputFolderError(ValueError):
@@ -61,8 +61,7 @@ def run_store_error(out_dir: Path, results_dir: Path) -> str | None:
     """An output folder is replaced whole: never the run store, a folder in it, or one holding it."""
     runs, out_dir = (Path(results_dir) / "runs").resolve(), Path(out_dir).resolve()
     if out_dir == runs or runs in out_dir.parents or out_dir in runs.parents:
-        return (f"--out {out_dir} is the run store {runs}, inside it or above it; "
-                "choose a folder of its own outside it")
+        return f"--out {out_dir} is the run store {runs}, inside it or above it; choose a folder of its own outside it"
     return None
 
 

@@ -11,7 +11,8 @@ holds, or a trainable parameter that no optimizer holds, is named in one warning
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
@@ -46,23 +47,34 @@ def parameter_map(model: nn.Module, optimizer: torch.optim.Optimizer, main_name:
     records = []
     for name, param in model.named_parameters():
         child_name, class_name, hyperparameters = holder.get(id(param), (None, None, {}))
-        records.append({
-            "name": name, "shape": list(param.shape), "role": roles[name], "trainable": param.requires_grad,
-            "optimizer": child_name, "class": class_name, "hyperparameters": hyperparameters,
-        })
+        records.append(
+            {
+                "name": name,
+                "shape": list(param.shape),
+                "role": roles[name],
+                "trainable": param.requires_grad,
+                "optimizer": child_name,
+                "class": class_name,
+                "hyperparameters": hyperparameters,
+            }
+        )
     return records
 
 
 def misplaced(records: Iterable[dict[str, Any]], main_name: str, main_roles: Iterable[str]) -> str | None:
     """One warning line naming the parameters the main optimizer should train but does not, or None."""
     wanted = set(main_roles)
-    elsewhere = [r for r in records if r["trainable"] and r["role"] in wanted and r["optimizer"] not in (main_name, None)]
+    elsewhere = [
+        r for r in records if r["trainable"] and r["role"] in wanted and r["optimizer"] not in (main_name, None)
+    ]
     orphans = [r for r in records if r["trainable"] and r["optimizer"] is None]
     parts = []
     if elsewhere:
         names = ", ".join(f"{r['name']} ({r['role']}, to {r['optimizer']})" for r in elsewhere[:5])
         more = f" and {len(elsewhere) - 5} more" if len(elsewhere) > 5 else ""
-        parts.append(f"{len(elsewhere)} parameter(s) with a role {main_name} trains went to another optimizer: {names}{more}")
+        parts.append(
+            f"{len(elsewhere)} parameter(s) with a role {main_name} trains went to another optimizer: {names}{more}"
+        )
     if orphans:
         names = ", ".join(r["name"] for r in orphans[:5])
         parts.append(f"{len(orphans)} trainable parameter(s) are held by no optimizer: {names}")

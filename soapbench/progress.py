@@ -16,7 +16,11 @@ class Progress:
         self.start_step = start_step
         self.started = time.perf_counter()
         self.interactive = enabled and sys.stderr.isatty()
-        self.bar = tqdm(total=total_steps, initial=start_step, desc=description, dynamic_ncols=True) if self.interactive else None
+        self.bar = (
+            tqdm(total=total_steps, initial=start_step, desc=description, dynamic_ncols=True)
+            if self.interactive
+            else None
+        )
         self.description = description
 
     def update(self, step: int, loss: float, lr: float, step_seconds: float) -> None:

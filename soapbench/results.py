@@ -19,9 +19,10 @@ import json
 import math
 import os
 import tempfile
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from soapbench.errors import SoapbenchError
 
@@ -39,7 +40,7 @@ TEMP_SUFFIX = ".tmp"
 
 def utc_now() -> str:
     """The timestamps of summaries and failure records."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def atomic_write_bytes(path: Path, payload: bytes) -> None:

@@ -10,7 +10,8 @@ metrics). The report's test fixtures write their run stores through the same fun
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from soapbench.checkpoint import RunState
 from soapbench.results import RunStore, utc_now

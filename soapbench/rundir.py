@@ -18,9 +18,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from soapbench.errors import ConfigError, RunBusyError, SoapbenchError
 from soapbench.identity import RunIdentity, describe_differences
@@ -109,7 +110,7 @@ class RunLock:
         # The outermost directory made for this run (by the caller, or here), so an unused run leaves no empty folders.
         self._created_dir: Path | None = created_dir
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         missing = [p for p in (self.run_dir, *self.run_dir.parents) if not p.exists()]
         self._created_dir = self._created_dir or (missing[-1] if missing else None)
         try:
@@ -148,7 +149,7 @@ class RunLock:
         self._handle.close()  # closing the descriptor drops the flock
         self._handle = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc: Any) -> None:
@@ -194,7 +195,9 @@ def lock_run_directory(cfg: Mapping[str, Any], identity_hash: str) -> RunLock:
 def _refuse_other_identity(where: str, stored: Mapping[str, Any] | None, identity: RunIdentity, fix: str) -> None:
     differing = identity.differing_keys(stored)
     if differing:
-        raise ConfigError(f"{where} holds a run of a different config (differs in {describe_differences(differing)}); {fix}")
+        raise ConfigError(
+            f"{where} holds a run of a different config (differs in {describe_differences(differing)}); {fix}"
+        )
 
 
 def plan_run(cfg: Mapping[str, Any], run_dir: Path, name: str, identity: RunIdentity) -> RunPlan:
@@ -209,7 +212,9 @@ def plan_run(cfg: Mapping[str, Any], run_dir: Path, name: str, identity: RunIden
         if checkpoint.is_dir():
             checkpoint = checkpoint / CHECKPOINT_FILE
         if not checkpoint.is_file():
-            raise ConfigError(f"resume: no checkpoint at {checkpoint}; pass a checkpoint file or a run directory holding one")
+            raise ConfigError(
+                f"resume: no checkpoint at {checkpoint}; pass a checkpoint file or a run directory holding one"
+            )
         return RunPlan(run_dir, name, identity.hash, "resume", [checkpoint], summary, explicit=True)
 
     if resume == "never" and any(p.name != LOCK_FILE for p in run_dir.iterdir()):

@@ -17,8 +17,9 @@ from __future__ import annotations
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlparse
 
 WANDB_MODES = ("offline", "online", "disabled")
@@ -68,7 +69,11 @@ class WandbTracker:
             reason = _unreachable(os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL)
             if reason is None:
                 try:
-                    self.run = wandb.init(**arguments, mode="online", settings=wandb.Settings(**settings, init_timeout=ONLINE_TIMEOUT_SECONDS))
+                    self.run = wandb.init(
+                        **arguments,
+                        mode="online",
+                        settings=wandb.Settings(**settings, init_timeout=ONLINE_TIMEOUT_SECONDS),
+                    )
                 except Exception as error:  # no key, refused, timed out: the run matters more than the live chart
                     reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             if self.run is None:

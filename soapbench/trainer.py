@@ -34,23 +34,24 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
-from soapbench.optimizers import build_optimizer
-from soapbench.optimizers.imported import describe_source, with_label
-from soapbench.optimizers.composite import CompositeOptimizer
-from soapbench.optimizers.modes import evaluation_weights
-from soapbench.optimizers.registry import resolve_spec, split_optimizer_config
-from soapbench.optimizers.refreshes import share_refreshes
 from soapbench.checkpoint import LogWindow, RunState, resume_run, rng_state, save_run_checkpoint
 from soapbench.config import load_trainer_config, validate_run_config
 from soapbench.distributed import (
-    DistContext, any_rank, broadcast_object, gather_objects, init_from_environment, mean_across_ranks, shutdown,
+    DistContext,
+    any_rank,
+    broadcast_object,
+    gather_objects,
+    init_from_environment,
+    mean_across_ranks,
+    shutdown,
 )
 from soapbench.environment import cpu_model, describe_device, git_commit, package_versions, resolve_device
 from soapbench.errors import ConfigError, RunBusyError, RunInterrupted, SoapbenchError
@@ -58,6 +59,12 @@ from soapbench.gradients import build_grad_scaler
 from soapbench.identity import RunIdentity, run_identity
 from soapbench.launch import PARENT_ENV
 from soapbench.machine_load import MachineLoad, apply_thread_policy
+from soapbench.optimizers import build_optimizer
+from soapbench.optimizers.composite import CompositeOptimizer
+from soapbench.optimizers.imported import describe_source, with_label
+from soapbench.optimizers.modes import evaluation_weights
+from soapbench.optimizers.refreshes import share_refreshes
+from soapbench.optimizers.registry import resolve_spec, split_optimizer_config
 from soapbench.parameter_map import counts_by_optimizer, misplaced, parameter_map
 from soapbench.progress import Progress
 from soapbench.results import RunStore, utc_now
@@ -102,7 +109,10 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     plan = _plan(cfg, identity, ctx, held)
     if plan.action == "skip":
         if ctx.is_main:
-            print(f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)", flush=True)
+            print(
+                f"{plan.run_dir}: already {plan.previous_summary['status']}; skipping (delete it to run again)",
+                flush=True,
+            )
         shutdown(ctx)
         return plan.previous_summary
     record = _open_record(cfg, trainer, plan, identity, built, ctx, threads)
@@ -119,7 +129,9 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
     )
     record.state.wandb_run_id = record.tracker.run_id
     record.meta["wandb_mode"] = record.tracker.mode
-    record.meta["parameters"] = built.trained_by  # in the summary only: W&B's config has no use for a per-parameter list
+    record.meta["parameters"] = (
+        built.trained_by
+    )  # in the summary only: W&B's config has no use for a per-parameter list
 
     # ------------------------------------------------------------------ training loop
     # SLURM preemption (SIGTERM) and Ctrl-C (SIGINT): finish the current step, checkpoint, and leave the
@@ -140,7 +152,9 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         description = f"{type(error).__name__}: {error}"
         record.fail(failed_status, description, traceback.format_exc())
         if failed_status == "interrupted" and not isinstance(error, KeyboardInterrupt):
-            raise RunInterrupted(f"{description}; the same command resumes {plan.run_dir} from its last checkpoint") from error
+            raise RunInterrupted(
+                f"{description}; the same command resumes {plan.run_dir} from its last checkpoint"
+            ) from error
         raise
     finally:
         for signum, handler in previous_handlers.items():
@@ -152,7 +166,9 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
         progress.message(f"{plan.run_dir}: stopped at step {state.step}; the same command resumes it")
     elif status == "interrupted":
         record.add_failure("interrupted", extra["signal"])
-        progress.message(f"{plan.run_dir}: {extra['signal']} at step {state.step}; checkpointed, the same command resumes it")
+        progress.message(
+            f"{plan.run_dir}: {extra['signal']} at step {state.step}; checkpointed, the same command resumes it"
+        )
     final = record.summary(status, **extra, finished_at=utc_now() if status in FINISHED else None,
                            optimizer_state_bytes=_state_bytes(built.step.optimizer))  # fmt: skip
     record.write_summary(final)
@@ -190,7 +206,9 @@ def build_training(
     model = workload.model
     if trainer.max_epochs is not None:
         if workload.steps_per_epoch is None:
-            raise ConfigError("trainer.max_epochs: this workload samples windows, not epochs; set trainer.max_steps instead")
+            raise ConfigError(
+                "trainer.max_epochs: this workload samples windows, not epochs; set trainer.max_steps instead"
+            )
         max_steps = math.ceil(trainer.max_epochs * workload.steps_per_epoch)
     else:
         max_steps = trainer.max_steps
@@ -241,7 +259,9 @@ def _plan(cfg: Mapping[str, Any], identity: RunIdentity, ctx: DistContext, held:
             except SoapbenchError:  # a read-only results dir can still report a finished run
                 run_dir, _ = find_run_directory(cfg, identity.hash)
                 stored = RunStore(run_dir).read_summary()
-                if not (stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))):
+                if not (
+                    stored and stored.get("status") in FINISHED and not identity.differing_keys(stored.get("identity"))
+                ):
                     raise
             decision = plan_run(cfg, run_dir, run_dir.name, identity)
         except (SoapbenchError, RunBusyError) as error:
@@ -253,7 +273,12 @@ def _plan(cfg: Mapping[str, Any], identity: RunIdentity, ctx: DistContext, held:
 
 
 def _open_record(
-    cfg: Mapping[str, Any], trainer: Any, plan: RunPlan, identity: RunIdentity, built: Training, ctx: DistContext,
+    cfg: Mapping[str, Any],
+    trainer: Any,
+    plan: RunPlan,
+    identity: RunIdentity,
+    built: Training,
+    ctx: DistContext,
     threads: int,
 ) -> RunRecord:
     """Resume the run from its checkpoint or start it afresh; write its config; the record it will keep."""
@@ -303,7 +328,7 @@ class TrainingLoop:
 
     def __init__(
         self, built: Training, record: RunRecord, *, trainer: Any, ctx: DistContext, plan: RunPlan,
-        identity: RunIdentity, progress: Progress, stop: "StopRequest", checkpointed_at: int | None,
+        identity: RunIdentity, progress: Progress, stop: StopRequest, checkpointed_at: int | None,
     ) -> None:  # fmt: skip
         self.built, self.step, self.workload = built, built.step, built.workload
         self.record, self.state = record, record.state
@@ -402,7 +427,9 @@ class TrainingLoop:
                 # Every rank evaluates the unwrapped model: no collectives, so ranks stay in step.
                 metrics = {f"{prefix}/{k.removeprefix('val_')}": v for k, v in evaluate_model(model).items()}
                 if ema is not None:
-                    metrics |= {f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()}
+                    metrics |= {
+                        f"{prefix}_ema/{k.removeprefix('val_')}": v for k, v in evaluate_model(ema.module).items()
+                    }
             if artifacts and self.ctx.is_main:
                 self.record.tracker.log_images(step, self.workload.save_artifacts(model, step, self.plan.run_dir))
         return metrics
@@ -412,11 +439,15 @@ class TrainingLoop:
         metrics = self.evaluated("val", self.workload.evaluate, artifacts=True)
         state.final_val_loss = metrics["val/loss"]
         state.final_val_metrics = metrics
-        if math.isfinite(metrics["val/loss"]) and (state.best_val_loss is None or metrics["val/loss"] < state.best_val_loss):
+        if math.isfinite(metrics["val/loss"]) and (
+            state.best_val_loss is None or metrics["val/loss"] < state.best_val_loss
+        ):
             state.best_val_loss = metrics["val/loss"]
         self.record.log({"event": "eval", **metrics})
         self.record.write_summary(self.record.summary("running"))
-        self.progress.message(f"[{self.plan.run_name}] step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self.progress.message(
+            f"[{self.plan.run_name}] step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
 
     def evaluate_full_split(self) -> None:
         started = time.perf_counter()
@@ -424,7 +455,9 @@ class TrainingLoop:
         self.state.final_full_eval_seconds = time.perf_counter() - started
         self.state.final_full_val_loss, self.state.final_full_val_metrics = metrics["val_full/loss"], metrics
         self.record.log({"event": "eval", **metrics})
-        self.progress.message(f"[{self.plan.run_name}] whole validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self.progress.message(
+            f"[{self.plan.run_name}] whole validation split: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        )
 
     def checkpoint(self) -> None:
         if self.checkpointed_at == self.state.step:
@@ -444,13 +477,17 @@ def _warn_if_nothing_preconditioned(optimizer: torch.optim.Optimizer, optimizer_
         if callable(count) and count() == 0:
             bound = {k: optimizer_cfg[k] for k in ("max_precond_dim",) if k in optimizer_cfg}
             setting = ", ".join(f"optimizer.{k}={v}" for k, v in bound.items()) or "its settings"
-            print(f"warning: {type(child).__name__} preconditions no dimension of any parameter ({setting} excludes every "
-                  "one), so it runs as Adam in the original basis; raise max_precond_dim to precondition",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: {type(child).__name__} preconditions no dimension of any parameter ({setting} excludes every "
+                "one), so it runs as Adam in the original basis; raise max_precond_dim to precondition",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _state_bytes(optimizer: torch.optim.Optimizer) -> int:
     """Bytes of the optimizer's state tensors (moments, factors, bases): its memory cost beside the model."""
+
     def size(value: Any) -> int:
         if isinstance(value, torch.Tensor):
             return value.numel() * value.element_size()

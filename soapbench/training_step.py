@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from soapbench.optimizers.modes import set_mode
 from soapbench.gradients import prepare_gradients, scale_loss
+from soapbench.optimizers.modes import set_mode
 from soapbench.timing import Stopwatch
 
 

@@ -61,9 +61,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 from soapbench.errors import EXIT_BUSY
 
@@ -105,8 +106,9 @@ class Design:
         if self.decay_per_step is not None and not 0 <= self.decay_per_step < 1:
             raise ValueError(f"decay_per_step must be in [0, 1), got {self.decay_per_step}")
         if self.points < 2 or self.seeds < 1 or self.tune_seeds < 1 or self.max_extensions < 0:
-            raise ValueError("a design needs at least 2 grid points, 1 tuning seed, 1 report seed "
-                             "and a non-negative extension cap")
+            raise ValueError(
+                "a design needs at least 2 grid points, 1 tuning seed, 1 report seed and a non-negative extension cap"
+            )
 
     def arm(self, variant: str) -> Arm:
         return next(a for a in self.arms if a.variant == variant)
@@ -144,8 +146,14 @@ class Job:
         # A tuning run is not reported: its checkpoints go when it completes (most of a reproduction's disk).
         keep = [] if self.role == "report" else ["trainer.keep_final_checkpoint=false"]
         decay = [] if self.weight_decay is None else [f"optimizer.weight_decay={self.weight_decay:.6g}"]
-        return [f"variant={self.arm}", f"optimizer.lr={self.lr:.6g}", *decay, f"seed={self.seed}",
-                f"sweep_keys=['variant={self.arm}',optimizer.lr]", *keep]
+        return [
+            f"variant={self.arm}",
+            f"optimizer.lr={self.lr:.6g}",
+            *decay,
+            f"seed={self.seed}",
+            f"sweep_keys=['variant={self.arm}',optimizer.lr]",
+            *keep,
+        ]
 
 
 @dataclass
@@ -257,14 +265,18 @@ class Planner:
             log.extensions += 1
             log.extended = "down" if best == tried[0] else "up"
             # one more point on the grid, from the centre (not from the rounded edge value, so rounding cannot drift)
-            k = round(math.log(best / log.yaml_lr) / math.log(self.design.factor)) + (-1 if log.extended == "down" else 1)
+            k = round(math.log(best / log.yaml_lr) / math.log(self.design.factor)) + (
+                -1 if log.extended == "down" else 1
+            )
             lr = _round(log.yaml_lr * self.design.factor**k)
             log.grid.append(lr)
             return [self._job(arm, lr, seed, "edge") for seed in self.tune_seeds]
         log.best_lr, log.still_on_edge = best, on_edge
         if on_edge:
-            log.flags.append(f"best lr on the {'lower' if best == tried[0] else 'upper'} edge after "
-                             f"{log.extensions} extensions (the cap): the optimum may lie outside the grid")
+            log.flags.append(
+                f"best lr on the {'lower' if best == tried[0] else 'upper'} edge after "
+                f"{log.extensions} extensions (the cap): the optimum may lie outside the grid"
+            )
         self.done_arms.add(arm.variant)
         if best is None:
             log.flags.append("no usable lr: every grid point diverged or failed")
@@ -281,13 +293,21 @@ class Planner:
         d = self.design
         return {
             "experiment": d.experiment,
-            "protocol": {"points": d.points, "factor": round(d.factor, 4), "seeds": d.seeds,
-                         "tune_seeds": list(self.tune_seeds), "report_seeds": list(self.report_seeds),
-                         "max_extensions": d.max_extensions, "decay_per_step": d.decay_per_step,
-                         "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions"},
+            "protocol": {
+                "points": d.points,
+                "factor": round(d.factor, 4),
+                "seeds": d.seeds,
+                "tune_seeds": list(self.tune_seeds),
+                "report_seeds": list(self.report_seeds),
+                "max_extensions": d.max_extensions,
+                "decay_per_step": d.decay_per_step,
+                "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions",
+            },
             "arms": {name: asdict(log) for name, log in self.logs.items()},
-            "runs": [{"arm": j.arm, "lr": float(f"{j.lr:.6g}"), "seed": j.seed, "stage": j.stage, "role": j.role}
-                     for j in self.planned],
+            "runs": [
+                {"arm": j.arm, "lr": float(f"{j.lr:.6g}"), "seed": j.seed, "stage": j.stage, "role": j.role}
+                for j in self.planned
+            ],
         }
 
 
@@ -306,7 +326,9 @@ def _treatment(variant: str, config: dict[str, Any]) -> dict[str, Any]:
     roles = optimizer.get("main_roles")
     roles = frozenset(resolve_spec(optimizer["name"], None).main_roles if roles is None else roles)
     treatment["optimizer.main_roles"] = sorted(roles)
-    treatment["optimizer.weight_decay per step (lr × wd)"] = _decay_per_step(optimizer.get("lr"), optimizer.get("weight_decay", 0.0))
+    treatment["optimizer.weight_decay per step (lr × wd)"] = _decay_per_step(
+        optimizer.get("lr"), optimizer.get("weight_decay", 0.0)
+    )
     if not roles >= set(ALL_ROLES):
         companion = dict(optimizer.get("companion") or {})
         companion.setdefault("name", resolve_spec(optimizer["name"], None).companion)
@@ -346,8 +368,9 @@ def parity_differences(configs: dict[str, dict[str, Any]]) -> list[str]:
     return lines
 
 
-def simulate(planner: Planner, final_of: Callable[[Job], float | None], seconds_of: Callable[[Job], float],
-             jobs: int) -> tuple[int, float, float]:
+def simulate(
+    planner: Planner, final_of: Callable[[Job], float | None], seconds_of: Callable[[Job], float], jobs: int
+) -> tuple[int, float, float]:
     """(runs, wall seconds, run seconds summed) of a design run ``jobs`` at a time as :func:`run_design`
     schedules it (highest cost first among the ready runs), without training anything.
 
@@ -445,10 +468,14 @@ def run_design(
                     continue
                 if r.process.returncode == EXIT_BUSY:
                     tries = busy_tries[r.job] = busy_tries.get(r.job, 0) + 1
-                    waiting.append((time.monotonic() + min(BUSY_RETRY_SECONDS * 2 ** (tries - 1), BUSY_RETRY_MAX_SECONDS), r.job))
+                    waiting.append(
+                        (time.monotonic() + min(BUSY_RETRY_SECONDS * 2 ** (tries - 1), BUSY_RETRY_MAX_SECONDS), r.job)
+                    )
                     if tries == 1:
-                        say(f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
-                            "waiting for it, then reading its result")
+                        say(
+                            f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
+                            "waiting for it, then reading its result"
+                        )
                     continue
                 final = outcome(r.job)
                 counts["ran"] += 1
@@ -486,7 +513,15 @@ def write_json_atomic(path: Path, content: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def train_command(repo: Path, experiment: str, results_dir: str, job: Job, extra: Sequence[str],
-                  thread_overrides: Iterable[str]) -> list[str]:
-    return [sys.executable, str(repo / "scripts" / "train.py"), f"experiment={experiment}",
-            f"paths.results_dir={results_dir}", *job.overrides(), *thread_overrides, *extra]
+def train_command(
+    repo: Path, experiment: str, results_dir: str, job: Job, extra: Sequence[str], thread_overrides: Iterable[str]
+) -> list[str]:
+    return [
+        sys.executable,
+        str(repo / "scripts" / "train.py"),
+        f"experiment={experiment}",
+        f"paths.results_dir={results_dir}",
+        *job.overrides(),
+        *thread_overrides,
+        *extra,
+    ]

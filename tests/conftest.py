@@ -69,12 +69,21 @@ def train_in_process(overrides: list[str], results_dir: Path) -> dict:
     return train(resolved([*FAST, f"paths.results_dir={results_dir}", *overrides]))
 
 
-def run_cli(args: list[str], results_dir: Path, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], results_dir: Path, env: dict | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     flags = [a for a in args if a.startswith("-")]  # Hydra's flags (e.g. -m) go before the overrides
     overrides = [a for a in args if not a.startswith("-")]
     return subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "train.py"), *flags, *FAST, f"paths.results_dir={results_dir}", *overrides],
+        [
+            sys.executable,
+            str(REPO / "scripts" / "train.py"),
+            *flags,
+            *FAST,
+            f"paths.results_dir={results_dir}",
+            *overrides,
+        ],
         capture_output=True,
         text=True,
         env=full_env,

@@ -12,8 +12,9 @@ and a colorization eval logs ``val/loss`` = ``val/mse``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import yaml
 
@@ -78,9 +79,17 @@ def write_run(
     previous = (0, 0.0)
     for step, seconds, loss in evals:
         mid_step, mid_seconds = (previous[0] + step) // 2, (previous[1] + seconds) / 2
-        store.append_metrics({**metrics_counters(_state(mid_step, mid_seconds)), "event": "train",
-                              "train/loss": loss + 0.05, "train/lr": config["optimizer"]["lr"],
-                              "train/step_seconds": 0.01, "train/optimizer_seconds": 0.002, "train/throughput": 1e5})
+        store.append_metrics(
+            {
+                **metrics_counters(_state(mid_step, mid_seconds)),
+                "event": "train",
+                "train/loss": loss + 0.05,
+                "train/lr": config["optimizer"]["lr"],
+                "train/step_seconds": 0.01,
+                "train/optimizer_seconds": 0.002,
+                "train/throughput": 1e5,
+            }
+        )
         record = {**metrics_counters(_state(step, seconds)), "event": "eval", "val/loss": loss}
         if metric == "val/loss":
             record["val/perplexity"] = math.exp(loss) if math.isfinite(loss) and loss < 700 else float("inf")
@@ -153,8 +162,11 @@ def power_law_schedule_runs(
         steps = int(round(fraction * full_steps))
         final = loss_at(steps)
         evals = [
-            (int(round(steps * k / evals_per_run)), seconds_per_step * steps * k / evals_per_run,
-             final + 1.0 - k / evals_per_run)
+            (
+                int(round(steps * k / evals_per_run)),
+                seconds_per_step * steps * k / evals_per_run,
+                final + 1.0 - k / evals_per_run,
+            )
             for k in range(1, evals_per_run + 1)
         ]
         for seed in seeds:

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from golden_driver import load_golden, max_abs_diff, run_trajectory
 from torch import nn
 
-from golden_driver import load_golden, max_abs_diff, run_trajectory
 from soapbench.optimizers.adafactor import Adafactor, TorchAdafactor
 from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
 
@@ -44,7 +44,9 @@ def test_golden_adafactorw_reference_mode():
     golden = load_golden("adafactor_momentum_f64")
     hyper = golden["hyperparameters"]
     trajectory = run_trajectory(
-        lambda params: Adafactor(params, reference_1d_quirk=True, **hyper), golden["param_names"], **_golden_dtypes(golden)
+        lambda params: Adafactor(params, reference_1d_quirk=True, **hyper),
+        golden["param_names"],
+        **_golden_dtypes(golden),
     )
     diffs = max_abs_diff(trajectory, golden)
     assert max(diffs.values()) <= FIRST_ORDER_TOLERANCE, diffs
@@ -64,7 +66,9 @@ def test_golden_adafactorw_fixed_mode_differs_only_on_the_bias():
 def test_golden_torch_adafactor():
     golden = load_golden("adafactor_torch_f64")
     trajectory = run_trajectory(
-        lambda params: TorchAdafactor(params, **golden["hyperparameters"]), golden["param_names"], **_golden_dtypes(golden)
+        lambda params: TorchAdafactor(params, **golden["hyperparameters"]),
+        golden["param_names"],
+        **_golden_dtypes(golden),
     )
     diffs = max_abs_diff(trajectory, golden)
     assert max(diffs.values()) <= FIRST_ORDER_TOLERANCE, diffs

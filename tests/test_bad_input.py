@@ -42,7 +42,9 @@ BEGIN, END = "<!-- bad-input-table: begin -->", "<!-- bad-input-table: end -->"
 
 def _prepare(tmp: Path) -> None:
     (tmp / "conf" / "experiment").mkdir(parents=True, exist_ok=True)
-    (tmp / "conf" / "experiment" / "broken.yaml").write_text("# @package _global_\ntrainer:\n  max_steps: [1, 2\nseed: 3\n")
+    (tmp / "conf" / "experiment" / "broken.yaml").write_text(
+        "# @package _global_\ntrainer:\n  max_steps: [1, 2\nseed: 3\n"
+    )
     (tmp / "a_file").write_text("not a directory\n")
     (tmp / "corrupt.pt").write_bytes(b"not a checkpoint, 40 bytes of something")
     import torch  # not at module level: conftest's thread settings come first
@@ -82,7 +84,9 @@ def test_bad_input_gets_the_readme_line_exit_2_and_writes_nothing(case, tmp_path
     result, lines = _run(case, tmp_path, results_dir)
     expected_code, expected_line = _readme_rows()[case]
     assert result.returncode == expected_code == 2, result.stderr
-    assert lines == [expected_line], "exactly the README's one line, no traceback (python -m tests.test_bad_input reprints the table)"
+    assert lines == [expected_line], (
+        "exactly the README's one line, no traceback (python -m tests.test_bad_input reprints the table)"
+    )
     assert not list(results_dir.iterdir()), "nothing is written"
     assert not (tmp_path / "code_ran").exists() and not (tmp_path / "elsewhere").exists(), "nor anywhere else"
 

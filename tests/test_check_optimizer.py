@@ -8,9 +8,9 @@ import sys
 
 import torch
 
-from soapbench.optimizers.soap import SOAP
 from soapbench.optimizer_check import check_optimizer
 from soapbench.optimizer_check.training import check_resume
+from soapbench.optimizers.soap import SOAP
 from tests.conftest import REPO
 
 
@@ -64,7 +64,9 @@ def test_a_broken_optimizer_is_reported_by_the_checks_it_breaks() -> None:
 
 def test_torch_sgd_passes_and_the_resume_check_sees_bit_identity() -> None:
     _, rows = check_optimizer("torch.optim.SGD", {"lr": 0.01, "momentum": 0.9}, training=False)
-    assert rows and all(row.status in ("pass", "skip") for row in rows), [(r.check, r.detail) for r in rows if r.status == "fail"]
+    assert rows and all(row.status in ("pass", "skip") for row in rows), [
+        (r.check, r.detail) for r in rows if r.status == "fail"
+    ]
     status, detail = check_resume(["optimizer=custom", "optimizer.target=torch.optim.SGD", "++optimizer.lr=0.01",
                                    "++optimizer.momentum=0.9"])  # fmt: skip
     assert status == "pass", detail
@@ -91,7 +93,9 @@ def test_golden_parity_passes_for_our_soap_and_names_what_a_peer_does_not_take()
     parity = _parity_row("soap")
     assert parity.status == "pass" and parity.detail.startswith("soap_f64"), parity
     assert "not taken" not in parity.detail, "our SOAP takes every hyperparameter of the golden run"
-    assert _parity_row("soap", {"eps": 1e-3}).status == "pass", "the golden's own eps is used, whatever the target's kwargs"
+    assert _parity_row("soap", {"eps": 1e-3}).status == "pass", (
+        "the golden's own eps is used, whatever the target's kwargs"
+    )
     peer = _parity_row(f"{__name__}.PeerLikeSOAP", golden="soap_f64")
     assert peer.status == "pass", peer
     assert peer.detail.endswith("; not taken by this class: normalize_grads, data_format, correct_bias"), peer.detail

@@ -78,20 +78,29 @@ def test_wandb_offline_run_is_written_into_the_run_directory(results_dir) -> Non
 
 
 def test_multirun_sweeps_a_grid_a_failure_does_not_stop_it_and_the_exit_code_says_so(results_dir) -> None:
-    result = run_cli(["-m", "optimizer.lr=1e-3,-1", "seed=1,2", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir)
+    result = run_cli(
+        ["-m", "optimizer.lr=1e-3,-1", "seed=1,2", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir
+    )
     assert result.returncode == 1, "a sweep with rejected arms is not a success"
     summaries = [json.loads(p.read_text()) for p in (results_dir / "runs").glob("*/*/summary.json")]
     assert sorted(s["seed"] for s in summaries) == [1, 2], "the two valid jobs ran; the invalid lr was reported"
     assert result.stderr.count("error:") == 2
-    table = result.stdout[result.stdout.index("job  outcome"):].splitlines()
+    table = result.stdout[result.stdout.index("job  outcome") :].splitlines()
     assert [row.split()[1] for row in table[1:5]] == ["completed", "completed", "bad", "bad"]
     assert table[-1] == "sweep: 2 bad input, 2 completed"
 
 
 def test_local_parallel_launcher_runs_jobs_in_worker_processes_sharing_the_cores(results_dir) -> None:
     result = run_cli(
-        ["-m", "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "seed=1,2", "trainer.max_steps=3",
-         "trainer.eval_interval=3", "trainer.threads=null"],  # the launcher's share, not FAST's one thread
+        [
+            "-m",
+            "hydra/launcher=local_parallel",
+            "hydra.launcher.n_jobs=2",
+            "seed=1,2",
+            "trainer.max_steps=3",
+            "trainer.eval_interval=3",
+            "trainer.threads=null",
+        ],  # the launcher's share, not FAST's one thread
         results_dir,
     )
     assert result.returncode == 0, result.stderr
@@ -107,7 +116,9 @@ def test_local_parallel_launcher_runs_jobs_in_worker_processes_sharing_the_cores
 def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(results_dir) -> None:
     # Port 9 on localhost refuses at once, as a machine without network does after its timeout.
     env = {"WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_API_KEY": "0" * 40}
-    result = run_cli(["logger.wandb.mode=online", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir, env=env)
+    result = run_cli(
+        ["logger.wandb.mode=online", "trainer.max_steps=3", "trainer.eval_interval=3"], results_dir, env=env
+    )
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "W&B server unreachable (127.0.0.1:9" in warnings[0] and "wandb sync" in warnings[0]
@@ -120,10 +131,20 @@ def test_wandb_online_without_a_server_falls_back_to_offline_with_one_warning(re
 def test_the_run_summary_prints_the_whole_split_final_and_whether_the_machine_was_shared() -> None:
     from soapbench.cli import format_result
 
-    summary = {"run_dir": "r", "status": "completed", "optimizer": "soap", "model": "m", "steps": 10,
-               "final_val_loss": 1.2345678, "final_full_val_loss": 1.25, "best_val_loss": 1.2,
-               "train_seconds": 3.0, "optimizer_seconds": 1.0, "device": "cpu",
-               "machine_shared": {"shared": True, "reasons": ["load 3.9 on 2 cores"]}}
+    summary = {
+        "run_dir": "r",
+        "status": "completed",
+        "optimizer": "soap",
+        "model": "m",
+        "steps": 10,
+        "final_val_loss": 1.2345678,
+        "final_full_val_loss": 1.25,
+        "best_val_loss": 1.2,
+        "train_seconds": 3.0,
+        "optimizer_seconds": 1.0,
+        "device": "cpu",
+        "machine_shared": {"shared": True, "reasons": ["load 3.9 on 2 cores"]},
+    }
     text = format_result(summary)
     assert "final val loss        1.2346 (fixed evaluation set)" in text
     assert "whole-split val loss  1.2500" in text

@@ -89,7 +89,9 @@ def test_dataset_is_cached_and_batches_are_a_pure_function_of_the_step(cache_dir
 
     import soapbench.data.colorization as module
 
-    monkeypatch.setattr(module, "decode_square", lambda *a: (_ for _ in ()).throw(AssertionError("cached: no decoding")))
+    monkeypatch.setattr(
+        module, "decode_square", lambda *a: (_ for _ in ()).throw(AssertionError("cached: no decoding"))
+    )
     a = ColorizationWorkload(ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=3, device="cpu")
     b = ColorizationWorkload(ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=3, device="cpu")
     assert a.steps_per_epoch == 6
@@ -110,7 +112,9 @@ def test_unreadable_image_names_the_file(tmp_path) -> None:
     folder.mkdir()
     Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "good.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
-    cfg = dict(TINY, train=[{"folder": str(folder)}], val=[{"folder": str(folder)}], max_train_images=None, max_val_images=None)
+    cfg = dict(
+        TINY, train=[{"folder": str(folder)}], val=[{"folder": str(folder)}], max_train_images=None, max_val_images=None
+    )
     with pytest.raises(DataError, match=f"unreadable image {folder / 'broken.jpg'}"):
         load_colorization_data(cfg, DATA_ROOT, tmp_path / "cache")
     assert not list((tmp_path / "cache").rglob("*.partial.npy")), "a bad image leaves no half-converted array"
@@ -121,7 +125,9 @@ def test_unreadable_image_names_the_file(tmp_path) -> None:
 def test_workload_learns_and_saves_an_image_grid(cache_dir, tmp_path) -> None:
     torch.manual_seed(0)
     model = ColorizationNet()
-    workload = ColorizationWorkload(model, TINY, DATA_ROOT, cache_dir, batch_size=8, seed=0, device="cpu", eval_batches=1)
+    workload = ColorizationWorkload(
+        model, TINY, DATA_ROOT, cache_dir, batch_size=8, seed=0, device="cpu", eval_batches=1
+    )
     assert workload.unit == "samples" and workload.steps_per_epoch == 3
     assert workload.flops_per_item() > 0
     model.eval()
@@ -153,7 +159,9 @@ def test_workload_learns_and_saves_an_image_grid(cache_dir, tmp_path) -> None:
 def test_shards_partition_the_micro_batch(cache_dir) -> None:
     whole = ColorizationWorkload(ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=1, device="cpu")
     halves = [
-        ColorizationWorkload(ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=1, device="cpu", shard=part)
+        ColorizationWorkload(
+            ColorizationNet(), TINY, DATA_ROOT, cache_dir, batch_size=4, seed=1, device="cpu", shard=part
+        )
         for part in (slice(0, 2), slice(2, 4))
     ]
     grey, ab = whole.train_batch(2, 0)
@@ -164,12 +172,16 @@ def test_shards_partition_the_micro_batch(cache_dir) -> None:
 def test_final_evaluation_scores_every_validation_image(cache_dir) -> None:
     torch.manual_seed(0)
     model = ColorizationNet().eval()
-    workload = ColorizationWorkload(model, TINY, DATA_ROOT, cache_dir, batch_size=3, seed=0, device="cpu", eval_batches=1)
+    workload = ColorizationWorkload(
+        model, TINY, DATA_ROOT, cache_dir, batch_size=3, seed=0, device="cpu", eval_batches=1
+    )
     assert len(workload.val) == 3, "the fixed set: one batch"
     val = torch.from_numpy(np.asarray(workload.data.val, dtype=np.float32))
     crops = val[:, :, 4:36, 4:36]  # centre 32 px of the 40 px images
     with torch.no_grad():
-        expected = torch.cat([(model(image[None, :1]).float() - image[None, 1:]).square().flatten() for image in crops]).mean()
+        expected = torch.cat(
+            [(model(image[None, :1]).float() - image[None, 1:]).square().flatten() for image in crops]
+        ).mean()
         full = workload.evaluate_full(model)
         two = workload.evaluate_full(model, max_batches=2)
     assert len(crops) == 8 and full["val_loss"] == full["val_mse"] == pytest.approx(expected.item(), rel=1e-5)

@@ -48,7 +48,9 @@ def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optim
     from soapbench.optimizers import available_optimizers
 
     configs = [OmegaConf.load(p) for p in (CONFIG_DIR / "optimizer").glob("*.yaml")]
-    names = {config["name"] for config in configs if "target" not in config.keys()}  # the others name a class by import path
+    names = {
+        config["name"] for config in configs if "target" not in config.keys()
+    }  # the others name a class by import path
     assert names == set(available_optimizers())
 
 
@@ -56,7 +58,9 @@ def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optim
 # the pinned package, so CI checks them without the peers extra; where a peer is installed, the record is checked
 # against it.
 PEER_SIGNATURES = CONFIG_DIR / "optimizer" / "peer_signatures.json"
-_OPTIMIZER_YAMLS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml") if p.stem != "custom")  # custom names no target
+_OPTIMIZER_YAMLS = sorted(
+    p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml") if p.stem != "custom"
+)  # custom names no target
 
 
 def _optimizer_yaml(stem: str) -> dict:
@@ -107,7 +111,9 @@ def test_optimizer_yaml_keys_are_constructor_keywords(stem: str) -> None:
 
 
 def test_every_peer_yaml_has_a_signature_recorded_for_its_pinned_package() -> None:
-    peers = {config["target"]: config["package"] for config in map(_optimizer_yaml, _OPTIMIZER_YAMLS) if config.get("target")}
+    peers = {
+        config["target"]: config["package"] for config in map(_optimizer_yaml, _OPTIMIZER_YAMLS) if config.get("target")
+    }
     assert peers, "the peer yamls are found"
     recorded = {target: entry["package"] for target, entry in _recorded_signatures().items()}
     assert recorded == peers, f"{PEER_SIGNATURES.name} and the peer yamls name the same classes and pinned packages"
@@ -122,10 +128,14 @@ def test_a_recorded_peer_signature_is_the_installed_packages(target: str) -> Non
         pytest.skip(f"{target.split('.')[0]} is not installed; its yamls are checked against the recorded signature")
     recorded = _recorded_signatures()[target]
     found = installed_version(recorded["package"], target)
-    assert found == recorded["package"].split("==")[1], f"{target}: {found} is installed; the record is for {recorded['package']}"
+    assert found == recorded["package"].split("==")[1], (
+        f"{target}: {found} is installed; the record is for {recorded['package']}"
+    )
     keywords, var_keyword = OptimizerSpec(target, import_target(target), ())._keywords()
-    assert {"keywords": keywords, "var_keyword": var_keyword} == {k: recorded[k] for k in ("keywords", "var_keyword")}, (
-        f"{target}: re-record it in {PEER_SIGNATURES.name}: " + json.dumps({"keywords": keywords, "var_keyword": var_keyword})
+    assert {"keywords": keywords, "var_keyword": var_keyword} == {
+        k: recorded[k] for k in ("keywords", "var_keyword")
+    }, f"{target}: re-record it in {PEER_SIGNATURES.name}: " + json.dumps(
+        {"keywords": keywords, "var_keyword": var_keyword}
     )
 
 

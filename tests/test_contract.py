@@ -87,7 +87,9 @@ class ReReadsTheLoadedArgument(PlainSGD):
         params = [p for group in self.param_groups for p in group["params"]]
         for index, param in enumerate(params):
             if index in state_dict["state"]:
-                self.state[param] = {k: v.clone() if torch.is_tensor(v) else v for k, v in state_dict["state"][index].items()}
+                self.state[param] = {
+                    k: v.clone() if torch.is_tensor(v) else v for k, v in state_dict["state"][index].items()
+                }
 
 
 class Ascends(PlainSGD):
@@ -139,12 +141,21 @@ def test_a_crash_is_a_failure_naming_the_exception_and_never_escapes() -> None:
 def test_error_inputs_run_one_by_one() -> None:
     info = info_for(PlainSGD, {})
     generic = info.optim_error_inputs_func
-    info.optim_error_inputs_func = lambda device, dtype: generic(device, dtype) + [
-        ErrorOptimizerInput(OptimizerInput(params=None, kwargs={"lr": -1.0}, desc="negative lr"), error_type=ValueError,
-                            error_regex="lr must be > 0"),
-        ErrorOptimizerInput(OptimizerInput(params=None, kwargs={"momentum": -1.0}, desc="negative momentum"),
-                            error_type=ValueError, error_regex="momentum"),
-    ]
+    info.optim_error_inputs_func = lambda device, dtype: (
+        generic(device, dtype)
+        + [
+            ErrorOptimizerInput(
+                OptimizerInput(params=None, kwargs={"lr": -1.0}, desc="negative lr"),
+                error_type=ValueError,
+                error_regex="lr must be > 0",
+            ),
+            ErrorOptimizerInput(
+                OptimizerInput(params=None, kwargs={"momentum": -1.0}, desc="negative momentum"),
+                error_type=ValueError,
+                error_regex="momentum",
+            ),
+        ]
+    )
     results = {r.name: r for r in run_contract(info, categories=["errors"])}
     assert results["negative lr -> ValueError"].status == "pass"
     assert results["negative momentum -> ValueError"].status == "fail"  # PlainSGD does not validate momentum

@@ -18,7 +18,7 @@ from tests.conftest import REPO, run_cli, train_in_process
 
 # A user's optimizer in their own module, outside this repository: sign descent with a decoupled decay.
 USER_MODULE = textwrap.dedent(
-    '''
+    """
     import torch
 
     class SignDescent(torch.optim.Optimizer):
@@ -31,12 +31,14 @@ USER_MODULE = textwrap.dedent(
                 for p in group["params"]:
                     if p.grad is not None:
                         p.mul_(1 - group["lr"] * group["weight_decay"]).add_(p.grad.sign(), alpha=-group["lr"])
-    '''
+    """
 )
 
 
 def _eval_losses(summary: dict) -> list[float]:
-    return [r["val/loss"] for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval" and "val/loss" in r]
+    return [
+        r["val/loss"] for r in RunStore(summary["run_dir"]).read_metrics() if r["event"] == "eval" and "val/loss" in r
+    ]
 
 
 def test_torch_sgd_by_import_path_trains_nanogpt_char(results_dir) -> None:

@@ -91,7 +91,9 @@ def test_device_check_rejects_an_unknown_section_before_running(tmp_path) -> Non
 def test_compiled_model_trains_like_the_eager_one(results_dir, tmp_path, workload) -> None:
     eager, eager_records = _train(results_dir, WORKLOADS[workload])
     compiled, compiled_records = _train(tmp_path, [*WORKLOADS[workload], "trainer.compile=true"])
-    losses = [[r["train/loss"] for r in records if r["event"] == "train"] for records in (eager_records, compiled_records)]
+    losses = [
+        [r["train/loss"] for r in records if r["event"] == "train"] for records in (eager_records, compiled_records)
+    ]
     # Inductor fuses and reorders float32 ops, so the trajectories agree to rounding, not bit for bit.
     assert losses[1] == pytest.approx(losses[0], rel=1e-4)
     assert compiled["final_val_loss"] == pytest.approx(eager["final_val_loss"], rel=1e-4)

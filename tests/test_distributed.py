@@ -21,7 +21,11 @@ def _train(results_dir, processes: int, extra: list[str]) -> None:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = [*(launcher if processes > 1 else [sys.executable]), str(REPO / "scripts" / "train.py")]
     result = subprocess.run(
-        [*command, *ARGS, *extra, f"paths.results_dir={results_dir}"], capture_output=True, text=True, env=env, timeout=600
+        [*command, *ARGS, *extra, f"paths.results_dir={results_dir}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -88,10 +92,15 @@ def test_two_gloo_processes_match_one_process(tmp_path, optimizer) -> None:
             torch.testing.assert_close(ddp["model"][name], value, rtol=0, atol=1e-5, msg=name)
     single_losses = [r["val/loss"] for r in RunStore(single_dir).read_metrics() if "val/loss" in r]
     ddp_losses = [r["val/loss"] for r in RunStore(ddp_dir).read_metrics() if "val/loss" in r]
-    assert len(ddp_losses) == 3 and ddp_losses == pytest.approx(single_losses, rel=1e-4 if optimizer == "adamw" else 1e-3)
+    assert len(ddp_losses) == 3 and ddp_losses == pytest.approx(
+        single_losses, rel=1e-4 if optimizer == "adamw" else 1e-3
+    )
     summary = json.loads((ddp_dir / "summary.json").read_text())
     assert summary["refreshes_shared_by"] == (["SOAP"] if optimizer == "soap" else [])
-    assert summary["processes"] == 2 and summary["tokens"] == json.loads((single_dir / "summary.json").read_text())["tokens"]
+    assert (
+        summary["processes"] == 2
+        and summary["tokens"] == json.loads((single_dir / "summary.json").read_text())["tokens"]
+    )
     assert (summary["world_size"], json.loads((single_dir / "summary.json").read_text())["world_size"]) == (2, 1)
 
 

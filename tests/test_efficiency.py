@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-
 import synthetic_runs as syn
+
 from soapbench.report.analysis import analyze
 from soapbench.report.efficiency import BudgetPoint, fit_power_law, schedule_efficiency
 from soapbench.report.profiles import performance_profile, performance_ratios
@@ -76,13 +76,31 @@ def test_schedule_efficiency_target_below_asymptote_is_not_reached() -> None:
 
 def test_efficiency_from_a_synthetic_store(tmp_path) -> None:
     """Runs on disk -> families of shortened schedules -> fit -> known 1.5x steps / 1.25x time."""
-    syn.power_law_schedule_runs(tmp_path, "eff", "adamw", lambda n: 3 + 5 * n**-0.5, 0.01, 1000, [1.0],
-                                seeds=(0, 1))
-    syn.power_law_schedule_runs(tmp_path, "eff", "soap", lambda n: 3 + 5 * (1.5 * n) ** -0.5, 0.012, 1000,
-                                FRACTIONS, seeds=(0, 1), precondition_frequency=10)
+    syn.power_law_schedule_runs(tmp_path, "eff", "adamw", lambda n: 3 + 5 * n**-0.5, 0.01, 1000, [1.0], seeds=(0, 1))
+    syn.power_law_schedule_runs(
+        tmp_path,
+        "eff",
+        "soap",
+        lambda n: 3 + 5 * (1.5 * n) ** -0.5,
+        0.012,
+        1000,
+        FRACTIONS,
+        seeds=(0, 1),
+        precondition_frequency=10,
+    )
     # a worse lr of the same optimizer, full budget only: must not join the best family
-    syn.power_law_schedule_runs(tmp_path, "eff", "soap", lambda n: 3 + 5 * (1.1 * n) ** -0.5, 0.012, 1000,
-                                [1.0], seeds=(0,), lr=3e-3, precondition_frequency=10)
+    syn.power_law_schedule_runs(
+        tmp_path,
+        "eff",
+        "soap",
+        lambda n: 3 + 5 * (1.1 * n) ** -0.5,
+        0.012,
+        1000,
+        [1.0],
+        seeds=(0,),
+        lr=3e-3,
+        precondition_frequency=10,
+    )
     analysis = analyze(load_experiment(tmp_path, "eff"))
     (workload,) = analysis.workloads
     assert workload.target == pytest.approx(3 + 5 * 1000**-0.5, rel=1e-12)
@@ -117,10 +135,12 @@ def _noisy_points(fractions, seeds=(0, 1, 2, 3), full=1000):
     points = []
     for f in fractions:
         n = full * f
-        per_seed = tuple((str(s), 3 + 5 * (1.5 * n) ** -0.5 + offsets[s] + 0.001 * (s - 1.5) * f, 0.012 * n)
-                         for s in seeds)
-        points.append(BudgetPoint(n, 0.012 * n, float(np.mean([v for _, v, _ in per_seed])), len(seeds),
-                                  seed_losses=per_seed))
+        per_seed = tuple(
+            (str(s), 3 + 5 * (1.5 * n) ** -0.5 + offsets[s] + 0.001 * (s - 1.5) * f, 0.012 * n) for s in seeds
+        )
+        points.append(
+            BudgetPoint(n, 0.012 * n, float(np.mean([v for _, v, _ in per_seed])), len(seeds), seed_losses=per_seed)
+        )
     return points
 
 
@@ -140,10 +160,18 @@ def test_fit_efficiency_has_a_seed_bootstrap_interval_only_with_more_budgets_tha
 def test_a_saving_uses_the_curve_crossing_when_the_fit_interpolates_exactly(tmp_path) -> None:
     from soapbench.report.reference import ReferenceEntry, ours_for
 
-    syn.power_law_schedule_runs(tmp_path, "eff", "adamw", lambda n: 3 + 5 * n**-0.5, 0.01, 1000, [1.0],
-                                seeds=(0, 1))
-    syn.power_law_schedule_runs(tmp_path, "eff", "soap", lambda n: 3 + 5 * (1.5 * n) ** -0.5, 0.012, 1000,
-                                (0.5, 0.75, 1.0), seeds=(0, 1), precondition_frequency=10)
+    syn.power_law_schedule_runs(tmp_path, "eff", "adamw", lambda n: 3 + 5 * n**-0.5, 0.01, 1000, [1.0], seeds=(0, 1))
+    syn.power_law_schedule_runs(
+        tmp_path,
+        "eff",
+        "soap",
+        lambda n: 3 + 5 * (1.5 * n) ** -0.5,
+        0.012,
+        1000,
+        (0.5, 0.75, 1.0),
+        seeds=(0, 1),
+        precondition_frequency=10,
+    )
     (workload,) = analyze(load_experiment(tmp_path, "eff")).workloads
     entry = ReferenceEntry("soap", "paper", "step_saving", ">=", 0.4, {}, "adamw", "toy", "toy")
     saving, how = ours_for(entry, workload)

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 import synthetic_runs as syn
+
 from tests.conftest import REPO
 
 TIMEOUT_S = 120
@@ -73,35 +73,86 @@ CASES = [
     ("search.py", "soap_lr_betas --trials 0 --results-dir {tmp}/results", "trials: must be a positive integer", None),
     ("search.py", "soap_lr_betas --jobs 0 --results-dir {tmp}/results", "jobs: must be >= 1", None),
     ("search.py", "soap_lr_betas --sampler bogus --results-dir {tmp}/results", "invalid choice", None),
-    ("search.py", "soap_lr_betas --results-dir {tmp}/results", "study.db: cannot open the study (file is not a database)",
-     _damage_study("random")),
-    ("search.py", "soap_lr_betas --results-dir {tmp}/results", "study.db: cannot open the study (database disk image is malformed)",
-     _damage_study("truncated")),
+    (
+        "search.py",
+        "soap_lr_betas --results-dir {tmp}/results",
+        "study.db: cannot open the study (file is not a database)",
+        _damage_study("random"),
+    ),
+    (
+        "search.py",
+        "soap_lr_betas --results-dir {tmp}/results",
+        "study.db: cannot open the study (database disk image is malformed)",
+        _damage_study("truncated"),
+    ),
     ("search.py", "soap_lr_betas --results-dir {tmp}/a_file/results", "cannot write the study folder", None),
     ("search.py", "soap_lr_betas --results-dir {tmp}/ro", "study", _read_only("ro")),
     # report.py
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --baseline nonexistent",
-     "--baseline nonexistent: no such optimizer", None),
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --metric val/nonexistent",
-     "--metric val/nonexistent: no run logs it", None),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --baseline nonexistent",
+        "--baseline nonexistent: no such optimizer",
+        None,
+    ),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --metric val/nonexistent",
+        "--metric val/nonexistent: no run logs it",
+        None,
+    ),
     ("report.py", "--experiment battery --results-dir {store} --out {tmp}/a_file/r", "a_file is a file", None),
     ("report.py", "--experiment battery --results-dir {store} --out {tmp}/a_file", "not a folder", None),
     ("report.py", "--experiment battery --results-dir {store} --out {tmp}/ro/r", "not writable", _read_only("ro")),
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --target -5", "--target -5.0: must be a positive", None),
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --target nan", "--target nan: must be a positive", None),
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --target inf", "--target inf: must be a positive", None),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --target -5",
+        "--target -5.0: must be a positive",
+        None,
+    ),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --target nan",
+        "--target nan: must be a positive",
+        None,
+    ),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --target inf",
+        "--target inf: must be a positive",
+        None,
+    ),
     ("report.py", "--experiment nonexistent --results-dir {store} --out {tmp}/r", "nonexistent", None),
-    ("report.py", "--experiment battery --results-dir {store} --out {tmp}/r --reference nonexistent", "nonexistent", None),
+    (
+        "report.py",
+        "--experiment battery --results-dir {store} --out {tmp}/r --reference nonexistent",
+        "nonexistent",
+        None,
+    ),
     ("report.py", "--experiment battery --results-dir {tmp}/nowhere --out {tmp}/r", "nowhere", None),
     # check_optimizer.py
     ("check_optimizer.py", "torch.optim.AdamW --no-training --no-contract --kwargs lr=abc", "--kwargs lr='abc'", None),
     ("check_optimizer.py", "torch.optim.AdamW --no-training --no-contract --kwargs lr=-1", "--kwargs lr=-1", None),
-    ("check_optimizer.py", "torch.optim.AdamW --no-training --no-contract --kwargs betas=[0.9]", "--kwargs betas=[0.9]", None),
+    (
+        "check_optimizer.py",
+        "torch.optim.AdamW --no-training --no-contract --kwargs betas=[0.9]",
+        "--kwargs betas=[0.9]",
+        None,
+    ),
     ("check_optimizer.py", "adamw --no-training --no-contract --kwargs lr=-1", "lr", None),
-    ("check_optimizer.py", "adamw --no-training --no-contract --golden nonexistent", "--golden nonexistent: no golden run", None),
+    (
+        "check_optimizer.py",
+        "adamw --no-training --no-contract --golden nonexistent",
+        "--golden nonexistent: no golden run",
+        None,
+    ),
     ("check_optimizer.py", "adamw --no-training --no-contract --json {tmp}/a_file/rows.json", "a_file is a file", None),
     ("check_optimizer.py", "adamw --no-training --no-contract --json {tmp}", "is a folder", None),
-    ("check_optimizer.py", "adamw --no-training --no-contract --json {tmp}/ro/rows.json", "not writable", _read_only("ro")),
+    (
+        "check_optimizer.py",
+        "adamw --no-training --no-contract --json {tmp}/ro/rows.json",
+        "not writable",
+        _read_only("ro"),
+    ),
     ("check_optimizer.py", "nonexistent --no-training --no-contract", "neither an optimizer yaml", None),
     ("check_optimizer.py", "adamw --no-training --no-contract --kwargs notapair", "is not name=value", None),
     ("check_optimizer.py", "adamw --steps 1", "--steps must be >= 2", None),
@@ -109,13 +160,27 @@ CASES = [
     ("bench_optimizers.py", "--model nonexistent --out {tmp}/b", "nonexistent", None),
     ("bench_optimizers.py", "--model nanogpt_char_cpu --optimizers nonexistent --out {tmp}/b", "nonexistent", None),
     ("bench_optimizers.py", "--warmup 0 --out {tmp}/b", "--warmup must be >= 1", None),
-    ("bench_optimizers.py", "--model nanogpt_char_cpu --optimizers adamw --out {tmp}/a_file/b", "a_file is a file", None),
-    ("bench_optimizers.py", "--model nanogpt_char_cpu --optimizers adamw --ratio-variant bogus --out {tmp}/b",
-     "--ratio-variant 'bogus'", None),
+    (
+        "bench_optimizers.py",
+        "--model nanogpt_char_cpu --optimizers adamw --out {tmp}/a_file/b",
+        "a_file is a file",
+        None,
+    ),
+    (
+        "bench_optimizers.py",
+        "--model nanogpt_char_cpu --optimizers adamw --ratio-variant bogus --out {tmp}/b",
+        "--ratio-variant 'bogus'",
+        None,
+    ),
     # optimizer_memory.py
     ("optimizer_memory.py", "--model nonexistent", "nonexistent", None),
     ("optimizer_memory.py", "--model nanogpt_char_cpu --optimizers nonexistent", "nonexistent", None),
-    ("optimizer_memory.py", "--model nanogpt_char_cpu --optimizers adamw --json {tmp}/a_file/m.json", "a_file is a file", None),
+    (
+        "optimizer_memory.py",
+        "--model nanogpt_char_cpu --optimizers adamw --json {tmp}/a_file/m.json",
+        "a_file is a file",
+        None,
+    ),
     # device_check.py
     ("device_check.py", "--tiny --sections bogus --out {tmp}/d", "--sections: unknown bogus", None),
     ("device_check.py", "--tiny --steps 0 --out {tmp}/d", "--steps must be >= 1", None),
@@ -127,7 +192,12 @@ CASES = [
     # leaderboard.py
     ("leaderboard.py", "--reproductions-dir {tmp}/nowhere --out {tmp}/l", "no */report.csv", None),
     ("leaderboard.py", "--reproductions-dir {repo}/results/reproductions --out {tmp}/a_file", "--out", None),
-    ("leaderboard.py", "--reproductions-dir {repo}/results/reproductions --out {tmp}/a_file/l", "a_file is a file", None),
+    (
+        "leaderboard.py",
+        "--reproductions-dir {repo}/results/reproductions --out {tmp}/a_file/l",
+        "a_file is a file",
+        None,
+    ),
 ]
 
 
@@ -157,8 +227,11 @@ def _error_lines(script: str, stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith(prefixes)]
 
 
-@pytest.mark.parametrize(("script", "arguments", "expected", "setup"), CASES,
-                         ids=[f"{c[0]}:{c[1].split('{')[0].strip() or c[1]}:{c[2][:30]}" for c in CASES])
+@pytest.mark.parametrize(
+    ("script", "arguments", "expected", "setup"),
+    CASES,
+    ids=[f"{c[0]}:{c[1].split('{')[0].strip() or c[1]}:{c[2][:30]}" for c in CASES],
+)
 def test_bad_input_is_one_line_exit_2_nothing_written(script, arguments, expected, setup, store, tmp_path):
     if setup is not None and setup.__qualname__.startswith("_read_only") and ROOT:
         pytest.skip("root writes into read-only folders")
@@ -212,7 +285,9 @@ def test_a_locked_study_waits_a_bounded_time_then_one_line(tmp_path):
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert result.returncode == 2, result.stderr[-2000:]
     lines = _error_lines("search.py", result.stderr)
-    assert len(lines) == 1 and "database is locked" in lines[0] and "another process holds it" in lines[0], result.stderr
+    assert len(lines) == 1 and "database is locked" in lines[0] and "another process holds it" in lines[0], (
+        result.stderr
+    )
     assert waited >= STUDY_LOCK_TIMEOUT_S
     assert _listing(tmp_path) == before
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 import synthetic_runs as syn
+
 from soapbench.report.export import MARKER, export_store
 from soapbench.report.store import ReportError
 
@@ -23,11 +23,18 @@ def _store(root: Path) -> dict[str, float]:
             config = syn.base_config("exp", optimizer, seed, 1e-3, 100)
             name = f"{optimizer}-s{seed}"
             loss = 1.5 + offset + 0.01 * seed
-            syn.write_run(root, "exp", name, config, [(50, 5.0, loss + 0.3), (100, 10.0, loss)],
-                          summary_extra={"final_full_val_loss": loss, "machine_shared": seed == 1})
+            syn.write_run(
+                root,
+                "exp",
+                name,
+                config,
+                [(50, 5.0, loss + 0.3), (100, 10.0, loss)],
+                summary_extra={"final_full_val_loss": loss, "machine_shared": seed == 1},
+            )
             finals[name] = loss
-    syn.write_run(root, "exp", "soap-killed", syn.base_config("exp", "soap", 2, 1e-3, 100), [(50, 5.0, 1.9)],
-                  status=None)
+    syn.write_run(
+        root, "exp", "soap-killed", syn.base_config("exp", "soap", 2, 1e-3, 100), [(50, 5.0, 1.9)], status=None
+    )
     return finals
 
 
@@ -83,8 +90,13 @@ def test_the_export_never_writes_over_a_users_folder_or_into_the_store(tmp_path:
 )
 def test_bad_input_to_the_export_is_one_line_and_exit_2(tmp_path: Path, args: list[str], expected: str) -> None:
     _store(tmp_path)
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "export.py"), *args], cwd=tmp_path,
-                            capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO)})
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "export.py"), *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(REPO)},
+    )
     assert result.returncode == 2, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("export: error: ") and expected in line, line

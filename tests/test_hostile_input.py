@@ -13,8 +13,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 import synthetic_runs as syn
+
 from tests.conftest import REPO, RunsCode, run_cli, train_in_process
 
 
@@ -113,7 +113,16 @@ def test_a_search_study_that_is_a_path_is_refused_and_writes_nothing(tmp_path, c
     pytest.importorskip("optuna")
     results = tmp_path / "deep" / "results"
     results.mkdir(parents=True)
-    args = ["soap_lr_betas", "trainer.max_steps=2", "--trials", "1", "--study", "../../escaped", "--results-dir", str(results)]
+    args = [
+        "soap_lr_betas",
+        "trainer.max_steps=2",
+        "--trials",
+        "1",
+        "--study",
+        "../../escaped",
+        "--results-dir",
+        str(results),
+    ]
     code = _script("search").main(args)  # the short trial bounds what the test costs where the study is not refused
     assert code == 2
     assert _error_lines(capsys.readouterr().err) == [
@@ -168,7 +177,9 @@ def test_report_replaces_only_what_a_report_wrote(store, tmp_path, capsys) -> No
     assert set(_tree(out)) == set(first) and (out / "report.md").read_text() != "an older report's text"
     assert sorted(p.name for p in out.parent.iterdir()) == ["exp"], "the previous report's folder is gone"
 
-    (out / "notes.md").write_text("mine")  # a user's file in a report folder: the folder is no longer the report's alone
+    (out / "notes.md").write_text(
+        "mine"
+    )  # a user's file in a report folder: the folder is no longer the report's alone
     assert _report(["--experiment", "exp", "--out", str(out)], store) == 2
     assert f"--out {out} holds notes.md, which no report wrote" in capsys.readouterr().err
     assert (out / "notes.md").read_text() == "mine" and (out / "report.md").exists()
@@ -206,4 +217,3 @@ def test_an_env_interpolation_in_a_stored_config_does_not_reach_the_report(store
     leaked = [name for name, content in _tree(out).items() if content is not None and secret.encode() in content]
     assert leaked == []
     assert "model.arch.note: ${oc.env:SOAPBENCH_TEST_SECRET}" in (out / "report.md").read_text(), "kept as text"
-

@@ -9,8 +9,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 import synthetic_runs as syn
+
 from soapbench.report.html import VERDICT_CLASSES
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,8 +25,13 @@ def _synthetic_report(tmp_path: Path) -> Path:
         for seed in (0, 1, 2):
             loss = final + 0.01 * seed
             config = syn.base_config("exp", optimizer, seed, 1e-3, 400)
-            syn.write_run(tmp_path, "exp", f"{optimizer}-s{seed}", config,
-                          [(100, 10.0, loss + 0.6), (200, 20.0, loss + 0.3), (400, 40.0, loss)])
+            syn.write_run(
+                tmp_path,
+                "exp",
+                f"{optimizer}-s{seed}",
+                config,
+                [(100, 10.0, loss + 0.6), (200, 20.0, loss + 0.3), (400, 40.0, loss)],
+            )
     out = tmp_path / "report"
     assert main(["--experiment", "exp", "--results-dir", str(tmp_path), "--out", str(out)]) == 0
     return out / "report.html"
@@ -34,13 +39,27 @@ def _synthetic_report(tmp_path: Path) -> Path:
 
 def _open_in_chromium(page: Path, tmp_path: Path) -> tuple[str, str]:
     """The DOM after the page's scripts ran, and Chromium's log (console messages and uncaught errors)."""
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'chromium-profile'}", "--enable-logging=stderr", "--v=0",
-             "--virtual-time-budget=10000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--virtual-time-budget=10000",
+    ]
     dom = subprocess.run([CHROMIUM, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
-    shot = subprocess.run([CHROMIUM, *flags, f"--screenshot={tmp_path / 'report.png'}", "--window-size=1280,2000",
-                           page.as_uri()], capture_output=True, text=True, timeout=120)
+    shot = subprocess.run(
+        [CHROMIUM, *flags, f"--screenshot={tmp_path / 'report.png'}", "--window-size=1280,2000", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert dom.returncode == 0 and shot.returncode == 0, dom.stderr[-2000:] + shot.stderr[-2000:]
     return dom.stdout, dom.stderr + shot.stderr
 

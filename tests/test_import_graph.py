@@ -21,8 +21,11 @@ def _module_name(path: Path, folder: Path, package: str) -> str:
 
 
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
-    modules = {_module_name(path, root / folder, package): path
-               for package, folder in PACKAGE_DIRS.items() for path in (root / folder).rglob("*.py")}
+    modules = {
+        _module_name(path, root / folder, package): path
+        for package, folder in PACKAGE_DIRS.items()
+        for path in (root / folder).rglob("*.py")
+    }
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
@@ -99,7 +102,9 @@ def test_a_deferred_import_that_closes_a_circle_is_found(tmp_path: Path) -> None
     package.mkdir()
     (package / "__init__.py").write_text("")
     (package / "host.py").write_text("from soapbench.optimizers.mixin import Mixin\n")
-    (package / "mixin.py").write_text("class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n")
+    (package / "mixin.py").write_text(
+        "class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n"
+    )
     for folder in set(PACKAGE_DIRS.values()) - {"optimizers"}:
         (tmp_path / folder).mkdir()
     assert circles(import_graph(tmp_path)) == [["soapbench.optimizers.host", "soapbench.optimizers.mixin"]]

@@ -26,7 +26,9 @@ def test_the_install_adds_no_top_level_data_models_or_optimizers(tmp_path: Path)
         "print(soapbench.optimizers.soap.__file__)\n"
     )
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     lines = result.stdout.splitlines()
     assert lines, f"the probe failed before it looked:\n{result.stderr}"
     top_level = json.loads(lines[0])
@@ -59,5 +61,7 @@ def test_code_imports_the_folders_by_their_installed_names() -> None:
                     names = [node.module]
                 else:
                     continue
-                bare += [f"{path.relative_to(REPO)}:{node.lineno}: {name}" for name in names if name.split(".")[0] in FOLDERS]
+                bare += [
+                    f"{path.relative_to(REPO)}:{node.lineno}: {name}" for name in names if name.split(".")[0] in FOLDERS
+                ]
     assert not bare, "import these as soapbench.<folder>...:\n" + "\n".join(bare)

@@ -13,17 +13,17 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
 import torch
+from golden_driver import load_golden, max_abs_diff, run_trajectory, single_thread_default_dtype
 from omegaconf import OmegaConf
 from torch import nn
 
 import soapbench.optimizers.kl  # noqa: F401  (registers kl_shampoo and kl_soap)
 import soapbench.optimizers.linalg as linalg
-from golden_driver import load_golden, max_abs_diff, run_trajectory, single_thread_default_dtype
 from soapbench.optimizers.adamw import AdamW
 from soapbench.optimizers.composite import CompositeOptimizer
 from soapbench.optimizers.kl import CLAMP_FLOOR, KLSOAP, KLShampoo, parse_cast_dtype, working_shape
@@ -71,7 +71,7 @@ def _golden_factory(golden: dict, optimizer_class: type, **overrides) -> Callabl
     return lambda params: optimizer_class(params, **hyperparameters)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _golden_run(run: str) -> tuple[dict, dict[str, torch.Tensor]]:
     golden = load_golden(run)
     trajectory = run_trajectory(
@@ -411,7 +411,9 @@ def test_linalg_failures_keep_the_previous_basis(monkeypatch: pytest.MonkeyPatch
     optimizer.add_param_group({"params": [fresh]})
     _run(optimizer, params + [fresh], range(5, 9))
     fresh_bases = optimizer.state[fresh]["bases"]
-    assert len(fresh_bases) == fresh.dim() and all(torch.equal(basis, torch.eye(basis.shape[0])) for basis in fresh_bases)
+    assert len(fresh_bases) == fresh.dim() and all(
+        torch.equal(basis, torch.eye(basis.shape[0])) for basis in fresh_bases
+    )
     assert all(torch.isfinite(param).all() for param in params + [fresh])
     assert optimizer.diagnostics()["linalg_failures"] == 10 + 2 + 10 + 2
 

@@ -11,7 +11,14 @@ from soapbench.launch import placement
 
 def test_several_gpus_get_one_job_each(monkeypatch) -> None:
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert [placement(n, 4, "auto")["device"] for n in range(6)] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3", "cuda:0", "cuda:1"]
+    assert [placement(n, 4, "auto")["device"] for n in range(6)] == [
+        "cuda:0",
+        "cuda:1",
+        "cuda:2",
+        "cuda:3",
+        "cuda:0",
+        "cuda:1",
+    ]
 
 
 def test_cpu_jobs_share_the_cores(monkeypatch) -> None:

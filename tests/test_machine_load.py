@@ -15,7 +15,9 @@ from soapbench.trainer import TIMING_KEYS
 from tests.conftest import run_cli, train_in_process
 
 
-def _monitor(threads: int, load: float | None = 0.5, *, cores: int = 2, parallel_jobs: int = 1, segments=None) -> MachineLoad:
+def _monitor(
+    threads: int, load: float | None = 0.5, *, cores: int = 2, parallel_jobs: int = 1, segments=None
+) -> MachineLoad:
     return MachineLoad(
         [] if segments is None else segments, start_step=0, device=f"cpu:test x{threads} threads", cpu_model="test CPU",
         threads=threads, parallel_jobs=parallel_jobs, cores=cores, load=lambda: load,
@@ -53,7 +55,9 @@ def test_the_median_needs_a_few_steps_first() -> None:
 
 def test_log_event_reports_mean_cpu_per_step_and_the_load_then_starts_a_new_window() -> None:
     loads = iter([0.2, 1.7, 0.9])
-    monitor = MachineLoad([], start_step=0, device="cpu", cpu_model="test", threads=1, cores=2, load=lambda: next(loads))
+    monitor = MachineLoad(
+        [], start_step=0, device="cpu", cpu_model="test", threads=1, cores=2, load=lambda: next(loads)
+    )
     monitor.step(1, wall=0.2, cpu=0.1)
     monitor.step(2, wall=0.2, cpu=0.3)
     assert monitor.log_event() == {"train/cpu_seconds": pytest.approx(0.2), "system/load1": 1.7}
@@ -94,7 +98,9 @@ def test_the_verdict_names_each_reason_in_one_line() -> None:
     # A big machine's daemons: load 3 beside one thread on 64 cores is not a shared machine; load 6 is.
     assert not machine_shared([_segment(max_load=3.0, cores=64)])["shared"]
     assert machine_shared([_segment(max_load=6.0, cores=64)])["reasons"] == ["load 6.0 on 64 cores"]
-    resumed = machine_shared([_segment(steps=50, end_step=50), _segment(start_step=50, steps=50, slowed_steps=10, max_load=4.2)])
+    resumed = machine_shared(
+        [_segment(steps=50, end_step=50), _segment(start_step=50, steps=50, slowed_steps=10, max_load=4.2)]
+    )
     assert resumed["slowed_fraction"] == 0.1 and resumed["max_load"] == 4.2
     assert resumed["reasons"] == ["10.0% of steps slowed >1.5x (wall/CPU)", "load 4.2 on 2 cores (steps 50-100)"]
 
@@ -141,7 +147,9 @@ def test_a_resume_with_other_threads_adds_a_segment_and_marks_the_difference(res
     assert train_records and all(r["train/cpu_seconds"] > 0 and "system/load1" in r for r in train_records)
 
 
-@pytest.mark.parametrize("value,message", [("0", "trainer.threads: must be > 0"), ("abc", "trainer.threads: expected an integer")])
+@pytest.mark.parametrize(
+    "value,message", [("0", "trainer.threads: must be > 0"), ("abc", "trainer.threads: expected an integer")]
+)
 def test_bad_thread_count_is_one_error_line_and_exit_2(results_dir, value, message) -> None:
     result = run_cli([f"trainer.threads={value}"], results_dir)
     assert result.returncode == 2, result.stderr

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from golden_driver import load_golden, max_abs_diff, run_trajectory
 from torch import nn
 
-from golden_driver import load_golden, max_abs_diff, run_trajectory
 from soapbench.optimizers.composite import CompositeOptimizer
 from soapbench.optimizers.muon import Muon, TorchMuon, keller_aspect_scale, zeropower_via_newtonschulz5_keller
 from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
@@ -283,8 +283,11 @@ def test_composite_runs_step_state_dict_and_load_hooks_as_torch_does():
     calls = []
     optimizer.register_step_pre_hook(lambda opt, args, kwargs: calls.append(("step pre", opt is optimizer)))
     optimizer.register_step_post_hook(lambda opt, args, kwargs: calls.append(("step post", opt is optimizer)))
-    handle = register_optimizer_step_pre_hook(lambda opt, args, kwargs: calls.append(
-        ("global pre", opt is optimizer)) if isinstance(opt, CompositeOptimizer) else None)
+    handle = register_optimizer_step_pre_hook(
+        lambda opt, args, kwargs: (
+            calls.append(("global pre", opt is optimizer)) if isinstance(opt, CompositeOptimizer) else None
+        )
+    )
     optimizer.register_state_dict_pre_hook(lambda opt: calls.append(("state_dict pre", opt is optimizer)))
     optimizer.register_state_dict_post_hook(lambda opt, sd: {**sd, "tag": "post"})
     optimizer.register_load_state_dict_pre_hook(lambda opt, sd: {k: v for k, v in sd.items() if k != "tag"})
@@ -298,8 +301,13 @@ def test_composite_runs_step_state_dict_and_load_hooks_as_torch_does():
     saved = optimizer.state_dict()
     assert saved["tag"] == "post"
     optimizer.load_state_dict(saved)  # the pre hook drops the tag the post hook added
-    assert calls == [("global pre", True), ("step pre", True), ("step post", True), ("state_dict pre", True),
-                     ("load post", True)]
+    assert calls == [
+        ("global pre", True),
+        ("step pre", True),
+        ("step post", True),
+        ("state_dict pre", True),
+        ("load post", True),
+    ]
 
 
 def test_torch_muon_is_torch_for_matrices_and_flattens_conv_kernels():
@@ -332,7 +340,10 @@ def test_validation_errors_name_the_field():
     for bad, field in ((dict(momentum=1.0), "momentum"), (dict(ns_steps=0), "ns_steps"), (dict(lr=-1.0), "lr")):
         with pytest.raises(OptimizerConfigError, match=field):
             build_optimizer("muon", params, **bad)
-    for bad, field in ((dict(adjust_lr_fn="bogus"), "adjust_lr_fn"), (dict(ns_coefficients=[1.0, 2.0]), "ns_coefficients")):
+    for bad, field in (
+        (dict(adjust_lr_fn="bogus"), "adjust_lr_fn"),
+        (dict(ns_coefficients=[1.0, 2.0]), "ns_coefficients"),
+    ):
         with pytest.raises(OptimizerConfigError, match=field):
             build_optimizer("muon_torch", params, **bad)
 

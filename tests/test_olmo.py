@@ -137,6 +137,16 @@ def test_flops_per_token_is_6n_plus_attention() -> None:
 
 def test_bad_arguments_raise_config_errors() -> None:
     with pytest.raises(ModelConfigError, match="n_heads"):
-        build_model({"arch": "olmo", "vocab_size": 10, "d_model": 30, "n_layers": 1, "n_heads": 4, "mlp_hidden": 8, "seq_len": 8})
+        build_model(
+            {
+                "arch": "olmo",
+                "vocab_size": 10,
+                "d_model": 30,
+                "n_layers": 1,
+                "n_heads": 4,
+                "mlp_hidden": 8,
+                "seq_len": 8,
+            }
+        )
     with pytest.raises(ModelConfigError, match="model.n_layer"):
         build_model({"arch": "olmo", "n_layer": 2})

@@ -17,9 +17,9 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from soapbench.contract import CATEGORIES, registered_info, run_contract
 from soapbench.optimizers import available_optimizers, build_optimizer
 from soapbench.optimizers.registry import get_spec
-from soapbench.contract import CATEGORIES, registered_info, run_contract
 from soapbench.results import RunStore
 from tests.conftest import CONFIG_DIR, assert_identical, train_in_process
 
@@ -177,18 +177,33 @@ def test_lr_scheduler_changes_take_effect(name: str) -> None:
 
 # Per-group hyperparameters that change each method's own knobs (a drop-in optimizer gets only different lrs).
 GROUP_SETTINGS = {
-    "adafactor": [dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1), dict(lr=3e-3, betas=(0.5, 0.99), weight_decay=0.0)],
+    "adafactor": [
+        dict(lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1),
+        dict(lr=3e-3, betas=(0.5, 0.99), weight_decay=0.0),
+    ],
     "muon": [dict(lr=0.02, momentum=0.95, weight_decay=0.1), dict(lr=0.005, momentum=0.5, nesterov=False)],
     "soap": [dict(lr=1e-2, betas=(0.9, 0.99), weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3, eps=1e-6)],
-    "shampoo": [dict(lr=1e-2, inv_root_override=0, weight_decay=0.0), dict(lr=3e-3, precondition_frequency=3, momentum=0.5)],
+    "shampoo": [
+        dict(lr=1e-2, inv_root_override=0, weight_decay=0.0),
+        dict(lr=3e-3, precondition_frequency=3, momentum=0.5),
+    ],
     "soap_muon": [
         dict(lr=1e-2, betas=(0.95, 0.95), projection_type="std", nestrov=True, precondition_frequency=2),
-        dict(lr=3e-3, betas=(0.9, 0.99), projection_type="full", newton_schulz_steps=3, scale="graft", weight_decay=0.1),
+        dict(
+            lr=3e-3, betas=(0.9, 0.99), projection_type="full", newton_schulz_steps=3, scale="graft", weight_decay=0.1
+        ),
     ],
     "kl_shampoo": [
         dict(lr=1e-2, precondition_frequency=2, weight_decay=0.1),
-        dict(lr=3e-3, precondition_frequency=5, shampoo_beta=0.5, betas=(0.8, 0.9), eps=1e-6, max_clamp_value=5,
-             cast_dtype="float64"),
+        dict(
+            lr=3e-3,
+            precondition_frequency=5,
+            shampoo_beta=0.5,
+            betas=(0.8, 0.9),
+            eps=1e-6,
+            max_clamp_value=5,
+            cast_dtype="float64",
+        ),
     ],
 }
 GROUP_SETTINGS["kl_soap"] = GROUP_SETTINGS["kl_shampoo"]
@@ -269,7 +284,9 @@ def test_rank_deficient_and_ill_conditioned_gradients_stay_finite(name: str) -> 
         square.grad = scale * (u @ v)  # rank one, wildly varying scale, sometimes exactly zero
         wide.grad = scale * torch.outer(torch.randn(3), torch.randn(40))
         optimizer.step()
-        assert torch.isfinite(square).all() and torch.isfinite(wide).all(), f"{name} produced non-finite values at step {step}"
+        assert torch.isfinite(square).all() and torch.isfinite(wide).all(), (
+            f"{name} produced non-finite values at step {step}"
+        )
 
 
 @pytest.mark.parametrize("name", OPTIMIZERS)
@@ -304,7 +321,9 @@ def test_step_counters_stay_python_ints_when_a_checkpoint_stores_them_as_tensors
         optimizer = build_optimizer(name, params, **hparams)
         _drive(optimizer, params, grads[:3], range(3))
         saved = _round_trip(optimizer)
-        assert len(saved["state"]) == len(params), f"{name}: state for {len(saved['state'])} of {len(params)} parameters"
+        assert len(saved["state"]) == len(params), (
+            f"{name}: state for {len(saved['state'])} of {len(params)} parameters"
+        )
         for state in saved["state"].values():
             state["step"] = as_stored(state["step"])
         restored = [nn.Parameter(p.detach().clone()) for p in params]
@@ -347,8 +366,14 @@ def test_the_soap_cards_usage_trains(results_dir, monkeypatch) -> None:
 
     monkeypatch.setattr(SOAP, "_refresh_bases", counted)
     _assert_30_steps_lower_the_validation_loss(
-        ["optimizer=soap", "optimizer.merge_dims=true", "optimizer.precondition_frequency=20", "optimizer.lr=3e-3",
-         "optimizer.weight_decay=1e-2", "model.n_embd=16"],
+        [
+            "optimizer=soap",
+            "optimizer.merge_dims=true",
+            "optimizer.precondition_frequency=20",
+            "optimizer.lr=3e-3",
+            "optimizer.weight_decay=1e-2",
+            "model.n_embd=16",
+        ],
         results_dir,
     )
     (optimizer,) = set(optimizers)

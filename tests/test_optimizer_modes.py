@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from soapbench.optimizer_check.probes import check_modes
 from soapbench.optimizers import build_optimizer
 from soapbench.optimizers.modes import evaluation_weights, has_modes
-from soapbench.optimizer_check.probes import check_modes
 from tests.conftest import train_in_process
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -39,13 +39,17 @@ class ForgetsTrainingWeights(ZeroAtEval):
 
 
 def test_the_trainer_evaluates_at_the_optimizers_evaluation_weights(results_dir: Path) -> None:
-    summary = train_in_process(["optimizer=custom", f"optimizer.target={__name__}.ZeroAtEval", "+optimizer.lr=0.5",
-                                "trainer.max_steps=6"], results_dir)
+    summary = train_in_process(
+        ["optimizer=custom", f"optimizer.target={__name__}.ZeroAtEval", "+optimizer.lr=0.5", "trainer.max_steps=6"],
+        results_dir,
+    )
     vocabulary = 65  # tiny Shakespeare's characters: zero weights give zero logits, a uniform prediction
     assert summary["final_val_loss"] == pytest.approx(math.log(vocabulary), abs=1e-5)
     assert summary["final_full_val_loss"] == pytest.approx(math.log(vocabulary), abs=1e-5)
     # between evaluations it trained at its own weights: the training loss fell below the uniform one
-    records = [line for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines() if "train/loss" in line]
+    records = [
+        line for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines() if "train/loss" in line
+    ]
     assert records and "train/loss" in records[-1]
     import json
 

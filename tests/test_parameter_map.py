@@ -49,7 +49,9 @@ def test_a_matrix_held_by_the_companion_or_by_no_optimizer_is_named() -> None:
     adamw = torch.optim.AdamW([model.second.weight, model.first.bias], lr=1e-3)
     composite = CompositeOptimizer({"muon": muon, "companion_adamw": adamw})
     line = misplaced(parameter_map(model, composite, "muon"), "muon", ["matrix"])
-    assert line.startswith("warning: 1 parameter(s) with a role muon trains went to another optimizer: "
-                           "second.weight (matrix, to companion_adamw)")
+    assert line.startswith(
+        "warning: 1 parameter(s) with a role muon trains went to another optimizer: "
+        "second.weight (matrix, to companion_adamw)"
+    )
     assert "1 trainable parameter(s) are held by no optimizer: second.bias" in line
     assert "\n" not in line

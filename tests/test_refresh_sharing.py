@@ -112,4 +112,3 @@ def test_owners_balance_refresh_cost() -> None:
     sharing.plan(params, lambda p: float(p.shape[0] ** 3))
     loads = [sum(p.shape[0] ** 3 for p in params if sharing.owner(p) == rank) for rank in range(2)]
     assert sharing.owner(params[0]) == 0 and loads == [64**3, 2 * 32**3 + 2 * 16**3 + 8**3]
-

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
-
 import synthetic_runs as syn
+
 from soapbench.report.analysis import analyze, fairness_warnings
 from soapbench.report.curves import crossing
 from soapbench.report.figures import latest_image
@@ -121,7 +121,9 @@ def test_explicit_target(store: Path) -> None:
     (w,) = analyze(load_experiment(store, "exp"), target=2.6).workloads
     assert w.target_source == "given with --target"
     assert (w.optimizers["adamw"].steps_to_target, w.optimizers["adamw"].seconds_to_target) == pytest.approx((300, 31))
-    assert (w.optimizers["soap f=10"].steps_to_target, w.optimizers["soap f=10"].seconds_to_target) == pytest.approx((200, 30))
+    assert (w.optimizers["soap f=10"].steps_to_target, w.optimizers["soap f=10"].seconds_to_target) == pytest.approx(
+        (200, 30)
+    )
     assert w.optimizers["soap f=10"].efficiency_steps == pytest.approx(1.5)
 
 
@@ -138,8 +140,16 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
     assert _cli(["--experiment", "exp", "--results-dir", str(store), "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "| soap f=10 |" in stdout and "283" in stdout and "diverged (1/1 seeds)" in stdout
-    for name in ("report.md", "report.csv", "configurations.csv", "sources.json", "loss_curves.png",
-                 "lr_sensitivity.png", "efficiency.png", "train_loss.png"):
+    for name in (
+        "report.md",
+        "report.csv",
+        "configurations.csv",
+        "sources.json",
+        "loss_curves.png",
+        "lr_sensitivity.png",
+        "efficiency.png",
+        "train_loss.png",
+    ):
         assert (out / name).stat().st_size > 0, name
     # one workload: no performance profile (a fraction of one workload), and the report says why
     assert not (out / "performance_profile.png").exists()
@@ -148,13 +158,28 @@ def test_cli_writes_every_output_and_shows_broken_runs(store: Path, tmp_path: Pa
         sidecar = json.loads((out / f"{png.stem}.sources.json").read_text())
         assert sidecar["experiment"] == "exp" and sidecar["runs"], png.name
     report = (out / "report.md").read_text()
-    for needle in ("diverged at step 150", "RuntimeError: out of memory", "running (live or killed)",
-                   "no_summary", "| orphan | unknown | unreadable |", "1 diverged", "1 failed", "Target: **2.1000**"):
+    for needle in (
+        "diverged at step 150",
+        "RuntimeError: out of memory",
+        "running (live or killed)",
+        "no_summary",
+        "| orphan | unknown | unreadable |",
+        "1 diverged",
+        "1 failed",
+        "Target: **2.1000**",
+    ):
         assert needle in report, needle
     sources = json.loads((out / "sources.json").read_text())
     assert len(sources["runs"]) == 13
-    assert sources["status_counts"] == {"completed": 7, "diverged": 2, "failed": 1, "running": 1, "interrupted": 0,
-                                        "no_summary": 1, "unreadable": 1}
+    assert sources["status_counts"] == {
+        "completed": 7,
+        "diverged": 2,
+        "failed": 1,
+        "running": 1,
+        "interrupted": 0,
+        "no_summary": 1,
+        "unreadable": 1,
+    }
     assert {r["config_hash"] for r in sources["runs"] if r["status"] == "completed"} >= {"hash-soap_lr1e-3_s0"}
     csv = pd.read_csv(out / "report.csv").set_index("optimizer")
     assert csv.loc["soap", "steps_to_target"] == pytest.approx(200 + 100 * 0.5 / 0.6)
@@ -214,8 +239,13 @@ def test_reference_files_hold_the_paper_specs_numbers() -> None:
             assert claim.regime and claim.regime.get("why") and len(claim.regime) >= 3, claim
     nano = load_reference("whitening_nanogpt:paper", REFERENCE_DIR)
     got = {(e.optimizer, e.match.get("precondition_frequency")): e.value for e in nano.entries}
-    assert got == {("adamw", None): 1.4632, ("soap", 1): 1.4654, ("soap", 10): 1.4724,
-                   ("shampoo", 1): 1.4595, ("shampoo", 10): 1.4703}
+    assert got == {
+        ("adamw", None): 1.4632,
+        ("soap", 1): 1.4654,
+        ("soap", 10): 1.4724,
+        ("shampoo", 1): 1.4595,
+        ("shampoo", 10): 1.4703,
+    }
     color = load_reference("whitening_colorization:paper", REFERENCE_DIR)
     assert color.metric == "val/mse"
     assert {e.optimizer: e.value for e in color.entries} == {"adamw": 0.0029, "soap": 0.0029, "shampoo": 0.0035}
@@ -233,8 +263,18 @@ def test_reference_columns_and_frequency_ablation(tmp_path: Path, capsys) -> Non
         losses = [final + 1.5, final + 0.6, final + 0.2, final]
         syn.write_run(root, "gw", f"{opt}_f{freq}", config, _evals(losses, [10, 20, 30, 40]))
     out = tmp_path / "rep"
-    args = ["--experiment", "gw", "--results-dir", str(root), "--out", str(out),
-            "--reference", "whitening_nanogpt:paper", "--reference-dir", str(REFERENCE_DIR)]
+    args = [
+        "--experiment",
+        "gw",
+        "--results-dir",
+        str(root),
+        "--out",
+        str(out),
+        "--reference",
+        "whitening_nanogpt:paper",
+        "--reference-dir",
+        str(REFERENCE_DIR),
+    ]
     assert _cli(args) == 0
     stdout = capsys.readouterr().out
     assert "1.4654 (precondition_frequency=1) [paper]" in stdout  # SOAP's best f is 1: the paper's f=1 number
@@ -258,13 +298,26 @@ def test_colorization_image_grid_uses_latest_image(tmp_path: Path) -> None:
         config = syn.base_config("color", opt, 0, 1e-3, 400)
         config["data"] = {"name": "places_small", "kind": "colorization"}
         evals = _evals([0.01, 0.005, 0.004, final], [10, 20, 30, 40])
-        dirs.append(syn.write_run(root, "color", opt, config, evals, metric="val/mse",
-                                  images={100: _png((1, 0, 0)), 400: _png((0, 0, 1))}))
+        dirs.append(
+            syn.write_run(
+                root, "color", opt, config, evals, metric="val/mse", images={100: _png((1, 0, 0)), 400: _png((0, 0, 1))}
+            )
+        )
     runs = load_experiment(root, "color")
     assert latest_image(runs[0])[0] == 400
     out = tmp_path / "rep"
-    args = ["--experiment", "color", "--results-dir", str(root), "--out", str(out),
-            "--reference", "whitening_colorization:paper", "--reference-dir", str(REFERENCE_DIR)]
+    args = [
+        "--experiment",
+        "color",
+        "--results-dir",
+        str(root),
+        "--out",
+        str(out),
+        "--reference",
+        "whitening_colorization:paper",
+        "--reference-dir",
+        str(REFERENCE_DIR),
+    ]
     assert _cli(args) == 0
     assert (out / "images.png").stat().st_size > 0
     sidecar = json.loads((out / "images.sources.json").read_text())

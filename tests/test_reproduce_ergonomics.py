@@ -31,6 +31,7 @@ def test_tuning_runs_drop_their_checkpoints_and_report_runs_keep_them() -> None:
 def test_a_completed_run_without_keep_final_checkpoint_leaves_no_checkpoint(results_dir: Path) -> None:
     kept = Path(train_in_process(["optimizer=adamw"], results_dir)["run_dir"])
     assert (kept / "checkpoint.pt").exists()
-    dropped = Path(train_in_process(["optimizer=adamw", "trainer.keep_final_checkpoint=false", "seed=1"],
-                                    results_dir)["run_dir"])
+    dropped = Path(
+        train_in_process(["optimizer=adamw", "trainer.keep_final_checkpoint=false", "seed=1"], results_dir)["run_dir"]
+    )
     assert not list(dropped.glob("checkpoint*.pt")) and (dropped / "summary.json").exists()

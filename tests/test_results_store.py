@@ -57,12 +57,19 @@ def test_a_failed_write_leaves_the_previous_file(tmp_path, monkeypatch) -> None:
 
 def test_runs_of_another_world_size_are_another_configuration_in_the_report(tmp_path) -> None:
     import synthetic_runs as syn
+
     from soapbench.report.store import config_key, load_experiment, swept_keys
 
     evals = [(10, 1.0, 2.0), (20, 2.0, 1.9)]
     for seed, world_size in ((0, 1), (1, 1), (2, 2)):
-        syn.write_run(tmp_path, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 20), evals,
-                      summary_extra={"world_size": world_size, "processes": world_size})
+        syn.write_run(
+            tmp_path,
+            "exp",
+            f"adamw-s{seed}",
+            syn.base_config("exp", "adamw", seed, 1e-3, 20),
+            evals,
+            summary_extra={"world_size": world_size, "processes": world_size},
+        )
     runs = {run.name: run for run in load_experiment(tmp_path, "exp")}
     assert config_key(runs["adamw-s0"]) == config_key(runs["adamw-s1"])
     assert config_key(runs["adamw-s2"]) != config_key(runs["adamw-s0"]), "2 processes round differently: not pooled"

@@ -63,7 +63,9 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path) -> None
     process.wait()
     assert killed_at is not None and killed_at < 60, "the run must be killed mid-way"
     run_dir = _run_dir(killed_dir)
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running", "a killed run leaves readable files"
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running", (
+        "a killed run leaves readable files"
+    )
 
     resumed = subprocess.run(_command(killed_dir), capture_output=True, text=True, env=env, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
@@ -76,9 +78,10 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted_run(tmp_path) -> None
     for name, value in reference_state["model"].items():
         assert torch.equal(value, resumed_state["model"][name]), name
     assert _comparable(RunStore(run_dir).read_metrics()) == _comparable(RunStore(reference_run).read_metrics())
-    assert json.loads((run_dir / "summary.json").read_text())["final_val_loss"] == json.loads(
-        (reference_run / "summary.json").read_text()
-    )["final_val_loss"]
+    assert (
+        json.loads((run_dir / "summary.json").read_text())["final_val_loss"]
+        == json.loads((reference_run / "summary.json").read_text())["final_val_loss"]
+    )
 
 
 def _built_in_optimizers() -> list[str]:
@@ -93,7 +96,9 @@ WINDOWED = ["trainer.max_steps=8", "trainer.log_interval=3", "trainer.eval_inter
 
 
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
-def test_every_optimizer_logs_bit_identically_after_a_stop_or_a_kill_inside_a_log_window(tmp_path, optimizer, monkeypatch) -> None:
+def test_every_optimizer_logs_bit_identically_after_a_stop_or_a_kill_inside_a_log_window(
+    tmp_path, optimizer, monkeypatch
+) -> None:
     sent: dict[str, list] = {"reference": [], "stopped": []}
     arm = ["reference"]
     monkeypatch.setattr(WandbTracker, "_send", lambda self, records: sent[arm[0]].extend(records))

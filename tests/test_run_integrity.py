@@ -69,15 +69,21 @@ def test_resume_from_another_configs_checkpoint_is_refused_naming_the_keys(tmp_p
     assert summary["resumed_from"] == {"checkpoint": str(reference / "checkpoint.pt"), "step": 12,
                                        "identity_differences": ["trainer.max_steps"]}  # fmt: skip
     (run_dir,) = _runs(other)
-    assert [r["step"] for r in RunStore(run_dir).read_metrics()][:3] == [0, 3, 6], "the log up to the checkpoint came along"
+    assert [r["step"] for r in RunStore(run_dir).read_metrics()][:3] == [0, 3, 6], (
+        "the log up to the checkpoint came along"
+    )
 
     with pytest.raises(ConfigError, match="at step 12, past trainer.max_steps=6"):
-        train_in_process(["trainer.max_steps=6", f"resume={reference}", "allow_identity_mismatch=true"], tmp_path / "short")
+        train_in_process(
+            ["trainer.max_steps=6", f"resume={reference}", "allow_identity_mismatch=true"], tmp_path / "short"
+        )
 
 
 def test_a_hand_picked_run_name_never_skips_to_another_configs_result(results_dir) -> None:
     train_in_process(["run_name=mine", "trainer.max_steps=3"], results_dir)
-    with pytest.raises(ConfigError, match=r"^run_name: .*mine holds a run of a different config \(differs in optimizer.lr\)"):
+    with pytest.raises(
+        ConfigError, match=r"^run_name: .*mine holds a run of a different config \(differs in optimizer.lr\)"
+    ):
         train_in_process(["run_name=mine", "trainer.max_steps=3", "optimizer.lr=2e-3"], results_dir)
 
 
@@ -94,7 +100,10 @@ def test_another_dataset_is_another_run_and_a_bad_one_is_an_error(tmp_path) -> N
     runs = _runs(results)
     assert len(runs) == 2, "each dataset is its own run; the empty file is refused"
     first, second = (_summary(r) for r in runs)
-    assert first["identity"]["fields"]["data_fingerprint.train_sha256"] != second["identity"]["fields"]["data_fingerprint.train_sha256"]
+    assert (
+        first["identity"]["fields"]["data_fingerprint.train_sha256"]
+        != second["identity"]["fields"]["data_fingerprint.train_sha256"]
+    )
     assert first["final_val_loss"] != second["final_val_loss"]
     assert "skipping" not in result.stdout
     (line,) = _error_lines(result)
@@ -152,7 +161,9 @@ def test_a_full_disk_interrupts_and_a_plain_rerun_finishes_exactly(results_dir, 
         resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, 64 * 1024))
 
     command = [sys.executable, str(REPO / "scripts" / "train.py"), *FAST, f"paths.results_dir={results_dir}"]
-    full = subprocess.run(command, capture_output=True, text=True, preexec_fn=small_disk, timeout=300, cwd=results_dir.parent)
+    full = subprocess.run(
+        command, capture_output=True, text=True, preexec_fn=small_disk, timeout=300, cwd=results_dir.parent
+    )
     assert full.returncode == 75, full.stderr
     (line,) = _error_lines(full)
     assert line.startswith("error: run interrupted: OSError: ") and "the same command resumes" in line
@@ -167,7 +178,9 @@ def test_a_full_disk_interrupts_and_a_plain_rerun_finishes_exactly(results_dir, 
     assert final["last_failure"]["error"].startswith("OSError"), "the summary shows what happened"
 
 
-def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_names_the_file(results_dir, reference, capsys) -> None:
+def test_a_truncated_checkpoint_falls_back_to_the_previous_one_and_names_the_file(
+    results_dir, reference, capsys
+) -> None:
     train_in_process(["trainer.checkpoint_interval=4", "trainer.stop_after_steps=10"], results_dir)  # ckpts 4, 8, 10
     (run_dir,) = _runs(results_dir)
     latest = run_dir / "checkpoint.pt"

@@ -97,7 +97,11 @@ def test_a_continued_study_draws_new_points_instead_of_replaying_the_first_sessi
 
 def _search_yaml(tmp_path, steps: int, checkpoint: int) -> str:
     path = tmp_path / "tiny_search.yaml"
-    overrides = [o for o in FAST if not o.startswith(("trainer.max_steps", "trainer.checkpoint_interval", "trainer.eval_interval"))]
+    overrides = [
+        o
+        for o in FAST
+        if not o.startswith(("trainer.max_steps", "trainer.checkpoint_interval", "trainer.eval_interval"))
+    ]
     path.write_text(
         "study: tiny\nsampler: halton\ntrials: 2\nseed: 0\noverrides:\n"
         + "".join(f"  - {o}\n" for o in [*overrides, "optimizer=adamw", f"trainer.max_steps={steps}",
@@ -139,7 +143,9 @@ def test_a_killed_search_resumes_its_interrupted_trial_from_the_checkpoint(resul
     assert rows[1]["run_name"] == interrupted.parent.name
     assert "resuming from step" in (results_dir / "searches" / "tiny" / "trial_0001.log").read_text()
 
-    search = load_search(yaml, overrides=[], trials=None, sampler=None, study=None, jobs=1, results_dir=tmp_path / "ref")
+    search = load_search(
+        yaml, overrides=[], trials=None, sampler=None, study=None, jobs=1, results_dir=tmp_path / "ref"
+    )
     uninterrupted = train_in_process(search.trial_overrides({"optimizer.lr": float(rows[1]["optimizer.lr"])}), tmp_path)
     assert float(rows[1]["objective"]) == objective(uninterrupted)
     assert rows[1]["run_name"] == uninterrupted["run_name"], "trials are named by their swept values"

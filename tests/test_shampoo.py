@@ -53,7 +53,8 @@ def test_grafting_only_shampoo_equals_adamw_on_the_golden_problem() -> None:
     """Before start_preconditioning_step only the grafted Adam runs; it shares β1 with Shampoo (as DS does)."""
     adamw = run_trajectory(
         lambda ps: torch.optim.AdamW(ps, lr=3e-3, betas=(0.95, 0.95), eps=1e-8, weight_decay=0.01, foreach=False),
-        PARAM_NAMES, torch.float64,
+        PARAM_NAMES,
+        torch.float64,
     )
     grafting_only = run_trajectory(lambda ps: Shampoo(ps, start_preconditioning_step=1000), PARAM_NAMES, torch.float64)
     for name in PARAM_NAMES:
@@ -64,9 +65,18 @@ def test_grafting_only_sgd_with_nesterov_momentum_equals_torch_sgd() -> None:
     shapes = [(6, 4), (5,)]
     init, grads = _init(shapes), _grads(shapes, HORIZON)
     ours, _ = _run(
-        lambda ps: Shampoo(ps, lr=0.1, betas=(0.0, 0.95), momentum=0.9, use_nesterov=True, weight_decay=0.0,
-                           grafting_type="sgd", start_preconditioning_step=1000),
-        init, grads,
+        lambda ps: Shampoo(
+            ps,
+            lr=0.1,
+            betas=(0.0, 0.95),
+            momentum=0.9,
+            use_nesterov=True,
+            weight_decay=0.0,
+            grafting_type="sgd",
+            start_preconditioning_step=1000,
+        ),
+        init,
+        grads,
     )
     expected, _ = _run(lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, nesterov=True), init, grads)
     for a, b in zip(ours, expected):
@@ -97,10 +107,20 @@ def test_square_matrix_step_equals_the_direct_inverse_root_form(inv_root_overrid
     shapes = [(7, 7)]
     init, grads = _init(shapes), _grads(shapes, 6)
     ours, _ = _run(
-        lambda ps: Shampoo(ps, lr=0.01, betas=(0.0, 0.9), epsilon=1e-6, weight_decay=0.0, precondition_frequency=1,
-                           start_preconditioning_step=1, inv_root_override=inv_root_override, grafting_type="none",
-                           use_merge_dims=False),
-        init, grads,
+        lambda ps: Shampoo(
+            ps,
+            lr=0.01,
+            betas=(0.0, 0.9),
+            epsilon=1e-6,
+            weight_decay=0.0,
+            precondition_frequency=1,
+            start_preconditioning_step=1,
+            inv_root_override=inv_root_override,
+            grafting_type="none",
+            use_merge_dims=False,
+        ),
+        init,
+        grads,
     )
     expected = _direct_shampoo(init[0], grads, lr=0.01, beta2=0.9, epsilon=1e-6, power=power)
     torch.testing.assert_close(ours[0].detach(), expected, rtol=1e-10, atol=1e-12)
@@ -113,8 +133,9 @@ def test_exponent_knob_follows_distributed_shampoo() -> None:
     # exponent_multiplier e scales the exponent −e/r: e = 2 with r = 4 equals r = 2.
     shapes = [(5, 5)]
     init, grads = _init(shapes), _grads(shapes, 4)
-    common = dict(betas=(0.0, 0.9), weight_decay=0.0, precondition_frequency=1, start_preconditioning_step=1,
-                  grafting_type="none")
+    common = dict(
+        betas=(0.0, 0.9), weight_decay=0.0, precondition_frequency=1, start_preconditioning_step=1, grafting_type="none"
+    )
     a, _ = _run(lambda ps: Shampoo(ps, inv_root_override=4, exponent_multiplier=2.0, **common), init, grads)
     b, _ = _run(lambda ps: Shampoo(ps, inv_root_override=2, **common), init, grads)
     torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-14)
@@ -122,8 +143,15 @@ def test_exponent_knob_follows_distributed_shampoo() -> None:
 
 def test_grafting_gives_each_block_the_adam_step_norm() -> None:
     param = torch.nn.Parameter(torch.randn(6, 10, dtype=torch.float64))
-    optimizer = Shampoo([param], lr=0.1, weight_decay=0.0, max_preconditioner_dim=4, use_merge_dims=False,
-                        precondition_frequency=1, start_preconditioning_step=1)
+    optimizer = Shampoo(
+        [param],
+        lr=0.1,
+        weight_decay=0.0,
+        max_preconditioner_dim=4,
+        use_merge_dims=False,
+        precondition_frequency=1,
+        start_preconditioning_step=1,
+    )
     grads = _grads([(6, 10)], 4)
     adam = torch.optim.Adam([torch.nn.Parameter(torch.zeros(6, 10, dtype=torch.float64))], lr=0.1, betas=(0.95, 0.95))
     adam_param = adam.param_groups[0]["params"][0]
@@ -155,8 +183,11 @@ def test_merge_and_block_layouts() -> None:
 
 def test_merged_vector_and_conv_shapes_train() -> None:
     shapes = [(32,), (4, 3, 3, 3), (16, 8), (), (1, 300, 1)]
-    params, optimizer = _run(lambda ps: Shampoo(ps, precondition_frequency=2, max_preconditioner_dim=256),
-                             _init(shapes, torch.float32), _grads(shapes, 6, torch.float32))
+    params, optimizer = _run(
+        lambda ps: Shampoo(ps, precondition_frequency=2, max_preconditioner_dim=256),
+        _init(shapes, torch.float32),
+        _grads(shapes, 6, torch.float32),
+    )
     assert all(torch.isfinite(p).all() for p in params)
     factor_shapes = [[tuple(f.shape) for f in optimizer.state[p]["factors"][0]] for p in params]
     assert factor_shapes == [[(32, 32)], [(108, 108)], [(128, 128)], [(1, 1)], [(256, 256)]]
@@ -167,8 +198,13 @@ def test_coupled_weight_decay_enters_the_gradient() -> None:
     """use_decoupled_weight_decay=False: G ← G + λW before everything, so grafting-only equals Adam(weight_decay)."""
     shapes = [(5, 3)]
     init, grads = _init(shapes), _grads(shapes, HORIZON)
-    ours, _ = _run(lambda ps: Shampoo(ps, lr=0.01, weight_decay=0.1, use_decoupled_weight_decay=False,
-                                      start_preconditioning_step=1000), init, grads)
+    ours, _ = _run(
+        lambda ps: Shampoo(
+            ps, lr=0.01, weight_decay=0.1, use_decoupled_weight_decay=False, start_preconditioning_step=1000
+        ),
+        init,
+        grads,
+    )
     expected, _ = _run(lambda ps: torch.optim.Adam(ps, lr=0.01, betas=(0.95, 0.95), weight_decay=0.1), init, grads)
     torch.testing.assert_close(ours[0], expected[0], rtol=0, atol=1e-14)
 
@@ -186,8 +222,11 @@ def test_rank_deficient_zero_and_ill_conditioned_gradients_stay_finite() -> None
     for step in range(16):
         scale = [1e-20, 1.0, 1e15, 0.0][step % 4]
         square.grad = scale * torch.outer(torch.randn(8, generator=generator), torch.randn(8, generator=generator))
-        wide.grad = scale * torch.outer(torch.randn(3, generator=generator), torch.randn(40, generator=generator)) \
+        wide.grad = (
+            scale
+            * torch.outer(torch.randn(3, generator=generator), torch.randn(40, generator=generator))
             * torch.logspace(-12, 12, 40)
+        )
         optimizer.step()
         assert torch.isfinite(square).all() and torch.isfinite(wide).all(), f"non-finite at step {step}"
 

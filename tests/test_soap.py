@@ -160,7 +160,8 @@ def test_identity_bases_reduce_to_adam_with_soap_conventions(reference_ops: bool
     hyper = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.1)
     ours, optimizer = _run(
         lambda ps: SOAP(ps, max_precond_dim=1, precondition_frequency=2, bitwise_reference=reference_ops, **hyper),
-        shapes, grads,
+        shapes,
+        grads,
     )
     generator = torch.Generator().manual_seed(1)
     expected = [torch.randn(shape, generator=generator, dtype=torch.float64) for shape in shapes]
@@ -237,8 +238,9 @@ def test_channels_last_equals_channels_first_on_the_permuted_tensor() -> None:
     param_first = torch.nn.Parameter(init_last.permute(0, 3, 1, 2).contiguous())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        last = SOAP([param_last], merge_dims=True, max_precond_dim=30, data_format="channels_last",
-                    precondition_frequency=2)
+        last = SOAP(
+            [param_last], merge_dims=True, max_precond_dim=30, data_format="channels_last", precondition_frequency=2
+        )
         first = SOAP([param_first], merge_dims=True, max_precond_dim=30, precondition_frequency=2)
     for step_last, step_first in zip(grads_last, grads_first):
         param_last.grad, param_first.grad = step_last[0], step_first[0]
@@ -256,18 +258,23 @@ def test_merge_dims_into_one_axis_is_the_1d_factor_of_the_flattened_gradient(dat
     memory_format = torch.channels_last if data_format == "channels_last" else torch.contiguous_format
     to_factor_space = {
         "channels_first": lambda tensor: tensor.reshape(-1),
-        "channels_last": lambda tensor: tensor.permute(0, 3, 1, 2).reshape(-1) if tensor.dim() == 4 else tensor.reshape(-1),
+        "channels_last": lambda tensor: (
+            tensor.permute(0, 3, 1, 2).reshape(-1) if tensor.dim() == 4 else tensor.reshape(-1)
+        ),
     }[data_format]
     grads = _random_grads(shapes, 7, dtype=torch.float32)
     generator = torch.Generator().manual_seed(1)
     init = [torch.randn(shape, generator=generator) for shape in shapes]
-    merged = [torch.nn.Parameter(value.clone().contiguous(memory_format=memory_format) if value.dim() == 4 else value.clone())
-              for value in init]
+    merged = [
+        torch.nn.Parameter(value.clone().contiguous(memory_format=memory_format) if value.dim() == 4 else value.clone())
+        for value in init
+    ]
     flat = [torch.nn.Parameter(to_factor_space(value).clone()) for value in init]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        merged_optimizer = SOAP(merged, lr=3e-3, weight_decay=1e-2, precondition_frequency=2, merge_dims=True,
-                                data_format=data_format)
+        merged_optimizer = SOAP(
+            merged, lr=3e-3, weight_decay=1e-2, precondition_frequency=2, merge_dims=True, data_format=data_format
+        )
     flat_optimizer = SOAP(flat, lr=3e-3, weight_decay=1e-2, precondition_frequency=2, precondition_1d=True)
     for step_grads in grads:
         for param, flat_param, grad in zip(merged, flat, step_grads):
@@ -285,12 +292,17 @@ def test_state_dtype_in_a_param_group_is_parsed_like_the_constructor_argument() 
     shapes = [(6, 4), (5,)]
     grads = _random_grads(shapes, 4, dtype=torch.float32)
     grouped, _ = _run(
-        lambda ps: _with_added_group(SOAP([{"params": [ps[0]], "state_dtype": "bfloat16"}], precondition_frequency=2),
-                                     {"params": [ps[1]], "state_dtype": "torch.bfloat16"}),
-        shapes, grads, dtype=torch.float32,
+        lambda ps: _with_added_group(
+            SOAP([{"params": [ps[0]], "state_dtype": "bfloat16"}], precondition_frequency=2),
+            {"params": [ps[1]], "state_dtype": "torch.bfloat16"},
+        ),
+        shapes,
+        grads,
+        dtype=torch.float32,
     )
-    constructed, optimizer = _run(lambda ps: SOAP(ps, state_dtype=torch.bfloat16, precondition_frequency=2), shapes,
-                                  grads, dtype=torch.float32)
+    constructed, optimizer = _run(
+        lambda ps: SOAP(ps, state_dtype=torch.bfloat16, precondition_frequency=2), shapes, grads, dtype=torch.float32
+    )
     for a, b in zip(grouped, constructed):
         assert torch.equal(a, b)
     assert optimizer.state[constructed[0]]["exp_avg"].dtype == torch.bfloat16
@@ -310,13 +322,22 @@ def test_merge_dims_warns() -> None:
 
 @pytest.mark.parametrize(
     "options",
-    [{"precondition_1d": True}, {"normalize_grads": True}, {"refresh_method": "eigh"}, {"state_dtype": "bfloat16"},
-     {"correct_bias": False, "shampoo_beta": 0.9}],
+    [
+        {"precondition_1d": True},
+        {"normalize_grads": True},
+        {"refresh_method": "eigh"},
+        {"state_dtype": "bfloat16"},
+        {"correct_bias": False, "shampoo_beta": 0.9},
+    ],
 )
 def test_options_run_and_stay_finite(options: dict) -> None:
     shapes = [(6, 4), (5,), (3, 2, 2, 2)]
-    params, optimizer = _run(lambda ps: SOAP(ps, precondition_frequency=2, **options), shapes,
-                             _random_grads(shapes, 7, dtype=torch.float32), dtype=torch.float32)
+    params, optimizer = _run(
+        lambda ps: SOAP(ps, precondition_frequency=2, **options),
+        shapes,
+        _random_grads(shapes, 7, dtype=torch.float32),
+        dtype=torch.float32,
+    )
     assert all(torch.isfinite(p).all() for p in params)
     if "state_dtype" in options:
         assert optimizer.state[params[0]]["exp_avg"].dtype == torch.bfloat16
@@ -327,8 +348,9 @@ def test_options_run_and_stay_finite(options: dict) -> None:
 def test_eigh_refresh_sorts_and_gives_an_orthonormal_basis() -> None:
     shapes = [(6, 4)]
     # 5 calls = 4 real updates: the last call ends with a refresh, so Q is the eigenbasis of the current factors.
-    params, optimizer = _run(lambda ps: SOAP(ps, precondition_frequency=2, refresh_method="eigh"), shapes,
-                             _random_grads(shapes, 5))
+    params, optimizer = _run(
+        lambda ps: SOAP(ps, precondition_frequency=2, refresh_method="eigh"), shapes, _random_grads(shapes, 5)
+    )
     state = optimizer.state[params[0]]
     for factor, basis in zip(state["GG"], state["Q"]):
         # float32 eigh (the reference precision under default dtype float32): orthonormal to ~1e-7.
@@ -416,7 +438,9 @@ def test_float64_retry_is_counted_when_float32_eigh_fails(monkeypatch: pytest.Mo
     param.grad = torch.randn(5, 3)
     optimizer.step()
     assert optimizer.diagnostics() == {"linalg_failures": 0.0, "linalg_float64_retries": 2.0}
-    assert len(optimizer.state[param]["Q"]) == 2 and all(basis.dtype == torch.float32 for basis in optimizer.state[param]["Q"])
+    assert len(optimizer.state[param]["Q"]) == 2 and all(
+        basis.dtype == torch.float32 for basis in optimizer.state[param]["Q"]
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -435,11 +459,17 @@ def test_bf16_parameters_keep_float32_state_across_a_state_dict_round_trip() -> 
         optimizer.step()
     state = optimizer.state[param]
     assert param.dtype == torch.bfloat16 and not torch.equal(param, before)
-    assert len(state["GG"]) == 2 and state["exp_avg"].dtype == torch.float32 and all(f.dtype == torch.float32 for f in state["GG"])
+    assert (
+        len(state["GG"]) == 2
+        and state["exp_avg"].dtype == torch.float32
+        and all(f.dtype == torch.float32 for f in state["GG"])
+    )
     reloaded = SOAP([param, vector], precondition_frequency=2)
     reloaded.load_state_dict(copy.deepcopy(optimizer.state_dict()))
     assert reloaded.state[param]["exp_avg"].dtype == torch.float32
-    assert len(reloaded.state[param]["Q"]) == 2 and all(basis.dtype == torch.float32 for basis in reloaded.state[param]["Q"])
+    assert len(reloaded.state[param]["Q"]) == 2 and all(
+        basis.dtype == torch.float32 for basis in reloaded.state[param]["Q"]
+    )
 
 
 def test_yaml_builds_through_the_registry() -> None:
@@ -519,7 +549,9 @@ def test_soap_that_preconditions_no_dimension_warns_in_one_line(tmp_path) -> Non
     from tests.conftest import run_cli
 
     layer = torch.nn.Linear(8, 4)
-    assert SOAP(layer.parameters(), lr=1e-3).preconditioned_parameters() == 1  # the weight; a bias needs precondition_1d
+    assert (
+        SOAP(layer.parameters(), lr=1e-3).preconditioned_parameters() == 1
+    )  # the weight; a bias needs precondition_1d
     assert SOAP(layer.parameters(), lr=1e-3, max_precond_dim=0).preconditioned_parameters() == 0
 
     results = tmp_path / "results"
@@ -528,7 +560,9 @@ def test_soap_that_preconditions_no_dimension_warns_in_one_line(tmp_path) -> Non
     result = run_cli(["optimizer=soap", "optimizer.max_precond_dim=0", *steps], results)
     assert result.returncode == 0, result.stderr
     warnings_ = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings_ == ["warning: SOAP preconditions no dimension of any parameter (optimizer.max_precond_dim=0 excludes "
-                         "every one), so it runs as Adam in the original basis; raise max_precond_dim to precondition"]
+    assert warnings_ == [
+        "warning: SOAP preconditions no dimension of any parameter (optimizer.max_precond_dim=0 excludes "
+        "every one), so it runs as Adam in the original basis; raise max_precond_dim to precondition"
+    ]
     default = run_cli(["optimizer=soap", *steps], results)
     assert default.returncode == 0 and "warning:" not in default.stderr, default.stderr

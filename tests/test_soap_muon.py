@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from golden_driver import load_golden, max_abs_diff, run_trajectory
 from torch import nn
 
-from golden_driver import load_golden, max_abs_diff, run_trajectory
 from soapbench.optimizers import linalg
 from soapbench.optimizers.composite import CompositeOptimizer
 from soapbench.optimizers.registry import OptimizerConfigError, build_optimizer, get_spec
@@ -65,7 +65,10 @@ def test_golden(run):
         assert torch.equal(trajectory[name][1], trajectory[name][0]), name
     diffs = max_abs_diff(trajectory, golden)
     bounds = GOLDEN_BOUNDS[run]
-    assert set(diffs) == set(golden["param_names"]) and all(diffs[name] <= bounds[name] for name in diffs), (diffs, bounds)
+    assert set(diffs) == set(golden["param_names"]) and all(diffs[name] <= bounds[name] for name in diffs), (
+        diffs,
+        bounds,
+    )
 
 
 # The golden README's table for a reimplementation that runs every eigh/QR in float64 ("clean").
@@ -208,7 +211,9 @@ def test_matrices_with_a_dim_of_10000_or_more(scale):
     step_size = lr * (1 - betas[1]) ** 0.5 / (1 - betas[0])
     if scale == "shape":
         # soap_muon10: NS + sqrt correction, rescaled to Frobenius norm sqrt(m·n).
-        assert torch.linalg.norm(param.detach()).item() == pytest.approx(step_size * (2 * LARGE_MATRIX_DIM) ** 0.5, rel=1e-6)
+        assert torch.linalg.norm(param.detach()).item() == pytest.approx(
+            step_size * (2 * LARGE_MATRIX_DIM) ** 0.5, rel=1e-6
+        )
     else:
         # soap_muon10_graft has no large-matrix branch: plain rotated Adam, and no Nesterov term.
         state = optimizer.state[param]

@@ -44,10 +44,14 @@ OPTIONS = {
     "soap float64 linalg": (SOAP, dict(precondition_frequency=3, max_precond_dim=48, linalg_precision="float64")),
     "shampoo": (Shampoo, dict(precondition_frequency=3, max_preconditioner_dim=48)),
     "soap_muon": (SOAPMuon, dict(precondition_frequency=3, projection_type="std", nestrov=True)),
-    "soap_muon full graft": (SOAPMuon, dict(precondition_frequency=2, projection_type="full", max_precond_dim=48,
-                                            scale="graft")),
-    "shampoo rmsprop beta3": (Shampoo, dict(precondition_frequency=2, max_preconditioner_dim=48, beta3=0.5,
-                                            grafting_type="rmsprop", weight_decay=0.0)),
+    "soap_muon full graft": (
+        SOAPMuon,
+        dict(precondition_frequency=2, projection_type="full", max_precond_dim=48, scale="graft"),
+    ),
+    "shampoo rmsprop beta3": (
+        Shampoo,
+        dict(precondition_frequency=2, max_preconditioner_dim=48, beta3=0.5, grafting_type="rmsprop", weight_decay=0.0),
+    ),
     "kl_shampoo": (KLShampoo, dict(precondition_frequency=3)),
     "kl_soap": (KLSOAP, dict(precondition_frequency=2, betas=(0.9, 0.95))),
     "kl_shampoo symmetric blocks": (KLShampoo, dict(precondition_frequency=3, max_clamp_value=12)),
@@ -65,8 +69,14 @@ def _shapes(optimizer_class: type) -> list[tuple[int, ...]]:
     return KL_SHAPES if optimizer_class in (KLShampoo, KLSOAP) else SHAPES
 
 
-def _run(stack_shapes: bool, option: str, steps: int = 10, skip_at: int | None = None, reload_at: int | None = None,
-         dtype: torch.dtype = torch.float32):
+def _run(
+    stack_shapes: bool,
+    option: str,
+    steps: int = 10,
+    skip_at: int | None = None,
+    reload_at: int | None = None,
+    dtype: torch.dtype = torch.float32,
+):
     optimizer_class, options = OPTIONS[option]
     torch.manual_seed(0)
     params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in _shapes(optimizer_class)]
@@ -99,7 +109,9 @@ def assert_within_rounding(actual, expected, where: str, steps: int) -> None:
         scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
         bound = ULPS_PER_STEP * steps * torch.finfo(expected.dtype).eps * scale
         difference = (actual - expected).abs().max().item() if expected.numel() else 0.0
-        assert difference <= bound, f"{where}: differs by {difference:.3g}, beyond {steps} steps' rounding ({bound:.3g})"
+        assert difference <= bound, (
+            f"{where}: differs by {difference:.3g}, beyond {steps} steps' rounding ({bound:.3g})"
+        )
     elif isinstance(expected, dict):
         assert actual.keys() == expected.keys(), where
         for key in expected:
@@ -126,7 +138,8 @@ def float64_refreshes(monkeypatch):
 # Only SOAP refreshes a whole stack at once (on a GPU); the others are checked with the CPU refresh alone.
 _REFRESH_MODES = [
     pytest.param(option, batched, id=f"{option}-{'gpu-style batched refresh' if batched else 'cpu refresh'}")
-    for option in sorted(OPTIONS) for batched in ([False, True] if OPTIONS[option][0] is SOAP else [False])
+    for option in sorted(OPTIONS)
+    for batched in ([False, True] if OPTIONS[option][0] is SOAP else [False])
 ]
 
 
@@ -136,8 +149,9 @@ STEPS = 10
 @pytest.mark.parametrize("precision", ["float32", "float64 algebra"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("option, batched_refresh", _REFRESH_MODES)
-def test_stacked_steps_equal_per_parameter_steps_to_rounding(option: str, batched_refresh: bool, threads: int,
-                                                              precision: str, request, monkeypatch) -> None:
+def test_stacked_steps_equal_per_parameter_steps_to_rounding(
+    option: str, batched_refresh: bool, threads: int, precision: str, request, monkeypatch
+) -> None:
     optimizer_class = OPTIONS[option][0]
     dtype = torch.float32
     if precision == "float64 algebra":

@@ -26,7 +26,10 @@ def test_grid_reruns_skip_finished_runs_and_the_report_shows_the_diverged_arm(re
     summaries = _summaries(results_dir)
     assert sorted(s["status"] for s in summaries.values()) == ["completed", "diverged"]
     names = sorted(summaries)  # the run directory (and W&B name) carries the swept value, not only a hash
-    assert [name.rsplit("-", 1)[0] for name in names] == ["adamw-nanogpt_char_cpu-lr10-s1337", "adamw-nanogpt_char_cpu-lr1e-3-s1337"]
+    assert [name.rsplit("-", 1)[0] for name in names] == [
+        "adamw-nanogpt_char_cpu-lr10-s1337",
+        "adamw-nanogpt_char_cpu-lr1e-3-s1337",
+    ]
 
     second = run_cli(GRID, results_dir)
     assert second.returncode == 0, second.stderr
@@ -66,7 +69,10 @@ def test_a_configuration_two_sweeps_share_is_trained_once_and_counted_once(resul
     records = sorted((results_dir / "sweeps" / "overlap").glob("*/multirun.yaml"))
     assert len(records) == 2
     swept = [list(OmegaConf.load(record).hydra.overrides.task) for record in records]
-    assert sorted(("optimizer.lr=1e-3,3e-3" in task, "seed=0,1" in task) for task in swept) == [(False, True), (True, False)]
+    assert sorted(("optimizer.lr=1e-3,3e-3" in task, "seed=0,1" in task) for task in swept) == [
+        (False, True),
+        (True, False),
+    ]
 
     # A store that already holds a copy (made before runs were found by identity) counts it once and says so.
     original = next(d for d in run_dirs if "lr3e-3" in d.name and "-s0-" in d.name)

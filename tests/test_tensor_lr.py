@@ -13,8 +13,8 @@ import pytest
 import torch
 from torch.nn import Parameter
 
-from soapbench.optimizers import get_spec
 from soapbench.contract.registered import INPUTS
+from soapbench.optimizers import get_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

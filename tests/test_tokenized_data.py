@@ -27,7 +27,9 @@ def gutenberg_slices(tmp_path_factory) -> tuple[Path, Path]:
     folder = tmp_path_factory.mktemp("gutenberg")
     paths = []
     for split in ("train", "val"):
-        with gzip.open(DATA_ROOT / "text" / "gutenberg_en" / f"{split}.txt.gz", "rt", encoding="utf-8", newline="") as f:
+        with gzip.open(
+            DATA_ROOT / "text" / "gutenberg_en" / f"{split}.txt.gz", "rt", encoding="utf-8", newline=""
+        ) as f:
             text = f.read(SLICE_CHARS)
         path = folder / f"{split}.txt.gz"
         with gzip.open(path, "wt", encoding="utf-8", newline="") as f:
@@ -185,8 +187,11 @@ def test_wrong_tokenizer_path_names_it(gutenberg_slices, tmp_path) -> None:
 def test_hub_source_fails_fast_offline(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(hub, "_reachable", None)
-    cfg = {"name": "c4", "source": {"hub": "allenai/c4", "hub_config": "en", "val_split": "validation"},
-           "tokenizer": {"path": "tokenizers/t5"}}
+    cfg = {
+        "name": "c4",
+        "source": {"hub": "allenai/c4", "hub_config": "en", "val_split": "validation"},
+        "tokenizer": {"path": "tokenizers/t5"},
+    }
     started = time.perf_counter()
     with pytest.raises(DataError, match="allenai/c4.*not reachable.*data.source.train"):
         load_token_splits(cfg, DATA_ROOT, tmp_path)

@@ -74,9 +74,9 @@ def test_timing_fields_are_consistent_and_exclude_evaluation(results_dir, monkey
 
 
 def test_same_seed_gives_every_optimizer_the_same_batches_and_initial_weights() -> None:
-    from tests.conftest import FAST, resolved
     from soapbench.config import load_trainer_config
     from soapbench.workloads import build_workload
+    from tests.conftest import FAST, resolved
 
     workloads = []
     for optimizer in ("adamw", "adamw"):
@@ -92,7 +92,9 @@ def test_same_seed_gives_every_optimizer_the_same_batches_and_initial_weights() 
 
 
 def test_gradient_accumulation_counts_items_and_steps(results_dir) -> None:
-    summary = train_in_process(["trainer.grad_accum_steps=3", "trainer.max_steps=4", "trainer.eval_interval=2"], results_dir)
+    summary = train_in_process(
+        ["trainer.grad_accum_steps=3", "trainer.max_steps=4", "trainer.eval_interval=2"], results_dir
+    )
     assert summary["steps"] == 4
     assert summary["tokens"] == 4 * 3 * 4 * 32
     assert summary["samples"] == 4 * 3 * 4
@@ -124,7 +126,9 @@ def test_each_precision_runs_the_step_in_its_dtype_on_cpu(results_dir, monkeypat
 
 
 def test_ema_is_evaluated_and_overwrite_copies_it_into_the_model(results_dir) -> None:
-    train_in_process(["trainer.ema.enabled=true", "trainer.ema.decay=0.5", "trainer.ema.overwrite_interval=6"], results_dir)
+    train_in_process(
+        ["trainer.ema.enabled=true", "trainer.ema.decay=0.5", "trainer.ema.overwrite_interval=6"], results_dir
+    )
     run_dir = _only_run(results_dir)
     evals = [r for r in RunStore(run_dir).read_metrics() if "val/loss" in r]
     assert [r["step"] for r in evals] == [0, 6, 12] and all("val_ema/loss" in r for r in evals)
@@ -158,7 +162,9 @@ def test_gradient_clipping_by_norm_and_by_value_reaches_the_optimizer_and_logs_t
 
 
 def test_loss_above_the_divergence_factor_ends_the_run_as_diverged(results_dir) -> None:
-    summary = train_in_process(["optimizer.lr=10", "trainer.max_steps=40", "trainer.divergence_factor=1.5"], results_dir)
+    summary = train_in_process(
+        ["optimizer.lr=10", "trainer.max_steps=40", "trainer.divergence_factor=1.5"], results_dir
+    )
     assert summary["status"] == "diverged"
     assert 1 <= summary["diverged_step"] < 40
     on_disk = json.loads((_only_run(results_dir) / "summary.json").read_text())

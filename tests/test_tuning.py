@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
-from conftest import FAST, REPO
 import synthetic_runs as syn
+from conftest import FAST, REPO
+
 from soapbench.report.analysis import analyze
 from soapbench.report.render import markdown
 from soapbench.report.stats import estimate, judge, paired_test
@@ -65,8 +65,9 @@ def test_planner_brackets_each_optimum_seeds_the_best_on_report_seeds_and_lends_
 
 
 def test_an_edge_optimum_is_extended_up_to_the_cap_and_then_flagged() -> None:
-    planner = Planner(Design("exp", (Arm("adamw"), Arm("soap_f10")), seeds=2, max_extensions=3),
-                      {"adamw": 1e-3, "soap_f10": 3e-3})
+    planner = Planner(
+        Design("exp", (Arm("adamw"), Arm("soap_f10")), seeds=2, max_extensions=3), {"adamw": 1e-3, "soap_f10": 3e-3}
+    )
     ran = _drive(planner, lambda j: math.log10(j.lr) if j.arm == "adamw" else abs(math.log10(j.lr / 3e-3)))
     adamw = planner.logs["adamw"]
     assert [j.lr for j in ran if j.arm == "adamw" and j.stage == "edge"] == [1e-4, 3.16e-5, 1e-5]
@@ -92,7 +93,8 @@ def test_a_tuning_seed_is_never_a_report_seed_and_every_run_says_which_it_is() -
     record = planner.tuning_record()
     assert record["protocol"]["tune_seeds"] == [0, 1] and record["protocol"]["report_seeds"] == [2, 3, 4, 5, 6]
     assert sorted((r["arm"], r["lr"], r["seed"], r["role"]) for r in record["runs"]) == sorted(
-        (j.arm, j.lr, j.seed, j.role) for j in ran)
+        (j.arm, j.lr, j.seed, j.role) for j in ran
+    )
     assert record["arms"]["adamw"]["seeds"] == [2, 3, 4, 5, 6] and record["arms"]["adamw"]["tune_seeds"] == [0, 1]
     # the score of an lr is its mean over the tuning seeds
     assert record["arms"]["adamw"]["results"][repr(1e-3)] == pytest.approx(-0.25)
@@ -109,9 +111,12 @@ def test_simulated_schedule_counts_runs_and_wall_time() -> None:
     from soapbench.tuning import simulate
 
     design = Design("exp", (Arm("adamw", 1.0), Arm("soap_f10", 2.0)), seeds=2, points=3)
-    runs, wall, busy = simulate(Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3}),
-                                lambda j: abs(math.log10(j.lr / (1e-3 if j.arm == "adamw" else 3e-3))),
-                                lambda j: 10.0 * j.cost, 2)
+    runs, wall, busy = simulate(
+        Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3}),
+        lambda j: abs(math.log10(j.lr / (1e-3 if j.arm == "adamw" else 3e-3))),
+        lambda j: 10.0 * j.cost,
+        2,
+    )
     assert runs == 3 + 3 + 2 + 2 and busy == 10.0 * (5 * 1 + 5 * 2)
     assert busy / 2 <= wall < busy  # two at a time
 
@@ -146,16 +151,36 @@ def _evals(final: float, seconds_per_step: float) -> list[tuple[int, float, floa
 
 def test_report_marks_wall_clock_from_a_shared_machine_and_mixed_segments(tmp_path: Path) -> None:
     root = tmp_path / "results"
-    shared = {"machine_shared": {"shared": True, "slowed_fraction": 0.31, "max_load": 3.8, "cores": 2,
-                                 "reasons": ["31% of steps slowed >1.5x (wall/CPU)"]},
-              "segments_differ": True,
-              "segments": [{"start_step": 0, "end_step": 200, "threads": 1}, {"start_step": 200, "end_step": 400,
-                                                                              "threads": 2}]}
+    shared = {
+        "machine_shared": {
+            "shared": True,
+            "slowed_fraction": 0.31,
+            "max_load": 3.8,
+            "cores": 2,
+            "reasons": ["31% of steps slowed >1.5x (wall/CPU)"],
+        },
+        "segments_differ": True,
+        "segments": [
+            {"start_step": 0, "end_step": 200, "threads": 1},
+            {"start_step": 200, "end_step": 400, "threads": 2},
+        ],
+    }
     for seed in (0, 1, 2):
-        syn.write_run(root, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 400),
-                      _evals(1.50 + 0.01 * seed, 0.1))
-        syn.write_run(root, "exp", f"soap-s{seed}", syn.base_config("exp", "soap", seed, 3e-3, 400),
-                      _evals(1.40 + 0.01 * seed, 0.3), summary_extra=shared if seed == 1 else None)
+        syn.write_run(
+            root,
+            "exp",
+            f"adamw-s{seed}",
+            syn.base_config("exp", "adamw", seed, 1e-3, 400),
+            _evals(1.50 + 0.01 * seed, 0.1),
+        )
+        syn.write_run(
+            root,
+            "exp",
+            f"soap-s{seed}",
+            syn.base_config("exp", "soap", seed, 3e-3, 400),
+            _evals(1.40 + 0.01 * seed, 0.3),
+            summary_extra=shared if seed == 1 else None,
+        )
     analysis = analyze(load_experiment(root, "exp"))
     report, table = markdown(analysis, "cmd", "now", None, [])
     assert "machine shared: 31% of steps slowed >1.5×" in table
@@ -191,8 +216,12 @@ def test_loss_curves_spanning_decades_get_a_log_axis_and_say_so(tmp_path: Path) 
     captions = []
     for experiment, scale in (("mse", 2.0), ("lm", 0.02)):
         for seed in (0, 1):
-            evals = [(step, step * 0.1, 1.0 * (experiment == "lm") + 0.004 + scale / step) for step in (10, 100, 200, 400)]
-            syn.write_run(root, experiment, f"adamw-s{seed}", syn.base_config(experiment, "adamw", seed, 1e-3, 400), evals)
+            evals = [
+                (step, step * 0.1, 1.0 * (experiment == "lm") + 0.004 + scale / step) for step in (10, 100, 200, 400)
+            ]
+            syn.write_run(
+                root, experiment, f"adamw-s{seed}", syn.base_config(experiment, "adamw", seed, 1e-3, 400), evals
+            )
         workload = analyze(load_experiment(root, experiment)).workloads[0]
         (tmp_path / experiment).mkdir()
         captions.append(loss_curves(workload, "val/loss", tmp_path / experiment, "loss_curves").caption)
@@ -224,7 +253,7 @@ def _load_reproduce():
 
 _TINY = f"""
 import sys
-sys.path.insert(0, {str(REPO / 'scripts')!r})
+sys.path.insert(0, {str(REPO / "scripts")!r})
 import reproduce as m
 m.REPRODUCTIONS["tiny"] = m.Reproduction(
     "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": 5.0}},
@@ -278,7 +307,9 @@ def test_tiny_tuned_reproduction_end_to_end_interrupted_and_resumed(tmp_path: Pa
     csv = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "report.csv")
     assert set(csv["arm"]) == {"adamw", "soap f=10", "soap f=1"} and csv["final_std"].notna().all()
     # every mean is over the report seeds alone, and per_seed.csv says which run tuned, as tuning.json does
-    assert (csv["n_seeds"] == 2).all() and csv.loc[csv["arm"] == "soap f=1", "tuning_flags"].item().startswith("not tuned")
+    assert (csv["n_seeds"] == 2).all() and csv.loc[csv["arm"] == "soap f=1", "tuning_flags"].item().startswith(
+        "not tuned"
+    )
     per_seed = pd.read_csv(results / "reports" / "whitening_nanogpt_cpu" / "per_seed.csv")
     tune_seeds = set(per_seed.loc[per_seed["role"] == "tune", "seed"])
     assert tune_seeds == {0} and set(per_seed.loc[per_seed["role"] == "report", "seed"]) == {1, 2}
@@ -305,10 +336,19 @@ def test_a_finished_design_is_read_back_from_the_store_without_launching_anythin
     design = Design("exp", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=3)
     stored = lambda job: abs(math.log10(job.lr / 3e-3)) + 0.01 * job.seed  # noqa: E731 - every run is in the store
     launched = []
-    counts = run_design(Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3}),
-                        lambda job, log, slot: launched.append(job), stored, stored, 2, tmp_path, say=lambda _: None)
+    counts = run_design(
+        Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3}),
+        lambda job, log, slot: launched.append(job),
+        stored,
+        stored,
+        2,
+        tmp_path,
+        say=lambda _: None,
+    )
     assert launched == [] and counts["ran"] == 0
-    assert counts["reused"] == 4 + 3 + 3 * 3  # grids (adamw extended once), every arm's report seeds: all from the store
+    assert (
+        counts["reused"] == 4 + 3 + 3 * 3
+    )  # grids (adamw extended once), every arm's report seeds: all from the store
 
 
 class _Exited:
@@ -344,8 +384,15 @@ def test_a_run_another_process_trains_is_waited_for_not_failed_nor_dropped(tmp_p
 
     said: list[str] = []
     planner = Planner(design, {"adamw": 1e-3})
-    counts = run_design(planner, launch, lambda job: stored(job) if stored(job) is not False else None, stored, 2,
-                        tmp_path, say=said.append)
+    counts = run_design(
+        planner,
+        launch,
+        lambda job: stored(job) if stored(job) is not False else None,
+        stored,
+        2,
+        tmp_path,
+        say=said.append,
+    )
     assert counts["failed"] == 0, said
     assert any(line.startswith("[busy ] adamw lr=0.001") for line in said), said
     assert planner.logs["adamw"].results["0.001"] == 0.0 and planner.logs["adamw"].best_lr == 1e-3
@@ -366,8 +413,21 @@ def holder_gone(lock: Path) -> bool:
 def test_jobs_of_a_driver_killed_outright_stop_with_it(tmp_path: Path) -> None:
     fast = [o for o in FAST if not o.startswith("model=")]
     results = tmp_path / "results"
-    command = [sys.executable, "-c", _TINY, "tiny", "--results-dir", str(results), "--jobs", "2", "--", *fast,
-               "trainer.max_steps=5000", "trainer.eval_interval=5000", "trainer.checkpoint_interval=5000"]
+    command = [
+        sys.executable,
+        "-c",
+        _TINY,
+        "tiny",
+        "--results-dir",
+        str(results),
+        "--jobs",
+        "2",
+        "--",
+        *fast,
+        "trainer.max_steps=5000",
+        "trainer.eval_interval=5000",
+        "trainer.checkpoint_interval=5000",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=tmp_path)
     locks = lambda: list((results / "runs").glob("*/*/.lock"))  # noqa: E731
@@ -394,17 +454,32 @@ def test_jobs_of_a_driver_killed_outright_stop_with_it(tmp_path: Path) -> None:
                 os.kill(int(lock.read_text()), signal.SIGKILL)
 
 
-@pytest.mark.parametrize("override, message", [
-    ("foo=1", "foo: unknown key"),
-    ("model=nonexistent", "model=nonexistent: no such model config"),
-    ("seed=-1", "seed: set by the tuning protocol"),
-    ("optimizer.lr=1e-3", "optimizer.lr: set by the tuning protocol"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("foo=1", "foo: unknown key"),
+        ("model=nonexistent", "model=nonexistent: no such model config"),
+        ("seed=-1", "seed: set by the tuning protocol"),
+        ("optimizer.lr=1e-3", "optimizer.lr: set by the tuning protocol"),
+    ],
+)
 def test_bad_input_to_a_reproduction_is_one_line_exit_2_and_nothing_written(tmp_path: Path, override, message) -> None:
     results = tmp_path / "results"
-    result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "whitening_nanogpt",
-                             "--results-dir", str(results), "--", override],
-                            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "reproduce.py"),
+            "whitening_nanogpt",
+            "--results-dir",
+            str(results),
+            "--",
+            override,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     errors = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("reproduce: error: ") and message in errors[0], errors
@@ -421,9 +496,9 @@ def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str,
     against 0.01 for the others; (c) trained its embeddings and head three different ways.)
     """
     import yaml
+    from conftest import compose
     from omegaconf import OmegaConf
 
-    from conftest import compose
     from soapbench.tuning import parity_differences
 
     reproduction = _load_reproduce().REPRODUCTIONS[name]
@@ -435,16 +510,17 @@ def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str,
     reproduce = _load_reproduce()
     configs = {}
     for v in variants:  # as the protocol runs each arm at its yaml lr: the design's weight decay per step included
-        yaml_lr = OmegaConf.to_container(compose([f"experiment={experiment}", f"variant={v}"]), resolve=True)["optimizer"]["lr"]
+        yaml_lr = OmegaConf.to_container(compose([f"experiment={experiment}", f"variant={v}"]), resolve=True)[
+            "optimizer"
+        ]["lr"]
         overrides = reproduce.arm_overrides(reproduction, v, yaml_lr)
         configs[v] = OmegaConf.to_container(compose([f"experiment={experiment}", *overrides]), resolve=True)
     assert parity_differences(configs) == []
 
 
 def _two_arms(**second_optimizer) -> dict:
-    from omegaconf import OmegaConf
-
     from conftest import compose
+    from omegaconf import OmegaConf
 
     first = OmegaConf.to_container(compose(["experiment=soap_muon_cpu", "variant=muon_ns10"]), resolve=True)
     second = OmegaConf.to_container(compose(["experiment=soap_muon_cpu", "variant=soap_muon_f40"]), resolve=True)
@@ -457,12 +533,15 @@ def _two_arms(**second_optimizer) -> dict:
     return {"muon_ns10": first, "soap_muon_f40": second}
 
 
-@pytest.mark.parametrize("change, named", [
-    ({"companion.lr": 3e-4}, "optimizer.companion.lr: muon_ns10=0.004, soap_muon_f40=0.0003"),
-    ({"weight_decay": 0.1}, "optimizer.weight_decay per step (lr × wd): muon_ns10=0.0, soap_muon_f40=0.002"),
-    ({"main_roles": ["matrix", "embedding"]}, "optimizer.main_roles"),
-    ({"companion.betas": [0.9, 0.99]}, "optimizer.companion.betas"),
-])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ({"companion.lr": 3e-4}, "optimizer.companion.lr: muon_ns10=0.004, soap_muon_f40=0.0003"),
+        ({"weight_decay": 0.1}, "optimizer.weight_decay per step (lr × wd): muon_ns10=0.0, soap_muon_f40=0.002"),
+        ({"main_roles": ["matrix", "embedding"]}, "optimizer.main_roles"),
+        ({"companion.betas": [0.9, 0.99]}, "optimizer.companion.betas"),
+    ],
+)
 def test_arms_differing_in_what_they_do_not_compare_are_refused(change, named) -> None:
     from soapbench.tuning import parity_differences
 
@@ -491,8 +570,9 @@ def test_a_design_with_one_decay_per_step_gives_every_run_wd_equal_to_d_over_lr(
     """Grid, edge, report and borrowed runs alike: lr × wd = D whatever lr the tuning lands on."""
     from soapbench.tuning import Arm, Design, Planner
 
-    design = Design("x", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=2,
-                    decay_per_step=1e-4)
+    design = Design(
+        "x", (Arm("adamw"), Arm("soap_f10"), Arm("soap_f1", tune_from="soap_f10")), seeds=2, decay_per_step=1e-4
+    )
     planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3})
     ready = planner.initial()
     while ready:  # the largest lr always wins: every arm is extended up to the cap, then seeded
@@ -519,14 +599,29 @@ def test_a_companion_that_inherits_each_arms_lr_is_not_one_treatment() -> None:
 
 def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: Path) -> None:
     results = tmp_path / "results"
-    for scale, runs, seeds in (("cpu", "planned runs (no extension): 33", "tuning seeds [0, 1], report seeds [2, 3, 4, 5, 6]"),
-                               ("paper", "planned runs (no extension): 55", "report seeds [1339, 1340, 1341, 1342, 1343]")):
-        result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), "whitening_nanogpt",
-                                 "--scale", scale, "--dry-run", "--jobs", "2", "--results-dir", str(results)],
-                                capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    for scale, runs, seeds in (
+        ("cpu", "planned runs (no extension): 33", "tuning seeds [0, 1], report seeds [2, 3, 4, 5, 6]"),
+        ("paper", "planned runs (no extension): 55", "report seeds [1339, 1340, 1341, 1342, 1343]"),
+    ):
+        result = subprocess.run(
+            [
+                sys.executable,
+                str(REPO / "scripts" / "reproduce.py"),
+                "whitening_nanogpt",
+                "--scale",
+                scale,
+                "--dry-run",
+                "--jobs",
+                "2",
+                "--results-dir",
+                str(results),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         assert runs in result.stdout and "estimated ~" in result.stdout, result.stdout
         assert ("GPU-hours" in result.stdout) == (scale == "paper") and seeds in result.stdout
     assert list(tmp_path.iterdir()) == []  # no results store, no logs, no report
-
-

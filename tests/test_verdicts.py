@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import synthetic_runs as syn
 from scipy import stats
 
-import synthetic_runs as syn
 from soapbench.report.analysis import analyze, comparisons, fairness_warnings
 from soapbench.report.reference import check_claims, load_reference
 from soapbench.report.render import markdown
@@ -22,15 +22,28 @@ from soapbench.report.store import load_experiment
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _arm(root: Path, optimizer: str, finals: list[float], lr: float = 1e-3, seconds_per_step: float = 0.1,
-         experiment: str = "exp", slow_seeds: tuple[int, ...] = (), **extra) -> None:
+def _arm(
+    root: Path,
+    optimizer: str,
+    finals: list[float],
+    lr: float = 1e-3,
+    seconds_per_step: float = 0.1,
+    experiment: str = "exp",
+    slow_seeds: tuple[int, ...] = (),
+    **extra,
+) -> None:
     """One arm: seed k ends at finals[k] after 400 steps."""
     for seed, final in enumerate(finals):
         per_step = seconds_per_step * (1.5 if seed in slow_seeds else 1.0)
         evals = [(step, step * per_step, final + 20.0 / step - 0.05) for step in (100, 200, 300, 400)]
         config = syn.base_config(experiment, optimizer, seed, lr, 400, **extra)
-        syn.write_run(root, experiment, f"{optimizer}_{'_'.join(f'{k}{v}' for k, v in extra.items())}_lr{lr}_s{seed}",
-                      config, evals)
+        syn.write_run(
+            root,
+            experiment,
+            f"{optimizer}_{'_'.join(f'{k}{v}' for k, v in extra.items())}_lr{lr}_s{seed}",
+            config,
+            evals,
+        )
 
 
 def _reference(tmp_path: Path, body: str, name: str = "toy") -> Path:
@@ -38,7 +51,9 @@ def _reference(tmp_path: Path, body: str, name: str = "toy") -> Path:
     directory.mkdir(exist_ok=True)
     (directory / f"{name}.yaml").write_text(
         "comparison: toy\npaper: a toy paper\nmetric: val/loss\nsettings: {paper: toy setting}\nentries: []\n"
-        "scale: {paper: {steps: 400}}\nlegend: toy\n" + body, encoding="utf-8")
+        "scale: {paper: {steps: 400}}\nlegend: toy\n" + body,
+        encoding="utf-8",
+    )
     return directory
 
 
@@ -109,7 +124,9 @@ def test_margin_comes_from_the_reference_and_reaches_the_report(tmp_path: Path) 
     root = tmp_path / "results"
     _arm(root, "adamw", SEED_LEVELS)
     _arm(root, "soap", [a + (0.001 if i % 2 else -0.001) for i, a in enumerate(SEED_LEVELS)], precondition_frequency=10)
-    reference = load_reference("toy", _reference(tmp_path, "margin: {value: 0.005, reason: half the toy gap}\nclaims: []\n"))
+    reference = load_reference(
+        "toy", _reference(tmp_path, "margin: {value: 0.005, reason: half the toy gap}\nclaims: []\n")
+    )
     analysis = analyze(load_experiment(root, "exp"))
     (w,) = analysis.workloads
     assert comparisons(w, 0.005)["soap f=10"].verdict == "equivalent"
@@ -138,9 +155,13 @@ def test_a_claim_outside_its_regime_is_not_tested_and_its_effects_are_printed(tm
     root = tmp_path / "results"
     _arm(root, "adamw", SEED_LEVELS[:3])
     _arm(root, "soap", [a - 0.2 for a in SEED_LEVELS[:3]], precondition_frequency=10)
-    reference, row = _claim_row(tmp_path, root, "{setting: paper, kind: order, order: [adamw, soap], text: AdamW "
-                                "below SOAP, source: toy, regime: {tokens: 40.0e6, steps: 300, "
-                                "same_parameter_treatment: true, why: the paper's budget}}")
+    reference, row = _claim_row(
+        tmp_path,
+        root,
+        "{setting: paper, kind: order, order: [adamw, soap], text: AdamW "
+        "below SOAP, source: toy, regime: {tokens: 40.0e6, steps: 300, "
+        "same_parameter_treatment: true, why: the paper's budget}}",
+    )
     # 400 steps × 16384 tokens: reversed and significant, yet no verdict on the paper at this scale
     assert row["verdict"] == "not tested"
     assert row["reason"] == "6.55M tokens seen, the claim is about ≥ 40M"
@@ -157,9 +178,13 @@ def test_an_ordering_names_every_reversed_pair(tmp_path: Path) -> None:
     _arm(root, "soap", [a - 0.03 for a in SEED_LEVELS[:4]], precondition_frequency=1)
     _arm(root, "soap", [a - 0.02 + 0.001 * i for i, a in enumerate(SEED_LEVELS[:4])], precondition_frequency=10)
     _arm(root, "adamw", [a + 0.05 + 0.001 * i for i, a in enumerate(SEED_LEVELS[:4])])
-    _, row = _claim_row(tmp_path, root, "{setting: paper, kind: best, arm: shampoo f=1, among: [adamw, soap f=1, "
-                        "soap f=10], text: Shampoo f=1 lowest, source: toy, regime: {tokens: 1.0e6, "
-                        "same_parameter_treatment: true, why: toy}}")
+    _, row = _claim_row(
+        tmp_path,
+        root,
+        "{setting: paper, kind: best, arm: shampoo f=1, among: [adamw, soap f=1, "
+        "soap f=10], text: Shampoo f=1 lowest, source: toy, regime: {tokens: 1.0e6, "
+        "same_parameter_treatment: true, why: toy}}",
+    )
     assert row["verdict"] == "does not hold"
     assert row["reason"] == "reversed (Holm p < 0.05): soap f=1 below shampoo f=1; soap f=10 below shampoo f=1"
 
@@ -175,8 +200,10 @@ def test_confounds_of_the_parameters_no_arm_compares_are_flagged(tmp_path: Path)
     flagged = {k: (v, b) for k, v, b in muon.treatment_confounds}
     assert flagged["roles to the companion"] == (("vector", "embedding", "head", "input"), "none")
     assert flagged["weight decay per step (lr × wd)"] == pytest.approx((0.002, 1e-4))
-    assert any(n.startswith("muon: confound: treats the parameters it does not compare differently") for n in
-               fairness_warnings(w))
+    assert any(
+        n.startswith("muon: confound: treats the parameters it does not compare differently")
+        for n in fairness_warnings(w)
+    )
 
 
 def test_every_number_is_recomputable_from_the_csvs(tmp_path: Path) -> None:
@@ -191,8 +218,17 @@ def test_every_number_is_recomputable_from_the_csvs(tmp_path: Path) -> None:
     assert list(seeds.columns[:5]) == ["arm", "seed", "role", "hyperparameters", "final"]
     assert (seeds["role"] == "tune").sum() == 1 and seeds.loc[seeds["role"] == "tune", "arm"].item() == "adamw"
     compared = pd.read_csv(out / "comparisons.csv").set_index("arm")
-    assert list(compared.columns[:9]) == ["baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_value",
-                                          "p_adjusted", "margin", "verdict"]
+    assert list(compared.columns[:9]) == [
+        "baseline",
+        "n_pairs",
+        "mean_diff",
+        "ci_low",
+        "ci_high",
+        "p_value",
+        "p_adjusted",
+        "margin",
+        "verdict",
+    ]
     reported = seeds[seeds["role"] == "report"].pivot(index="seed", columns="arm", values="final")
     raw = {}
     for arm in compared.index:
@@ -225,13 +261,26 @@ def test_the_report_counts_the_parameters_each_optimizer_trains(tmp_path: Path) 
     root = tmp_path / "results"
     counts = {"muon": 200_000, "companion_adamw": 600_000}
     for seed in (0, 1):
-        syn.write_run(root, "exp", f"muon-s{seed}", syn.base_config("exp", "muon", seed, 0.02, 400),
-                      [(400, 40.0, 1.7 + 0.01 * seed)], summary_extra={"params_by_optimizer": counts})
-        syn.write_run(root, "exp", f"adamw-s{seed}", syn.base_config("exp", "adamw", seed, 1e-3, 400),
-                      [(400, 40.0, 1.8 + 0.01 * seed)])
+        syn.write_run(
+            root,
+            "exp",
+            f"muon-s{seed}",
+            syn.base_config("exp", "muon", seed, 0.02, 400),
+            [(400, 40.0, 1.7 + 0.01 * seed)],
+            summary_extra={"params_by_optimizer": counts},
+        )
+        syn.write_run(
+            root,
+            "exp",
+            f"adamw-s{seed}",
+            syn.base_config("exp", "adamw", seed, 1e-3, 400),
+            [(400, 40.0, 1.8 + 0.01 * seed)],
+        )
     report, _ = markdown(analyze(load_experiment(root, "exp")), "cmd", "now", None, [])
     section = report.split("### Who trains which parameters")[1]
-    assert "| muon | muon 0.2M (25%); companion_adamw 0.6M (75%) | ('vector', 'embedding', 'head', 'input') |" in section
+    assert (
+        "| muon | muon 0.2M (25%); companion_adamw 0.6M (75%) | ('vector', 'embedding', 'head', 'input') |" in section
+    )
     assert "| adamw | not recorded" in section
 
 
@@ -261,9 +310,14 @@ def test_figures_share_one_colour_per_arm_mark_unreliable_time_and_draw_no_empty
     _arm(root, "shampoo", [a - 0.02 for a in SEED_LEVELS[:3]], precondition_frequency=10)
     for seed in range(3):  # never reaches AdamW's target, on a shared machine
         evals = [(step, step * 0.3, SEED_LEVELS[seed] + 0.5 + 20.0 / step) for step in (100, 200, 300, 400)]
-        syn.write_run(root, "exp", f"soap-s{seed}", syn.base_config("exp", "soap", seed, 1e-3, 400,
-                                                                    precondition_frequency=10),
-                      evals, summary_extra=shared)
+        syn.write_run(
+            root,
+            "exp",
+            f"soap-s{seed}",
+            syn.base_config("exp", "soap", seed, 1e-3, 400, precondition_frequency=10),
+            evals,
+            summary_extra=shared,
+        )
     (w,) = analyze(load_experiment(root, "exp")).workloads
     colors = figs.arm_colors(w)
     drawn = {}
@@ -308,16 +362,19 @@ def test_inside_its_regime_a_claim_holds_or_is_inconclusive_and_treatment_is_a_c
     _arm(root, "soap", [a + 0.004 * (-1) ** i for i, a in enumerate(SEED_LEVELS[:4])], precondition_frequency=10)
     _arm(root, "shampoo", SEED_LEVELS[:4], precondition_frequency=10)
     regime = "regime: {tokens: 1.0e6, same_parameter_treatment: true, why: toy}"
-    _, holds = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [shampoo, adamw], text: t, "
-                                          f"source: toy, {regime}}}")
+    _, holds = _claim_row(
+        tmp_path, root, f"{{setting: paper, kind: order, order: [shampoo, adamw], text: t, source: toy, {regime}}}"
+    )
     assert holds["verdict"] == "holds", holds
-    _, unsure = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [soap, shampoo], text: t, "
-                                           f"source: toy, {regime}}}")
+    _, unsure = _claim_row(
+        tmp_path, root, f"{{setting: paper, kind: order, order: [soap, shampoo], text: t, source: toy, {regime}}}"
+    )
     assert unsure["verdict"] == "inconclusive" and unsure["reason"].startswith("not significant after Holm: soap f=10")
     # Muon sends the embeddings and head to a companion; AdamW trains them itself: no verdict on such a claim
     _arm(root, "muon", SEED_LEVELS[:4], lr=0.02)
-    _, untested = _claim_row(tmp_path, root, f"{{setting: paper, kind: order, order: [muon, adamw], text: t, "
-                                             f"source: toy, {regime}}}")
+    _, untested = _claim_row(
+        tmp_path, root, f"{{setting: paper, kind: order, order: [muon, adamw], text: t, source: toy, {regime}}}"
+    )
     assert untested["verdict"] == "not tested"
     assert "the arms treat the parameters they do not compare differently (companion" in untested["reason"]
     assert "roles to the companion" in untested["reason"]
@@ -327,8 +384,12 @@ def _tuned_store(root: Path) -> dict:
     """Two arms tuned as reproduce.py does: lrs 1e-3 and 3e-3 on tuning seed 0, then 3e-3 on report seeds 1-3.
 
     Seed 0 at the chosen lr is far below the report seeds, so a mean or a pairing that took it in would show."""
-    finals = {("adamw", 1e-3, 0): 1.90, ("adamw", 3e-3, 0): 1.50, ("soap_f10", 1e-3, 0): 1.85,
-              ("soap_f10", 3e-3, 0): 1.40}
+    finals = {
+        ("adamw", 1e-3, 0): 1.90,
+        ("adamw", 3e-3, 0): 1.50,
+        ("soap_f10", 1e-3, 0): 1.85,
+        ("soap_f10", 3e-3, 0): 1.40,
+    }
     finals |= {("adamw", 3e-3, s): v for s, v in zip((1, 2, 3), SEED_LEVELS)}
     finals |= {("soap_f10", 3e-3, s): v + g for s, v, g in zip((1, 2, 3), SEED_LEVELS, STEADY_GAIN)}
     runs = []
@@ -338,14 +399,42 @@ def _tuned_store(root: Path) -> dict:
         config["sweep_keys"] = [f"variant={variant}", "optimizer.lr"]
         evals = [(step, step * 0.1, final + 20.0 / step - 0.05) for step in (100, 200, 300, 400)]
         syn.write_run(root, "exp", f"{variant}-lr{lr}-s{seed}", config, evals)
-        runs.append({"arm": variant, "lr": float(f"{lr:.6g}"), "seed": seed, "stage": "grid" if seed == 0 else "seed",
-                     "role": "tune" if seed == 0 else "report"})
-    arm = {"yaml_lr": 1e-3, "grid": [1e-3, 3e-3], "results": {"0.001": 1.9, "0.003": 1.5}, "extensions": 0,
-           "extended": None, "best_lr": 3e-3, "still_on_edge": False, "tuning": "grid", "tuned_from": None,
-           "tune_seeds": [0], "seeds": [1, 2, 3], "flags": []}
-    return {"experiment": "exp", "protocol": {"points": 2, "factor": 3.16, "tune_seeds": [0], "report_seeds": [1, 2, 3],
-                                              "seeds": 3, "max_extensions": 3},
-            "arms": {"adamw": arm, "soap_f10": arm}, "runs": runs}
+        runs.append(
+            {
+                "arm": variant,
+                "lr": float(f"{lr:.6g}"),
+                "seed": seed,
+                "stage": "grid" if seed == 0 else "seed",
+                "role": "tune" if seed == 0 else "report",
+            }
+        )
+    arm = {
+        "yaml_lr": 1e-3,
+        "grid": [1e-3, 3e-3],
+        "results": {"0.001": 1.9, "0.003": 1.5},
+        "extensions": 0,
+        "extended": None,
+        "best_lr": 3e-3,
+        "still_on_edge": False,
+        "tuning": "grid",
+        "tuned_from": None,
+        "tune_seeds": [0],
+        "seeds": [1, 2, 3],
+        "flags": [],
+    }
+    return {
+        "experiment": "exp",
+        "protocol": {
+            "points": 2,
+            "factor": 3.16,
+            "tune_seeds": [0],
+            "report_seeds": [1, 2, 3],
+            "seeds": 3,
+            "max_extensions": 3,
+        },
+        "arms": {"adamw": arm, "soap_f10": arm},
+        "runs": runs,
+    }
 
 
 def test_with_a_tuning_log_roles_come_from_it_and_no_tuning_seed_enters_a_reported_mean(tmp_path: Path) -> None:
@@ -359,7 +448,9 @@ def test_with_a_tuning_log_roles_come_from_it_and_no_tuning_seed_enters_a_report
     seeds = pd.read_csv(out / "per_seed.csv")
     tuned = {(r["arm"], r["seed"]) for r in record["runs"] if r["role"] == "tune"}
     arms = {"adamw": "adamw", "soap f=10": "soap_f10"}
-    assert {(arms[a], s) for a, s in seeds.loc[seeds["role"] == "tune", ["arm", "seed"]].itertuples(index=False)} == tuned
+    assert {
+        (arms[a], s) for a, s in seeds.loc[seeds["role"] == "tune", ["arm", "seed"]].itertuples(index=False)
+    } == tuned
     assert len(seeds) == len(record["runs"]) and set(seeds.loc[seeds["role"] == "report", "seed"]) == {1, 2, 3}
     means = pd.read_csv(out / "report.csv").set_index("arm")["final_mean"]
     assert means["adamw"] == pytest.approx(np.mean(SEED_LEVELS[:3]), abs=1e-4)  # seed 0's 1.50 would pull it down
@@ -367,7 +458,8 @@ def test_with_a_tuning_log_roles_come_from_it_and_no_tuning_seed_enters_a_report
     reported = seeds[seeds["role"] == "report"].pivot(index="seed", columns="arm", values="final")
     assert compared.loc["soap f=10", "n_pairs"] == 3
     assert compared.loc["soap f=10", "p_value"] == pytest.approx(
-        stats.ttest_rel(reported["soap f=10"], reported["adamw"]).pvalue)
+        stats.ttest_rel(reported["soap f=10"], reported["adamw"]).pvalue
+    )
 
 
 def test_a_tuning_log_whose_runs_lack_a_field_is_one_error_line(tmp_path: Path, capsys) -> None:
@@ -390,10 +482,23 @@ def test_tuning_section_reads_the_protocol_and_flags_sit_beside_the_verdicts(tmp
     record = _tuned_store(root)
     edge = "best lr on the upper edge after 3 extensions (the cap): the optimum may lie outside the grid"
     record["arms"] = {
-        "adamw": {**record["arms"]["adamw"], "grid": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1], "extensions": 3, "extended": "up",
-                  "still_on_edge": True, "flags": [edge]},
-        "soap_f10": {**record["arms"]["adamw"], "grid": [], "results": {}, "tuning": "borrowed",
-                     "tuned_from": "adamw", "tune_seeds": [], "flags": ["not tuned: takes adamw's tuned lr"]},
+        "adamw": {
+            **record["arms"]["adamw"],
+            "grid": [1e-3, 3e-3, 1e-2, 3e-2, 1e-1],
+            "extensions": 3,
+            "extended": "up",
+            "still_on_edge": True,
+            "flags": [edge],
+        },
+        "soap_f10": {
+            **record["arms"]["adamw"],
+            "grid": [],
+            "results": {},
+            "tuning": "borrowed",
+            "tuned_from": "adamw",
+            "tune_seeds": [],
+            "flags": ["not tuned: takes adamw's tuned lr"],
+        },
     }
     analysis = analyze(load_experiment(root, "exp"), tuning={"exp": record})
     report, table = markdown(analysis, "cmd", "now", None, [])
@@ -413,4 +518,5 @@ def test_tuning_section_reads_the_protocol_and_flags_sit_beside_the_verdicts(tmp
     old = analyze(load_experiment(root, "exp"), tuning={"exp": record}).workloads[0]
     assert [old.tuning_flags(o) for o in old.optimizers.values()] == [
         ["best lr still on an edge of its grid: the optimum may lie outside the grid"],
-        ["not tuned: takes adamw's tuned lr"]]
+        ["not tuned: takes adamw's tuned lr"],
+    ]

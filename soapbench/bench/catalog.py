@@ -13,9 +13,10 @@ interpolate the data (nanogpt_char's ``vocab_size: ${data.vocab_size}``) resolve
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from omegaconf import OmegaConf
@@ -105,7 +106,9 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
 def optimizer_setup(name: str, weight_decay_roles: Sequence[str] = ("matrix", "head", "input")) -> OptimizerSetup:
     """The settings a run with ``optimizer=<name>`` uses (its yaml), or constructor defaults when it has no yaml."""
     from soapbench.optimizers import get_spec
-    from soapbench.optimizers.registry import split_optimizer_config  # the trainer's parser: tuples for lists, companion split off
+    from soapbench.optimizers.registry import (
+        split_optimizer_config,  # the trainer's parser: tuples for lists, companion split off
+    )
 
     spec = get_spec(name)
     path = CONFIG_DIR / "optimizer" / f"{name}.yaml"

@@ -26,9 +26,10 @@ import shutil
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -76,7 +77,9 @@ def compiler_available() -> str | None:
     return None
 
 
-def gpu_plan(*, batch_size: int = 64, steps: int = 30, nanogpt_steps: int = 300, budget_seconds: float = 450) -> CheckPlan:
+def gpu_plan(
+    *, batch_size: int = 64, steps: int = 30, nanogpt_steps: int = 300, budget_seconds: float = 450
+) -> CheckPlan:
     """lm_360m at OLMo's H100 micro-batch (64 × 512 tokens), nanogpt_char for 300 steps: about 8 minutes on an H100."""
     return CheckPlan(
         mode="gpu", lm_preset="lm_360m", lm_overrides=(), lm_batch_size=batch_size, lm_steps=steps, lm_warmup=3,
@@ -290,8 +293,12 @@ def section_line(name: str, section: Mapping[str, Any]) -> str:
     """The one line the check prints when a section finishes."""
     rows = section.get("rows", [])
     if name == "lm_step":
-        parts = [f"{r['optimizer']} {fmt_ms(r['step_seconds'])} ms ({fmt_num(r['step_ratio_to_adamw'])}×)" for r in rows]
-        return "lm_step: " + ", ".join(parts) + (f"; skipped {len(section['skipped'])}" if section.get("skipped") else "")
+        parts = [
+            f"{r['optimizer']} {fmt_ms(r['step_seconds'])} ms ({fmt_num(r['step_ratio_to_adamw'])}×)" for r in rows
+        ]
+        return (
+            "lm_step: " + ", ".join(parts) + (f"; skipped {len(section['skipped'])}" if section.get("skipped") else "")
+        )
     if name == "nanogpt":
         parts = [f"{r['optimizer']} {fmt_num(r.get('initial_loss'), '.3f')}→{fmt_num(r.get('final_val_loss'), '.3f')} "
                  f"{fmt_ms(r.get('step_seconds'))} ms/step{'' if r.get('trains') else ' (NOT TRAINING)'}" for r in rows]  # fmt: skip
@@ -333,7 +340,14 @@ def refresh_markdown(section: Mapping[str, Any]) -> str:
         r["size"], r["count"], fmt_ms(r["qr_refresh_seconds"]), fmt_ms(r["eigh_seconds"]),
         fmt_ms(r["batched_qr_refresh_seconds"]), fmt_ms(r["per_factor_loop_seconds"]),
     ] for r in section["rows"]]  # fmt: skip
-    header = ["factor size", "factors", "one QR refresh ms", "one eigh ms", "all, batched ms", "all, one by one ms (est.)"]
+    header = [
+        "factor size",
+        "factors",
+        "one QR refresh ms",
+        "one eigh ms",
+        "all, batched ms",
+        "all, one by one ms (est.)",
+    ]
     return "\n\n".join([section["protocol"], table(header, rows)])
 
 

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -113,4 +114,3 @@ def soap_floor(
         "per_step_seconds": per_step, "per_refresh_seconds": per_refresh,
         "mean_seconds": per_step + per_refresh / frequency,
     }  # fmt: skip
-

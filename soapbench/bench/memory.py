@@ -20,8 +20,9 @@ Theoretical: :mod:`soapbench.bench.theory` on the full preset's shapes, main and
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,8 +45,10 @@ class StateBytes:
     bookkeeping: int = 0
     tensors: int = 0
 
-    def __add__(self, other: "StateBytes") -> "StateBytes":
-        return StateBytes(self.arrays + other.arrays, self.bookkeeping + other.bookkeeping, self.tensors + other.tensors)
+    def __add__(self, other: StateBytes) -> StateBytes:
+        return StateBytes(
+            self.arrays + other.arrays, self.bookkeeping + other.bookkeeping, self.tensors + other.tensors
+        )
 
 
 def iter_state_tensors(value: Any) -> Iterator[Tensor]:

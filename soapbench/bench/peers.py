@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -68,7 +69,9 @@ def _hb_soap_family(class_name: str, every_dim: bool) -> Callable[[Groups, Mappi
         if class_name == "KLShampoo":
             extra["init_factor"] = h["init_factor"]
         # Our KL methods factor every dim (no max dim): give heavyball a max at least the largest side.
-        max_dim = max((max(p.shape) for g in groups for p in g["params"]), default=1) if every_dim else h["max_precond_dim"]
+        max_dim = (
+            max((max(p.shape) for g in groups for p in g["params"]), default=1) if every_dim else h["max_precond_dim"]
+        )
         return getattr(heavyball, class_name)(
             groups, lr=h["lr"], betas=tuple(h["betas"]), shampoo_beta=_shampoo_beta(h), eps=h["eps"],
             weight_decay=h["weight_decay"], precondition_frequency=h["precondition_frequency"],
@@ -116,32 +119,50 @@ def _hb_muon(groups: Groups, h: Mapping[str, Any]) -> torch.optim.Optimizer:
 PEERS: tuple[PeerSpec, ...] = (
     PeerSpec("pytorch-optimizer SOAP", "pytorch-optimizer", "soap", _po_soap, "none (same keywords as the reference)"),
     PeerSpec(
-        "heavyball SOAP", "heavyball", "soap", _hb_soap_family("SOAP", every_dim=False),
+        "heavyball SOAP",
+        "heavyball",
+        "soap",
+        _hb_soap_family("SOAP", every_dim=False),
         "correct_bias, normalize_grads, data_format (no heavyball knob); heavyball bias-corrects β_s and refreshes "
         "on a cumulative 1/f counter (≈ every f calls)",
     ),
     PeerSpec(
-        "pytorch-optimizer ScalableShampoo", "pytorch-optimizer", "shampoo", _po_scalable_shampoo,
+        "pytorch-optimizer ScalableShampoo",
+        "pytorch-optimizer",
+        "shampoo",
+        _po_scalable_shampoo,
         "inv_root_override 2.5 (integer overrides only: default root 2·order used), Adam grafting (RMSProp grafting, "
         "no bias correction), eigh inverse roots (coupled Schur–Newton), blocking rule "
         "(layers with a dim > max_preconditioner_dim are not preconditioned)",
     ),
     PeerSpec(
-        "heavyball KLSOAP", "heavyball", "kl_soap", _hb_soap_family("KLSOAP", every_dim=True),
+        "heavyball KLSOAP",
+        "heavyball",
+        "kl_soap",
+        _hb_soap_family("KLSOAP", every_dim=True),
         "init_factor, using_clamping/max_clamp_value, using_damping (no heavyball knob); heavyball bias-corrects β "
         "and refreshes on a cumulative 1/f counter",
     ),
     PeerSpec(
-        "heavyball KLShampoo", "heavyball", "kl_shampoo", _hb_soap_family("KLShampoo", every_dim=True),
+        "heavyball KLShampoo",
+        "heavyball",
+        "kl_shampoo",
+        _hb_soap_family("KLShampoo", every_dim=True),
         "using_clamping/max_clamp_value, using_damping (heavyball's dampening 1e-9 kept); heavyball rebalances the "
         "factors' scales each step",
     ),
     PeerSpec(
-        "pytorch-optimizer Muon", "pytorch-optimizer", "muon", _po_muon,
+        "pytorch-optimizer Muon",
+        "pytorch-optimizer",
+        "muon",
+        _po_muon,
         "Keller's sqrt(max(1, m/n)) update scale and bf16 Newton–Schulz precision are pytorch-optimizer's own",
     ),
     PeerSpec(
-        "heavyball Muon", "heavyball", "muon", _hb_muon,
+        "heavyball Muon",
+        "heavyball",
+        "muon",
+        _hb_muon,
         "ns_steps and Newton–Schulz variant are heavyball's own",
     ),
 )
@@ -186,7 +207,9 @@ def is_compiled(spec: PeerSpec) -> bool:
 
 
 def _groups_of(optimizer: torch.optim.Optimizer) -> Groups:
-    return [{"params": list(group["params"]), "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+    return [
+        {"params": list(group["params"]), "weight_decay": group["weight_decay"]} for group in optimizer.param_groups
+    ]
 
 
 def peer_builder(spec: PeerSpec, setup: OptimizerSetup) -> Callable[[nn.Module], torch.optim.Optimizer]:

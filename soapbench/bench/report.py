@@ -13,9 +13,10 @@ import platform
 import re
 import shlex
 import sys
-from datetime import datetime, timezone
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -36,7 +37,7 @@ def device_slug(device: torch.device) -> str:
 
 
 def collect_metadata(argv: Sequence[str], device: torch.device, extra: Mapping[str, Any]) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     return {
         "date": now.date().isoformat(), "timestamp_utc": now.isoformat(timespec="seconds"),
         "command": shlex.join(["python", *argv]), "git_commit": git_commit(), "device": describe_hardware(device),
@@ -145,7 +146,9 @@ def timing_markdown(section: Mapping[str, Any]) -> str:
         ])  # fmt: skip
     header = ["optimizer", "implementation", "mean ms", "median ms", "std ms", "min ms", "max ms", "n",
               "refreshes in window", "state", "ours ÷ peer (mean)", "ours ÷ peer (median)", "notes"]  # fmt: skip
-    partial = f"**Partial: written after {section['partial']}; the run did not finish.**" if section.get("partial") else ""
+    partial = (
+        f"**Partial: written after {section['partial']}; the run did not finish.**" if section.get("partial") else ""
+    )
     return "\n\n".join(part for part in [partial, section["protocol"], table(header, rows)] if part)
 
 
@@ -166,7 +169,13 @@ def floor_markdown(section: Mapping[str, Any], timing: Mapping[str, Any] | None)
             f"{stats['mean'] / section['mean_seconds']:.2f}", f"{section['mean_seconds'] / stats['mean']:.2f}",
         ])  # fmt: skip
     if rows:
-        header = ["SOAP implementation", "source", "mean ms", "mean ÷ floor", "best possible ours ÷ this (floor ÷ mean)"]
+        header = [
+            "SOAP implementation",
+            "source",
+            "mean ms",
+            "mean ÷ floor",
+            "best possible ours ÷ this (floor ÷ mean)",
+        ]
         lines.append(table(header, rows))
     if section["skipped_shapes"]:
         lines.append(f"Not counted (not a fully preconditioned matrix): {section['skipped_shapes']}")
@@ -252,7 +261,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
          json.dumps(setup["companion"], default=_json_default)]
         for name, setup in report["optimizers"].items()
     ]  # fmt: skip
-    parts += ["## Optimizer configurations", table(["optimizer", "source", "hyperparameters", "companion"], config_rows)]
+    parts += [
+        "## Optimizer configurations",
+        table(["optimizer", "source", "hyperparameters", "companion"], config_rows),
+    ]
     if report.get("notes"):
         parts += ["## Notes", "\n".join(f"- {note}" for note in report["notes"])]
     return "\n\n".join(parts) + "\n"

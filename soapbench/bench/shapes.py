@@ -13,8 +13,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -38,7 +39,9 @@ class ParamInfo:
 
 def build_preset_model(model_cfg: Mapping[str, Any], device: str | torch.device, seed: int = 0) -> nn.Module:
     """The preset's model on ``device`` ("meta": shapes only); real devices get the seeded initialisation."""
-    failures = import_submodules("soapbench.models")  # architectures not yet imported by models/__init__.py register here
+    failures = import_submodules(
+        "soapbench.models"
+    )  # architectures not yet imported by models/__init__.py register here
     from soapbench.models import build_model
 
     device = torch.device(device)
@@ -113,5 +116,5 @@ class GradientBank:
                 param.grad.copy_(gradient)
 
     @classmethod
-    def for_model(cls, model: nn.Module, **kwargs: Any) -> "GradientBank":
+    def for_model(cls, model: nn.Module, **kwargs: Any) -> GradientBank:
         return cls([p.shape for p in trainable_params(model)], **kwargs)

@@ -26,8 +26,9 @@ import gc
 import math
 import statistics
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ class TimingStats:
     max: float
 
     @classmethod
-    def of(cls, samples: Sequence[float]) -> "TimingStats":
+    def of(cls, samples: Sequence[float]) -> TimingStats:
         if not samples:
             raise ValueError("no timing samples")
         std = statistics.stdev(samples) if len(samples) > 1 else 0.0

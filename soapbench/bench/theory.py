@@ -27,7 +27,9 @@ optimizer without an entry here (a user's drop-in) shows "n/a".
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
 from soapbench.optimizers.shampoo import block_layout
 from soapbench.optimizers.soap import merge_dims_shape
 

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import statistics
 import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -166,7 +167,11 @@ def trainer_throughput(
 
 
 def throughput_rows(
-    preset: str, setups: Sequence[OptimizerSetup], preset_cfg: Mapping[str, Any], params: int, options: ThroughputOptions
+    preset: str,
+    setups: Sequence[OptimizerSetup],
+    preset_cfg: Mapping[str, Any],
+    params: int,
+    options: ThroughputOptions,
 ) -> list[ThroughputRow]:
     import_submodules("soapbench.optimizers")  # the trainer's build_optimizer must see every registered optimizer
     return [trainer_throughput(preset, setup, preset_cfg, params, options) for setup in setups]

@@ -23,8 +23,9 @@ from __future__ import annotations
 import gc
 import os
 import statistics
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -60,8 +61,13 @@ class Arm:
             return {"mean": statistics.fmean(samples), "median": statistics.median(samples),
                     "std": statistics.stdev(samples) if len(samples) > 1 else 0.0, "n": len(samples)}  # fmt: skip
 
-        return {"optimizer": self.name, "frequency": self.frequency, "step": stats(self.step_seconds),
-                "optimizer_step": stats(self.optimizer_seconds), "final_loss": self.losses[-1] if self.losses else None}
+        return {
+            "optimizer": self.name,
+            "frequency": self.frequency,
+            "step": stats(self.step_seconds),
+            "optimizer_step": stats(self.optimizer_seconds),
+            "final_loss": self.losses[-1] if self.losses else None,
+        }
 
 
 def arm_overrides(label: str) -> tuple[str, list[str]]:
@@ -72,9 +78,9 @@ def arm_overrides(label: str) -> tuple[str, list[str]]:
 
 def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.device) -> Arm:
     """The trainer's step for ``model=<preset> optimizer=<name>`` (+ knobs), built as a run builds it."""
-    from soapbench.optimizers.registry import split_optimizer_config
     from soapbench.config import load_trainer_config
     from soapbench.distributed import DistContext
+    from soapbench.optimizers.registry import split_optimizer_config
     from soapbench.trainer import build_training
 
     optimizer_name, knobs = arm_overrides(label)

@@ -57,8 +57,9 @@ effects undone (see :mod:`soapbench.contract.torch_testing`).
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -86,8 +87,10 @@ def registered_infos() -> list[ContractInfo]:
 
 
 def info_for(
-    optimizer: Callable[..., torch.optim.Optimizer], kwargs: Mapping[str, Any] | None = None,
-    *, matrices_only: bool | None = None,
+    optimizer: Callable[..., torch.optim.Optimizer],
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    matrices_only: bool | None = None,
 ) -> ContractInfo:
     """An ``OptimizerInfo`` for any optimizer class or factory, with ``kwargs`` as its only input."""
     if matrices_only is None:
@@ -122,7 +125,9 @@ def run_contract(
     matrices_only: bool | None = None,
 ) -> list[Result]:
     """Run the contract's checks (module docstring) and return one :class:`Result` per check, input and dtype."""
-    info = optimizer if isinstance(optimizer, OptimizerInfo) else info_for(optimizer, kwargs, matrices_only=matrices_only)
+    info = (
+        optimizer if isinstance(optimizer, OptimizerInfo) else info_for(optimizer, kwargs, matrices_only=matrices_only)
+    )
     if isinstance(optimizer, OptimizerInfo) and kwargs:
         raise ValueError("kwargs go with an optimizer class or factory; an OptimizerInfo carries its own inputs")
     wanted = list(CATEGORIES if categories is None else categories)

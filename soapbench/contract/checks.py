@@ -11,8 +11,9 @@ import copy
 import inspect
 import re
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -335,7 +336,9 @@ def state_dict_dtype_change(case: Case) -> None:
     expected = dtype_structure(native_optimizer.state_dict()["state"])
     actual = dtype_structure(loaded.state_dict()["state"])
     if actual != expected:
-        raise AssertionError(f"state dtypes after loading a {source_dtype} checkpoint: {actual} != fresh run's {expected}")
+        raise AssertionError(
+            f"state dtypes after loading a {source_dtype} checkpoint: {actual} != fresh run's {expected}"
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -426,7 +429,9 @@ def load_state_dict_hooks(case: Case) -> None:
     reloaded = case.build(reloaded_problem.params)
     reloaded.register_load_state_dict_post_hook(post_hook)
     reloaded.load_state_dict(saved)
-    if reloaded.param_groups[0]["lr"] != 0.125 or not bool((get_path(reloaded.state[reloaded_param], path) == 0.5).all()):
+    if reloaded.param_groups[0]["lr"] != 0.125 or not bool(
+        (get_path(reloaded.state[reloaded_param], path) == 0.5).all()
+    ):
         raise AssertionError("changes a load_state_dict post-hook made were overwritten")
 
 
@@ -484,7 +489,9 @@ def tensor_lr_multi_element(case: Case) -> None:
             raise AssertionError(f"ValueError without torch's message: {error}") from None
         return
     except Exception as error:  # noqa: BLE001 -- the wrong exception is the finding
-        raise AssertionError(f"{type(error).__name__} instead of ValueError('Tensor lr must be 1-element'): {error}") from error
+        raise AssertionError(
+            f"{type(error).__name__} instead of ValueError('Tensor lr must be 1-element'): {error}"
+        ) from error
     raise AssertionError("accepted a 2-element tensor lr")
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import copy
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ class Problem:
     def snapshot(self) -> list[Tensor]:
         return [param.detach().clone() for param in self.params]
 
-    def clone(self) -> "Problem":
+    def clone(self) -> Problem:
         """The same data, with parameters copied from the current values (same dtype and memory format)."""
         params = [nn.Parameter(param.detach().clone()) for param in self.params]
         return Problem(list(self.names), params, self.inputs, self.targets)
@@ -122,7 +123,9 @@ def assert_identical(actual: Any, expected: Any, where: str) -> None:
         if not isinstance(actual, Tensor):
             raise AssertionError(f"{where}: expected a tensor, got {type(actual).__name__}")
         if actual.dtype != expected.dtype or actual.shape != expected.shape:
-            raise AssertionError(f"{where}: {actual.dtype}{tuple(actual.shape)} != {expected.dtype}{tuple(expected.shape)}")
+            raise AssertionError(
+                f"{where}: {actual.dtype}{tuple(actual.shape)} != {expected.dtype}{tuple(expected.shape)}"
+            )
         if not torch.equal(actual.cpu(), expected.cpu()):
             raise AssertionError(f"{where}: tensor values differ")
     elif isinstance(expected, dict):
@@ -157,7 +160,9 @@ def floating_tensor_path(state: dict[str, Any]) -> tuple | None:
     def search(value: Any, path: tuple) -> tuple | None:
         if isinstance(value, Tensor):
             return path if value.is_floating_point() and value.numel() > 0 else None
-        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        items = (
+            value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+        )
         for key, item in items:
             if key == "step":
                 continue

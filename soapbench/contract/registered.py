@@ -3,12 +3,12 @@ and error inputs for its own validation (torch's generic ones are added to every
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-from soapbench.optimizers import get_spec
 from soapbench.contract.torch_testing import (
     ErrorOptimizerInput,
     OptimizerErrorEnum,
@@ -16,6 +16,7 @@ from soapbench.contract.torch_testing import (
     OptimizerInput,
     get_error_inputs_for_all_optims,
 )
+from soapbench.optimizers import get_spec
 
 
 class ContractInput(OptimizerInput):
@@ -56,24 +57,34 @@ def _with_sparse_grad() -> list[nn.Parameter]:
     return [param]
 
 
-def _errors(*entries: tuple[str, Any, dict[str, Any], type, str] | tuple[str, Any, dict[str, Any], type, str, bool],
-            sparse_message: str | None = "does not support sparse gradients") -> Callable[..., list[ErrorOptimizerInput]]:
+def _errors(
+    *entries: tuple[str, Any, dict[str, Any], type, str] | tuple[str, Any, dict[str, Any], type, str, bool],
+    sparse_message: str | None = "does not support sparse gradients",
+) -> Callable[..., list[ErrorOptimizerInput]]:
     """Error inputs: (desc, params or None, kwargs, error type, regex[, raised at step]) plus a sparse-gradient step."""
 
     def build(device, dtype) -> list[ErrorOptimizerInput]:
         errors = []
         for desc, params, kwargs, error_type, regex, *at_step in entries:
-            errors.append(ErrorOptimizerInput(
-                OptimizerInput(params=params() if callable(params) else params, kwargs=kwargs, desc=desc),
-                error_type=error_type,
-                error_regex=regex,
-                error_on=OptimizerErrorEnum.STEP_ERROR if at_step and at_step[0] else OptimizerErrorEnum.CONSTRUCTION_ERROR,
-            ))
+            errors.append(
+                ErrorOptimizerInput(
+                    OptimizerInput(params=params() if callable(params) else params, kwargs=kwargs, desc=desc),
+                    error_type=error_type,
+                    error_regex=regex,
+                    error_on=OptimizerErrorEnum.STEP_ERROR
+                    if at_step and at_step[0]
+                    else OptimizerErrorEnum.CONSTRUCTION_ERROR,
+                )
+            )
         if sparse_message is not None:
-            errors.append(ErrorOptimizerInput(
-                OptimizerInput(params=_with_sparse_grad(), kwargs={}, desc="sparse gradient"),
-                error_type=RuntimeError, error_regex=sparse_message, error_on=OptimizerErrorEnum.STEP_ERROR,
-            ))
+            errors.append(
+                ErrorOptimizerInput(
+                    OptimizerInput(params=_with_sparse_grad(), kwargs={}, desc="sparse gradient"),
+                    error_type=RuntimeError,
+                    error_regex=sparse_message,
+                    error_on=OptimizerErrorEnum.STEP_ERROR,
+                )
+            )
         return errors
 
     return build
@@ -85,24 +96,36 @@ NEGATIVE_LR = ("negative lr", None, {"lr": -1e-3}, ValueError, "lr must be > 0")
 
 INPUTS: dict[str, Callable] = {
     "adamw": _inputs(
-        ("default", {}), ("weight_decay 0.1", {"weight_decay": 0.1}), ("amsgrad", {"amsgrad": True}),
-        ("foreach", {"foreach": True}), ("single-tensor", {"foreach": False}),
+        ("default", {}),
+        ("weight_decay 0.1", {"weight_decay": 0.1}),
+        ("amsgrad", {"amsgrad": True}),
+        ("foreach", {"foreach": True}),
+        ("single-tensor", {"foreach": False}),
     ),
     "adafactor": _inputs(
-        ("default", {}), ("neuron_only", {"neuron_only": True}), ("reference_1d_quirk", {"reference_1d_quirk": True}),
+        ("default", {}),
+        ("neuron_only", {"neuron_only": True}),
+        ("reference_1d_quirk", {"reference_1d_quirk": True}),
         ("betas (0.5, 0.9), weight_decay 0", {"betas": (0.5, 0.9), "weight_decay": 0.0}),
     ),
     "adafactor_torch": _inputs(
-        ("default", {}), ("beta2_decay -0.5", {"beta2_decay": -0.5}), ("d 2, weight_decay 0.1", {"d": 2.0, "weight_decay": 0.1}),
+        ("default", {}),
+        ("beta2_decay -0.5", {"beta2_decay": -0.5}),
+        ("d 2, weight_decay 0.1", {"d": 2.0, "weight_decay": 0.1}),
         ("eps (1e-8, 1e-3)", {"eps": (1e-8, 1e-3)}),
     ),
     "muon": _inputs(
-        ("default", {}), ("nesterov off", {"nesterov": False}), ("ns_steps 3", {"ns_steps": 3}),
+        ("default", {}),
+        ("nesterov off", {"nesterov": False}),
+        ("ns_steps 3", {"ns_steps": 3}),
         ("momentum 0.8, weight_decay 0.1", {"momentum": 0.8, "weight_decay": 0.1}),
     ),
     "muon_torch": _inputs(
-        ("default", {}), ("lr 0.01", {"lr": 0.01}), ("adjust_lr_fn match_rms_adamw", {"adjust_lr_fn": "match_rms_adamw"}),
-        ("nesterov off", {"nesterov": False}), ("ns_steps 6", {"ns_steps": 6}),
+        ("default", {}),
+        ("lr 0.01", {"lr": 0.01}),
+        ("adjust_lr_fn match_rms_adamw", {"adjust_lr_fn": "match_rms_adamw"}),
+        ("nesterov off", {"nesterov": False}),
+        ("ns_steps 6", {"ns_steps": 6}),
         ("ns_coefficients (3.4, -4.7, 2.0)", {"ns_coefficients": (3.4, -4.7, 2.0)}),
     ),
     "soap": _inputs(
@@ -113,18 +136,26 @@ INPUTS: dict[str, Callable] = {
         ("max_precond_dim 4", {"max_precond_dim": 4, "precondition_frequency": 2}),
         ("precondition_1d", {"precondition_1d": True, "precondition_frequency": 2}),
         ("normalize_grads", {"normalize_grads": True, "precondition_frequency": 2}),
-        ContractInput({"merge_dims": True, "data_format": "channels_last", "precondition_frequency": 2},
-                      "channels_last conv, merge_dims", channels_last=True),
+        ContractInput(
+            {"merge_dims": True, "data_format": "channels_last", "precondition_frequency": 2},
+            "channels_last conv, merge_dims",
+            channels_last=True,
+        ),
         ContractInput({"precondition_frequency": 2}, "channels_last memory format", channels_last=True),
         ("refresh_method eigh", {"refresh_method": "eigh", "precondition_frequency": 2}),
         ("linalg_precision float64", {"linalg_precision": "float64", "precondition_frequency": 2}),
         ("state_dtype bfloat16", {"state_dtype": "bfloat16", "precondition_frequency": 2}),
         ("bitwise_reference", {"bitwise_reference": True, "precondition_frequency": 2}),
-        ("no bias correction, shampoo_beta 0.9", {"correct_bias": False, "shampoo_beta": 0.9, "precondition_frequency": 2}),
+        (
+            "no bias correction, shampoo_beta 0.9",
+            {"correct_bias": False, "shampoo_beta": 0.9, "precondition_frequency": 2},
+        ),
     ),
     "shampoo": _inputs(
-        *[(f"grafting {kind}", {"grafting_type": kind, "precondition_frequency": 2}) for kind in
-          ("adam", "adagrad", "rmsprop", "sgd", "none")],
+        *[
+            (f"grafting {kind}", {"grafting_type": kind, "precondition_frequency": 2})
+            for kind in ("adam", "adagrad", "rmsprop", "sgd", "none")
+        ],
         ("inv_root_override 0 (1/(2·order))", {"inv_root_override": 0, "precondition_frequency": 2}),
         ("blocks of 4, no merge", {"max_preconditioner_dim": 4, "use_merge_dims": False, "precondition_frequency": 2}),
         ("nesterov momentum 0.5", {"momentum": 0.5, "use_nesterov": True, "precondition_frequency": 2}),
@@ -132,12 +163,22 @@ INPUTS: dict[str, Callable] = {
         ("f 10 (default), start 10", {}),
     ),
     "soap_muon": _inputs(
-        *[(f"projection {kind}", {"projection_type": kind, "precondition_frequency": 2}) for kind in
-          ("identity", "left", "right", "full", "std")],
+        *[
+            (f"projection {kind}", {"projection_type": kind, "precondition_frequency": 2})
+            for kind in ("identity", "left", "right", "full", "std")
+        ],
         ("scale graft, std", {"scale": "graft", "projection_type": "std", "precondition_frequency": 2}),
         ("scale graft, full", {"scale": "graft", "precondition_frequency": 2}),
-        ("paper: std, nestrov, 10 NS steps", {"projection_type": "std", "nestrov": True, "newton_schulz_steps": 10,
-                                              "betas": (0.95, 0.95), "precondition_frequency": 2}),
+        (
+            "paper: std, nestrov, 10 NS steps",
+            {
+                "projection_type": "std",
+                "nestrov": True,
+                "newton_schulz_steps": 10,
+                "betas": (0.95, 0.95),
+                "precondition_frequency": 2,
+            },
+        ),
         ("full, max_precond_dim 4", {"max_precond_dim": 4, "precondition_frequency": 2}),
     ),
 }
@@ -182,36 +223,61 @@ ERRORS: dict[str, Callable] = {
     "soap": _errors(
         NEGATIVE_LR,
         ("beta2 of 1", None, {"betas": (0.9, 1.0)}, ValueError, r"betas must be two values in \[0, 1\)"),
-        ("precondition_frequency 0", None, {"precondition_frequency": 0}, ValueError,
-         "precondition_frequency must be an integer >= 1"),
+        (
+            "precondition_frequency 0",
+            None,
+            {"precondition_frequency": 0},
+            ValueError,
+            "precondition_frequency must be an integer >= 1",
+        ),
         ("unknown data_format", None, {"data_format": "nchw"}, ValueError, "data_format must be one of"),
         ("unknown refresh_method", None, {"refresh_method": "svd"}, ValueError, "refresh_method must be one of"),
         ("state_dtype float16", None, {"state_dtype": "float16"}, ValueError, "state_dtype must be one of"),
-        ("state_dtype float16 in a group", lambda: [{"params": [_matrix()], "state_dtype": "float16"}], {}, ValueError,
-         "state_dtype must be one of"),
+        (
+            "state_dtype float16 in a group",
+            lambda: [{"params": [_matrix()], "state_dtype": "float16"}],
+            {},
+            ValueError,
+            "state_dtype must be one of",
+        ),
     ),
     "shampoo": _errors(
         NEGATIVE_LR,
         ("unknown grafting_type", None, {"grafting_type": "adamw"}, ValueError, "grafting_type must be one of"),
         ("epsilon 0", None, {"epsilon": 0.0}, ValueError, "epsilon must be > 0"),
         ("negative inv_root_override", None, {"inv_root_override": -1}, ValueError, "inv_root_override must be >= 0"),
-        ("start_preconditioning_step 0", None, {"start_preconditioning_step": 0}, ValueError,
-         "start_preconditioning_step must be -1"),
+        (
+            "start_preconditioning_step 0",
+            None,
+            {"start_preconditioning_step": 0},
+            ValueError,
+            "start_preconditioning_step must be -1",
+        ),
     ),
     "soap_muon": _errors(
         *_ADAM_ERRORS[:2],
         ("unknown projection_type", None, {"projection_type": "both"}, ValueError, "projection_type must be one of"),
         ("unknown scale", None, {"scale": "rms"}, ValueError, "scale must be one of"),
-        ("newton_schulz_steps -1", None, {"newton_schulz_steps": -1}, ValueError,
-         "newton_schulz_steps must be an integer >= 0"),
+        (
+            "newton_schulz_steps -1",
+            None,
+            {"newton_schulz_steps": -1},
+            ValueError,
+            "newton_schulz_steps must be an integer >= 0",
+        ),
     ),
 }
 ERRORS["kl_shampoo"] = ERRORS["kl_soap"] = _errors(
     *_ADAM_ERRORS[:2],
     ("unknown cast_dtype", None, {"cast_dtype": "int8"}, ValueError, "cast_dtype must be None or one of"),
     ("init_factor 0", None, {"init_factor": 0.0}, ValueError, "init_factor must be > 0"),
-    ("precondition_frequency 0", None, {"precondition_frequency": 0}, ValueError,
-     "precondition_frequency must be an integer >= 1"),
+    (
+        "precondition_frequency 0",
+        None,
+        {"precondition_frequency": 0},
+        ValueError,
+        "precondition_frequency must be an integer >= 1",
+    ),
 )
 
 
@@ -223,8 +289,11 @@ def _complex_matrix() -> nn.Parameter:
 
 def generic_error_inputs(device: str, dtype: torch.dtype) -> list[ErrorOptimizerInput]:
     """torch's error inputs for every optimizer, less the tensor-lr one (the tensor_lr category checks it)."""
-    return [error for error in get_error_inputs_for_all_optims(device, dtype)
-            if error.optimizer_error_input.desc != "Tensor lr must be 1-element"]
+    return [
+        error
+        for error in get_error_inputs_for_all_optims(device, dtype)
+        if error.optimizer_error_input.desc != "Tensor lr must be 1-element"
+    ]
 
 
 def registered_info(name: str) -> ContractInfo:

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from soapbench.errors import ConfigError
 from soapbench.optimizer_check.probes import (
-    GOLDEN_RUNS, check_bf16, check_gradless, check_golden_parity, check_modes, golden_run_for,
+    GOLDEN_RUNS,
+    check_bf16,
+    check_golden_parity,
+    check_gradless,
+    check_modes,
+    golden_run_for,
 )
 from soapbench.optimizer_check.target import Target, parse_kwargs, resolve_target
 from soapbench.optimizer_check.training import check_resume, check_training
@@ -71,8 +76,10 @@ def check_kwargs_accepted(target: Target, kwargs: dict) -> None:
         target.factory(params(), **target.kwargs)
     except Exception as error:  # noqa: BLE001 - whatever the constructor raises names the rejected value
         given = " ".join(f"{k}={v!r}" for k, v in kwargs.items())
-        raise ConfigError(f"--kwargs {given}: the optimizer rejects them ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0] if str(error) else 'no message'}); fix the values") from error
+        raise ConfigError(
+            f"--kwargs {given}: the optimizer rejects them ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'no message'}); fix the values"
+        ) from error
 
 
 def check_golden_name(golden: str | None) -> None:
@@ -85,8 +92,9 @@ def check_golden_name(golden: str | None) -> None:
     known |= {p.stem for p in golden_dir().glob("*.pt") if p.stem != "problem"} if golden_dir().is_dir() else set()
     unknown = [run for run in golden.split(",") if run not in known]
     if unknown:
-        raise ConfigError(f"--golden {golden}: no golden run {unknown[0]!r}; choose from {', '.join(sorted(known))}, "
-                          "auto or none")
+        raise ConfigError(
+            f"--golden {golden}: no golden run {unknown[0]!r}; choose from {', '.join(sorted(known))}, auto or none"
+        )
 
 
 def _timed(check: str, function: Callable[[], tuple[str, str]]) -> Row:
@@ -109,7 +117,9 @@ def contract_rows(target: Target, matrices_only: bool) -> list[Row]:
         counts = {s: sum(r.status == s for r in results) for s in STATUSES}
         failed = [r for r in results if r.status == "fail"]
         status = "fail" if failed else "pass" if counts["pass"] else "skip"
-        detail = f"{counts['pass']}/{len(results)} checks pass" + (f", {counts['skip']} skipped" if counts["skip"] else "")
+        detail = f"{counts['pass']}/{len(results)} checks pass" + (
+            f", {counts['skip']} skipped" if counts["skip"] else ""
+        )
         if failed:
             detail += f"; first failure: {failed[0].name}: {failed[0].reason}"
         elif status == "skip" and results:
@@ -133,18 +143,31 @@ def check_optimizer(
         rows += contract_rows(target, matrices_only)
     progress("bf16, grad-less, parity ...")
     rows.append(_timed("bf16 parameters", lambda: check_bf16(target.factory, target.kwargs, matrices_only)))
-    rows.append(_timed("parameters without gradients", lambda: check_gradless(target.factory, target.kwargs, matrices_only)))
+    rows.append(
+        _timed("parameters without gradients", lambda: check_gradless(target.factory, target.kwargs, matrices_only))
+    )
     rows.append(_timed("train/eval modes", lambda: check_modes(target.factory, target.kwargs, matrices_only)))
     run = golden if golden not in (None, "auto") else golden_run_for([target.registered, target.family, name])
     if golden == "none" or run is None:
-        rows.append(Row("golden parity", "skip", "no golden reference for this optimizer (--golden RUN picks one)", 0.0))
+        rows.append(
+            Row("golden parity", "skip", "no golden reference for this optimizer (--golden RUN picks one)", 0.0)
+        )
     else:
-        rows.append(_timed(f"golden parity ({run})", lambda: check_golden_parity(run, target.factory, target.kwargs, _accepted(target))))
+        rows.append(
+            _timed(
+                f"golden parity ({run})",
+                lambda: check_golden_parity(run, target.factory, target.kwargs, _accepted(target)),
+            )
+        )
     if training:
         progress(f"nanogpt_char_cpu, {steps} steps, and AdamW ...")
-        rows.append(_timed(f"nanogpt_char_cpu {steps} steps vs AdamW", lambda: check_training(target.train_overrides, steps)))
+        rows.append(
+            _timed(f"nanogpt_char_cpu {steps} steps vs AdamW", lambda: check_training(target.train_overrides, steps))
+        )
         progress("trainer resume ...")
-        rows.append(_timed("trainer resume (stop, resume = uninterrupted)", lambda: check_resume(target.train_overrides)))
+        rows.append(
+            _timed("trainer resume (stop, resume = uninterrupted)", lambda: check_resume(target.train_overrides))
+        )
     return target, rows
 
 
@@ -152,9 +175,17 @@ def render(target: Target, rows: list[Row]) -> str:
     lines = [f"check-optimizer: {target.description}", f"kwargs: {target.kwargs or 'class defaults'}",
              *(f"note: {note}" for note in target.notes), "",
              "| check | status | seconds | detail |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r.check} | {r.status.upper() if r.status == 'fail' else r.status} | {r.seconds:.1f} | {r.detail} |" for r in rows]
+    lines += [
+        f"| {r.check} | {r.status.upper() if r.status == 'fail' else r.status} | {r.seconds:.1f} | {r.detail} |"
+        for r in rows
+    ]
     failed = [r.check for r in rows if r.status == "fail"]
-    lines += ["", f"{len(failed)} of {len(rows)} checks failed: {', '.join(failed)}" if failed else f"all {len(rows)} checks pass or skip"]
+    lines += [
+        "",
+        f"{len(failed)} of {len(rows)} checks failed: {', '.join(failed)}"
+        if failed
+        else f"all {len(rows)} checks pass or skip",
+    ]
     return "\n".join(lines)
 
 

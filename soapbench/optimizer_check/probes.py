@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,7 +71,9 @@ def check_bf16(factory: Factory, kwargs: dict[str, Any], matrices_only: bool) ->
         return "fail", "no bf16 parameter moved"
     dtypes = sorted({str(t.dtype).removeprefix("torch.") for t in iter_state_tensors(dict(optimizer.state))
                      if t.is_floating_point() and t.numel() > 1})  # fmt: skip
-    return "pass", f"state in {', '.join(dtypes) or 'no tensors'}" + (" (bf16 state loses precision)" if "bfloat16" in dtypes else "")
+    return "pass", f"state in {', '.join(dtypes) or 'no tensors'}" + (
+        " (bf16 state loses precision)" if "bfloat16" in dtypes else ""
+    )
 
 
 def check_gradless(factory: Factory, kwargs: dict[str, Any], matrices_only: bool) -> tuple[str, str]:
@@ -114,7 +117,10 @@ def check_modes(factory: Factory, kwargs: dict[str, Any], matrices_only: bool) -
     if not all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(seen, evaluation)):  # a lerp round trip
         return "fail", "the trainer's evaluation does not see the weights eval() sets"
     moved = max((e - t).abs().max().item() for e, t in zip(evaluation, training))
-    return "pass", f"evaluation weights differ from the training weights by up to {moved:.3g}; the trainer evaluates at them"
+    return (
+        "pass",
+        f"evaluation weights differ from the training weights by up to {moved:.3g}; the trainer evaluates at them",
+    )
 
 
 def golden_run_for(keys: list[str]) -> str | None:
@@ -169,7 +175,9 @@ def _parity(run: str, factory: Factory, kwargs: dict[str, Any], accepted: list[s
         param_shapes={k: tuple(v) for k, v in shapes.items()}, default_dtype=golden["torch_default_dtype"],
     )  # fmt: skip
     fragile = FRAGILE.get(run, ())
-    bound = FIRST_ORDER_BOUND if run in FIRST_ORDER else NEWTON_SCHULZ_BOUND if run in NEWTON_SCHULZ else WELL_POSED_BOUND
+    bound = (
+        FIRST_ORDER_BOUND if run in FIRST_ORDER else NEWTON_SCHULZ_BOUND if run in NEWTON_SCHULZ else WELL_POSED_BOUND
+    )
     scale = 1.0
     if golden["param_dtype"] == torch.float32:  # README: soap_f32 compares relatively (max |Δ| / max |W|)
         scale = max(golden["traj"][name].abs().max().item() for name in golden["param_names"])
@@ -181,5 +189,7 @@ def _parity(run: str, factory: Factory, kwargs: dict[str, Any], accepted: list[s
         parts.append(f"{name} {diff:.1e}" + (" (smoke)" if name in fragile else ""))
         if not diff <= limit or not math.isfinite(diff):
             worst.append(f"{name} {diff:.1e} > {limit:.0e}")
-    detail = f"{run}: max |Δ|{' / max |W|' if scale != 1.0 else ''} " + ", ".join(parts) + "".join(f"; {n}" for n in notes)
+    detail = (
+        f"{run}: max |Δ|{' / max |W|' if scale != 1.0 else ''} " + ", ".join(parts) + "".join(f"; {n}" for n in notes)
+    )
     return ("fail", f"{'; '.join(worst)} ({detail})") if worst else ("pass", detail)

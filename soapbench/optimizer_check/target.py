@@ -8,16 +8,17 @@ trained through the trainer with the matching overrides (``optimizer=soap ++opti
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import yaml
 from omegaconf import OmegaConf
 
-from soapbench.optimizers.registry import check_hyperparameters, resolve_spec, split_optimizer_config
 from soapbench.errors import ConfigError
+from soapbench.optimizers.registry import check_hyperparameters, resolve_spec, split_optimizer_config
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
 
@@ -61,7 +62,9 @@ def resolve_target(name: str, kwargs: dict[str, Any]) -> Target:
         spec = resolve_spec(label, build_args.get("source"))
         check_hyperparameters(spec, kwargs, "--kwargs ", passthrough_hint=False)
         source = describe_source(config)
-        description = f"{spec.target} ({source['package']}; installed {source['installed_version']})" if source else "registered"
+        description = (
+            f"{spec.target} ({source['package']}; installed {source['installed_version']})" if source else "registered"
+        )
         notes = []
         if build_args.get("main_roles"):
             notes.append(f"trains {', '.join(build_args['main_roles'])} from a model; the contract drives it directly")
@@ -74,7 +77,9 @@ def resolve_target(name: str, kwargs: dict[str, Any]) -> Target:
         )  # fmt: skip
     if "." not in name:
         options = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml") if p.stem != "custom")
-        raise ConfigError(f"optimizer: {name!r} is neither an optimizer yaml ({', '.join(options)}) nor an import path pkg.module.Class")
+        raise ConfigError(
+            f"optimizer: {name!r} is neither an optimizer yaml ({', '.join(options)}) nor an import path pkg.module.Class"
+        )
     spec = resolve_spec(None, {"target": name})
     check_hyperparameters(spec, kwargs, "--kwargs ", passthrough_hint=False)
     source = describe_source({"target": name})

@@ -39,7 +39,11 @@ def train_overrides(overrides: list[str], results_dir: Path) -> dict[str, Any]:
 def _eval_losses(summary: dict[str, Any]) -> list[float]:
     from soapbench.results import RunStore
 
-    return [r["val/loss"] for r in RunStore(summary["run_dir"]).read_metrics() if r.get("event") == "eval" and "val/loss" in r]
+    return [
+        r["val/loss"]
+        for r in RunStore(summary["run_dir"]).read_metrics()
+        if r.get("event") == "eval" and "val/loss" in r
+    ]
 
 
 def check_training(target_overrides: list[str], steps: int) -> tuple[str, str]:
@@ -67,17 +71,28 @@ def check_resume(target_overrides: list[str]) -> tuple[str, str]:
               "trainer.checkpoint_interval=3", "trainer.schedule.warmup_steps=2"]  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="check_optimizer_") as scratch:
         whole = train_overrides([*target_overrides, *budget], Path(scratch) / "whole")
-        train_overrides([*target_overrides, *budget, f"trainer.stop_after_steps={RESUME_STEPS // 2}"], Path(scratch) / "split")
+        train_overrides(
+            [*target_overrides, *budget, f"trainer.stop_after_steps={RESUME_STEPS // 2}"], Path(scratch) / "split"
+        )
         resumed = train_overrides([*target_overrides, *budget], Path(scratch) / "split")
         if whole["status"] != "completed" or resumed["status"] != "completed":
-            return "fail", f"runs ended {whole['status']} / {resumed['status']}: {whole.get('error') or resumed.get('error')}"
+            return (
+                "fail",
+                f"runs ended {whole['status']} / {resumed['status']}: {whole.get('error') or resumed.get('error')}",
+            )
         a = load_checkpoint(Path(whole["run_dir"]) / "checkpoint.pt")
         b = load_checkpoint(Path(resumed["run_dir"]) / "checkpoint.pt")
     for part in ("model", "optimizer"):
         try:
             assert_identical(b[part], a[part], part)
         except AssertionError as difference:
-            return "fail", f"after a resume at step {RESUME_STEPS // 2}, {difference} (differs from the uninterrupted run)"
+            return (
+                "fail",
+                f"after a resume at step {RESUME_STEPS // 2}, {difference} (differs from the uninterrupted run)",
+            )
     if whole["final_val_loss"] != resumed["final_val_loss"]:
         return "fail", f"final val loss {resumed['final_val_loss']} vs {whole['final_val_loss']} uninterrupted"
-    return "pass", f"stopped at step {RESUME_STEPS // 2} of {RESUME_STEPS}, resumed: weights, state and loss bit-identical"
+    return (
+        "pass",
+        f"stopped at step {RESUME_STEPS // 2} of {RESUME_STEPS}, resumed: weights, state and loss bit-identical",
+    )

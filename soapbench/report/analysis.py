@@ -33,8 +33,9 @@ Per workload (experiment × model × data) and optimizer:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -48,8 +49,9 @@ OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon",
 
 # Swept keys whose last segment is one of these are *tuned* within an arm (the best value is picked);
 # every other swept optimizer key (precondition_frequency, projection_type, ...) defines the arm itself.
-TUNED_SEGMENTS = frozenset({"lr", "learning_rate", "betas", "beta1", "beta2", "eps", "weight_decay", "momentum",
-                            "shampoo_beta"})
+TUNED_SEGMENTS = frozenset(
+    {"lr", "learning_rate", "betas", "beta1", "beta2", "eps", "weight_decay", "momentum", "shampoo_beta"}
+)
 _SHORT_KEYS = {"precondition_frequency": "f"}
 _ALWAYS_NAMED = ("optimizer.precondition_frequency",)
 
@@ -152,7 +154,9 @@ def run_role(run: Run, roles: Mapping[tuple[str, str, str], str]) -> str | None:
 
 
 def group_configurations(
-    runs: Iterable[Run], metric: str, extra_ignored: Iterable[str] = (),
+    runs: Iterable[Run],
+    metric: str,
+    extra_ignored: Iterable[str] = (),
     roles: Mapping[tuple[str, str, str], str] | None = None,
 ) -> list[ConfigResult]:
     """Runs grouped by configuration (same config up to the seed); with a tuning log, the tuning and the report
@@ -259,8 +263,11 @@ class OptimizerResult:
         if self.best is None:
             return []
         # the tuning runs at the best lr are the same budget as the reported ones: one point, from the report seeds
-        family = [c for c in self.configs + self.shortened if c.family == self.best.family
-                  and not (c.role == "tune" and self.best.role == "report")]
+        family = [
+            c
+            for c in self.configs + self.shortened
+            if c.family == self.best.family and not (c.role == "tune" and self.best.role == "report")
+        ]
         points = []
         for c in sorted(family, key=lambda c: c.max_steps or 0):
             if c.max_steps is None or (c.n == 0 and not c.diverged):
@@ -318,8 +325,12 @@ class WorkloadResult:
         name, *settings = optimizer.split()
         wanted = dict(part.split("=", 1) for part in settings if "=" in part)
         long = {v: k for k, v in _SHORT_KEYS.items()}
-        return [o for o in self.optimizers.values() if o.optimizer == name and all(
-            str(o.arm_values.get(f"optimizer.{long.get(k, k)}")) == v for k, v in wanted.items())]
+        return [
+            o
+            for o in self.optimizers.values()
+            if o.optimizer == name
+            and all(str(o.arm_values.get(f"optimizer.{long.get(k, k)}")) == v for k, v in wanted.items())
+        ]
 
     def configs_of(self, optimizer: str) -> list[ConfigResult]:
         """Full-budget configurations of every arm of ``optimizer`` (or of the arm with that label)."""
@@ -372,7 +383,12 @@ def _arm_keys(configs: list[ConfigResult], extra_ignored: Iterable[str]) -> list
 
 
 def analyze_workload(
-    workload: str, runs: list[Run], metric: str, baseline: str, target: float | None, extra_ignored: Iterable[str] = (),
+    workload: str,
+    runs: list[Run],
+    metric: str,
+    baseline: str,
+    target: float | None,
+    extra_ignored: Iterable[str] = (),
     tuning: dict[str, Any] | None = None,
 ) -> WorkloadResult:
     """``tuning``: the experiment's tuning.json; each run's role (tune/report) and each arm's tuning flags come
@@ -423,8 +439,18 @@ def analyze_workload(
     if base is not None:  # the baseline arm first, then the others in their order
         by_arm = {base.arm: base, **{k: v for k, v in by_arm.items() if k != base.arm}}
     finals = [c.mean for a in arms for c in a.configs if c.n]
-    result = WorkloadResult(workload, runs[0].experiment, runs, full, base.arm if base else baseline, target,
-                            target_source, by_arm, decimals_for(finals), tuning)
+    result = WorkloadResult(
+        workload,
+        runs[0].experiment,
+        runs,
+        full,
+        base.arm if base else baseline,
+        target,
+        target_source,
+        by_arm,
+        decimals_for(finals),
+        tuning,
+    )
     _compare_with_baseline(result, extra_ignored)
     if target is not None:
         _fill_targets(result)
@@ -540,8 +566,9 @@ def machine_shared(runs: Iterable[Run]) -> str | None:
         return None
     worst = max(float(m.get("slowed_fraction") or 0.0) for _, m in shared)
     load = max(float(m.get("max_load") or 0.0) for _, m in shared)
-    return (f"machine shared: {worst:.0%} of steps slowed >1.5× in the worst of {len(shared)} run(s)"
-            + (f", load up to {load:.1f}" if load else ""))
+    return f"machine shared: {worst:.0%} of steps slowed >1.5× in the worst of {len(shared)} run(s)" + (
+        f", load up to {load:.1f}" if load else ""
+    )
 
 
 def fairness_warnings(workload: WorkloadResult) -> list[str]:
@@ -555,44 +582,70 @@ def fairness_warnings(workload: WorkloadResult) -> list[str]:
         seeds[opt.arm] = best.n
         pending = best.counts["running"] + best.counts["no_summary"] + best.counts["failed"]
         if pending:
-            notes.append(f"{opt.arm}: {pending} seed(s) of the best configuration did not complete "
-                         f"(running, failed or no summary); its mean uses n={best.n}.")
+            notes.append(
+                f"{opt.arm}: {pending} seed(s) of the best configuration did not complete "
+                f"(running, failed or no summary); its mean uses n={best.n}."
+            )
         # Only learning rates: an edge value of e.g. precondition_frequency = 1 is a hard floor, not a tuning gap.
         for key in (k for k in opt.swept if k.split(".")[-1] in ("lr", "learning_rate")):
-            tried = sorted({v for c in opt.configs if isinstance(v := c.value(key), (int, float))
-                            and not isinstance(v, bool)})
+            tried = sorted(
+                {v for c in opt.configs if isinstance(v := c.value(key), (int, float)) and not isinstance(v, bool)}
+            )
             # With three or more values tried, a best value on the edge means the optimum may lie outside.
             if len(tried) >= 3 and best.value(key) in (tried[0], tried[-1]):
-                notes.append(f"{opt.arm}: best {key} = {best.value(key)} is at the edge of the values "
-                             f"tried ({', '.join(map(str, tried))}); the optimum may lie outside the grid.")
+                notes.append(
+                    f"{opt.arm}: best {key} = {best.value(key)} is at the edge of the values "
+                    f"tried ({', '.join(map(str, tried))}); the optimum may lie outside the grid."
+                )
         differing_settings = [k for k, _, _, confound in opt.differences if confound]
         if differing_settings:
-            notes.append(f"{opt.arm}: confound: differs from the baseline arm {workload.baseline} in "
-                         f"non-optimizer settings ({', '.join(differing_settings)}); see the arms table.")
+            notes.append(
+                f"{opt.arm}: confound: differs from the baseline arm {workload.baseline} in "
+                f"non-optimizer settings ({', '.join(differing_settings)}); see the arms table."
+            )
         if opt.treatment_confounds:
-            notes.append(f"{opt.arm}: confound: treats the parameters it does not compare differently from "
-                         f"{workload.baseline}: " + "; ".join(f"{k} {_short(v)} (baseline {_short(b)})"
-                                                              for k, v, b in opt.treatment_confounds) + ".")
+            notes.append(
+                f"{opt.arm}: confound: treats the parameters it does not compare differently from "
+                f"{workload.baseline}: "
+                + "; ".join(f"{k} {_short(v)} (baseline {_short(b)})" for k, v, b in opt.treatment_confounds)
+                + "."
+            )
         slow = timing_outliers(opt)
         slow_best = [name for name in slow if name in {r.name for r in best.completed}]
         if slow:
-            notes.append(f"{opt.arm}: timing outlier(s): " + ", ".join(
-                f"{name} {v:.3g} s/step vs the arm's median {m:.3g} for the same number of steps" for name, (v, m)
-                in slow.items()) + f" (> {TIMING_OUTLIER_EXCESS:.0%} slower for the same work)"
-                + (f"; {len(slow_best)} of them in the best configuration, so its times are suspect." if slow_best
-                   else "."))
+            notes.append(
+                f"{opt.arm}: timing outlier(s): "
+                + ", ".join(
+                    f"{name} {v:.3g} s/step vs the arm's median {m:.3g} for the same number of steps"
+                    for name, (v, m) in slow.items()
+                )
+                + f" (> {TIMING_OUTLIER_EXCESS:.0%} slower for the same work)"
+                + (
+                    f"; {len(slow_best)} of them in the best configuration, so its times are suspect."
+                    if slow_best
+                    else "."
+                )
+            )
         differing = [r.name for r in best.completed if (r.summary or {}).get("segments_differ")]
         if differing:
-            notes.append(f"{opt.arm}: resumed on a different device, CPU or thread count part-way "
-                         f"({', '.join(differing)}): its wall-clock mixes segments that are not comparable.")
+            notes.append(
+                f"{opt.arm}: resumed on a different device, CPU or thread count part-way "
+                f"({', '.join(differing)}): its wall-clock mixes segments that are not comparable."
+            )
     if len(set(seeds.values())) > 1:
-        notes.append("best configurations average different numbers of seeds: "
-                     + ", ".join(f"{k} n={v}" for k, v in seeds.items()) + ".")
-    devices = sorted({str((r.summary or {}).get("device")) for o in workload.optimizers.values() if o.best
-                      for r in o.best.completed})
+        notes.append(
+            "best configurations average different numbers of seeds: "
+            + ", ".join(f"{k} n={v}" for k, v in seeds.items())
+            + "."
+        )
+    devices = sorted(
+        {str((r.summary or {}).get("device")) for o in workload.optimizers.values() if o.best for r in o.best.completed}
+    )
     if len(devices) > 1:
-        notes.append(f"the best configurations ran on different devices ({'; '.join(devices)}): "
-                     "wall-clock numbers are not comparable.")
+        notes.append(
+            f"the best configurations ran on different devices ({'; '.join(devices)}): "
+            "wall-clock numbers are not comparable."
+        )
     shared = machine_shared(r for o in workload.optimizers.values() if o.best for r in o.best.completed)
     if shared:
         notes.append(f"{shared}: every wall-clock number from those runs is marked unreliable.")

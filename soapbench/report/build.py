@@ -14,10 +14,10 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Sequence
 
 from soapbench.errors import ConfigError
 from soapbench.naming import plain_name
@@ -119,8 +119,10 @@ def prepare(request: ReportRequest) -> tuple[Analysis, Reference | None]:
             try:
                 tuning_roles(tuning[experiment])
             except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise ReportError(f"{log}: a run in its 'runs' list lacks arm, lr, seed or role ({err!r}); "
-                                  "re-run the reproduction to rewrite it") from err
+                raise ReportError(
+                    f"{log}: a run in its 'runs' list lacks arm, lr, seed or role ({err!r}); "
+                    "re-run the reproduction to rewrite it"
+                ) from err
     analysis = analyze(runs, metric, request.baseline, request.target, request.ignore_keys, tuning)
     if not analysis.workloads:
         raise ReportError("no readable runs (every run directory lacks a parsable config.yaml)")
@@ -131,7 +133,7 @@ def build_report(
     analysis: Analysis, reference: Reference | None, out_dir: Path, command: str, figures: bool = True
 ) -> str:
     """Write every output into ``out_dir``; returns the main table(s) as Markdown."""
-    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     saved = draw_figures(analysis, out_dir) if figures else []
     report, tables = markdown(analysis, command, generated, reference, saved)
     (out_dir / "report.md").write_text(report, encoding="utf-8")

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from soapbench.optimizers.param_groups import ALL_ROLES, DEFAULT_WEIGHT_DECAY_ROLES
 from soapbench.optimizers.registry import get_spec
@@ -24,8 +25,11 @@ def _defaults(name: str) -> dict[str, Any]:
         factory = get_spec(name).factory
     except (KeyError, ValueError):
         return {}
-    return {k: p.default for k, p in inspect.signature(factory).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {
+        k: p.default
+        for k, p in inspect.signature(factory).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
 
 
 def _main_roles(name: str, configured: Any) -> tuple[str, ...]:
@@ -56,13 +60,15 @@ def treatment(config: Mapping[str, Any]) -> dict[str, Any]:
     defaults = _defaults(companion_name)
     companion_lr = companion.get("lr", lr)
     companion_wd = companion.get("weight_decay", optimizer.get("weight_decay", defaults.get("weight_decay")))
-    out.update({
-        "companion": companion_name,
-        "companion lr": companion_lr,
-        "companion weight_decay": companion_wd,
-        "companion betas": tuple(companion.get("betas", defaults.get("betas", ()))),
-        "companion weight decay per step": _product(companion_lr, companion_wd),
-    })
+    out.update(
+        {
+            "companion": companion_name,
+            "companion lr": companion_lr,
+            "companion weight_decay": companion_wd,
+            "companion betas": tuple(companion.get("betas", defaults.get("betas", ()))),
+            "companion weight decay per step": _product(companion_lr, companion_wd),
+        }
+    )
     return out
 
 
@@ -85,5 +91,8 @@ def _same(a: Any, b: Any) -> bool:
 
 def confounds(arm: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
     """(setting, this arm's value, the baseline's) for every treatment setting in which the two differ."""
-    return [(key, arm.get(key, "–"), baseline.get(key, "–")) for key in dict.fromkeys([*arm, *baseline])
-            if not _same(arm.get(key), baseline.get(key))]
+    return [
+        (key, arm.get(key, "–"), baseline.get(key, "–"))
+        for key in dict.fromkeys([*arm, *baseline])
+        if not _same(arm.get(key), baseline.get(key))
+    ]

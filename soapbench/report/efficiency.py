@@ -35,8 +35,8 @@ through every point, so there is nothing left over to estimate noise from: the i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Sequence
 
 import numpy as np
 
@@ -101,9 +101,7 @@ def _grid_rss(u: np.ndarray, y: np.ndarray, betas: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", resid, resid)
 
 
-def fit_power_law(
-    x: Sequence[float], y: Sequence[float], beta_bounds: tuple[float, float] = BETA_BOUNDS
-) -> FitOutcome:
+def fit_power_law(x: Sequence[float], y: Sequence[float], beta_bounds: tuple[float, float] = BETA_BOUNDS) -> FitOutcome:
     """Least-squares fit of y = a + b·x^(−β); points with non-finite values are left out first."""
     xs = np.asarray(x, dtype=float)
     ys = np.asarray(y, dtype=float)
@@ -124,6 +122,7 @@ def fit_power_law(
 
     # Golden-section search on log β inside the grid bracket around the best grid point.
     c, d = hi - _GOLDEN * (hi - lo), lo + _GOLDEN * (hi - lo)
+
     def rss_at(log_beta: float) -> float:
         return float(_grid_rss(u, ys, np.array([math.exp(log_beta)]))[0])
 
@@ -206,8 +205,9 @@ def _efficiency_of(x: Sequence[float], y: Sequence[float], target: float, baseli
     return baseline_budget / solved if solved else None
 
 
-def _bootstrap(points: Sequence[BudgetPoint], axis: AxisEfficiency, target: float, use_seconds: bool,
-               rng: np.random.Generator) -> AxisEfficiency:
+def _bootstrap(
+    points: Sequence[BudgetPoint], axis: AxisEfficiency, target: float, use_seconds: bool, rng: np.random.Generator
+) -> AxisEfficiency:
     """``axis`` with its seed-bootstrap interval, or the reason it has none (see the module docstring)."""
     if axis.efficiency is None or axis.baseline_budget is None:
         return axis
@@ -232,8 +232,9 @@ def _bootstrap(points: Sequence[BudgetPoint], axis: AxisEfficiency, target: floa
     if len(reached) < len(draws):
         note += f"; target not reached in {len(draws) - len(reached)} of them (counted as efficiency 0)"
     values = np.array([d if d is not None else 0.0 for d in draws])
-    return replace(axis, interval=(float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))),
-                   interval_note=note)
+    return replace(
+        axis, interval=(float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))), interval_note=note
+    )
 
 
 def schedule_efficiency(

@@ -28,8 +28,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 
@@ -70,8 +71,13 @@ def _number(value: Any) -> Any:
 def run_row(run: Run) -> dict[str, Any]:
     summary = run.summary or {}
     row: dict[str, Any] = {
-        "experiment": run.experiment, "run": run.name, "identity": run.config_hash, "status": run.status,
-        "optimizer": run.optimizer, "workload": run.workload, "seed": _cell(run.seed),
+        "experiment": run.experiment,
+        "run": run.name,
+        "identity": run.config_hash,
+        "status": run.status,
+        "optimizer": run.optimizer,
+        "workload": run.workload,
+        "seed": _cell(run.seed),
     }
     row.update(_leaves(run.config, "config"))
     row.update({key: _number(value) for key, value in _leaves(summary, "summary").items()})
@@ -101,8 +107,11 @@ def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame
     runs: list[Run] = [run for experiment in experiments for run in load_experiment(results_dir, experiment)]
     table = pd.DataFrame.from_records([run_row(run) for run in runs])
     metric_frames = [metric_rows(run) for run in runs if not run.metrics.empty]
-    metrics = pd.concat(metric_frames, ignore_index=True) if metric_frames else pd.DataFrame(
-        columns=["experiment", "run", "identity", "event", "step"])
+    metrics = (
+        pd.concat(metric_frames, ignore_index=True)
+        if metric_frames
+        else pd.DataFrame(columns=["experiment", "run", "identity", "event", "step"])
+    )
     # A column that mixes numbers and text (a config key that is a number in one run, a string in another) is text.
     for frame in (table, metrics):
         for column in frame.select_dtypes(include="object").columns:

@@ -32,9 +32,9 @@ import json
 import math
 import re
 import textwrap
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import matplotlib
 
@@ -133,8 +133,13 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
         curve = config.curve
         for ax, x in zip(axes, ("step", "seconds")):
             mark = _unreliable(workload.optimizers[opt_name]) if x == "seconds" else ""
-            ax.plot(curve[x], curve["mean"], color=colors[opt_name], label=_label(opt_name, config) + mark,
-                    ls=":" if mark else "-")
+            ax.plot(
+                curve[x],
+                curve["mean"],
+                color=colors[opt_name],
+                label=_label(opt_name, config) + mark,
+                ls=":" if mark else "-",
+            )
             if config.n > 1:
                 ax.fill_between(curve[x], curve["min"], curve["max"], color=colors[opt_name], alpha=0.2, lw=0)
         values = curve["mean"].to_numpy(float)
@@ -147,7 +152,9 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
     log_y = bool(lows) and min(lows) > 0 and max(highs) / min(lows) > 10
     for ax, xlabel in zip(axes, ("optimizer steps", "training wall-clock [s]")):
         if workload.target is not None:
-            ax.axhline(workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}")
+            ax.axhline(
+                workload.target, color="k", ls="--", lw=1, label=f"target {workload.target:.{workload.decimals}f}"
+            )
         ax.set_xlabel(xlabel)
         ax.set_ylabel(metric)
         if log_y:
@@ -174,18 +181,40 @@ def loss_curves(workload: WorkloadResult, metric: str, out_dir: Path, name: str)
 
 def _errorbar(ax: plt.Axes, xs: Sequence[float], configs: Sequence[ConfigResult], color, label: str) -> None:
     """Mean with ± std bars where n > 1; seeds of an n = 1 point are said in the label, never drawn as ± nan."""
-    ax.errorbar(xs, [c.mean for c in configs], yerr=[c.std if c.n > 1 else 0.0 for c in configs],
-                marker="o", capsize=3 if any(c.n > 1 for c in configs) else 0, color=color, label=label)
+    ax.errorbar(
+        xs,
+        [c.mean for c in configs],
+        yerr=[c.std if c.n > 1 else 0.0 for c in configs],
+        marker="o",
+        capsize=3 if any(c.n > 1 for c in configs) else 0,
+        color=color,
+        label=label,
+    )
 
 
 def _mark_missing(ax: plt.Axes, xs_diverged, xs_missing, color, name: str) -> None:
     top = blended_transform_factory(ax.transData, ax.transAxes)
     if xs_diverged:
-        ax.scatter(xs_diverged, [0.97] * len(xs_diverged), marker="x", s=60, color=color, transform=top,
-                   label=f"{name}: diverged")
+        ax.scatter(
+            xs_diverged,
+            [0.97] * len(xs_diverged),
+            marker="x",
+            s=60,
+            color=color,
+            transform=top,
+            label=f"{name}: diverged",
+        )
     if xs_missing:
-        ax.scatter(xs_missing, [0.97] * len(xs_missing), marker="o", s=40, facecolors="none", edgecolors=color,
-                   transform=top, label=f"{name}: no completed seed")
+        ax.scatter(
+            xs_missing,
+            [0.97] * len(xs_missing),
+            marker="o",
+            s=40,
+            facecolors="none",
+            edgecolors=color,
+            transform=top,
+            label=f"{name}: no completed seed",
+        )
 
 
 def _common_seed_means(configs: Sequence[ConfigResult]) -> tuple[dict[int, float], int]:
@@ -219,15 +248,24 @@ def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: s
         ok = sorted((x, c) for x, c in by_lr.items() if math.isfinite(c.score))
         shared, n = _common_seed_means([c for _, c in ok])
         if n:
-            ax.plot([x for x, _ in ok], [shared[id(c)] for _, c in ok], marker="o", color=colors[arm_name],
-                    label=f"{arm_name}, n={n} per point (the seeds every lr ran)")
+            ax.plot(
+                [x for x, _ in ok],
+                [shared[id(c)] for _, c in ok],
+                marker="o",
+                color=colors[arm_name],
+                label=f"{arm_name}, n={n} per point (the seeds every lr ran)",
+            )
         else:  # no seed shared by every lr: each point its own mean, its n written beside it
             _errorbar(ax, [x for x, _ in ok], [c for _, c in ok], colors[arm_name], f"{arm_name} (n varies)")
             for x, c in ok:
                 ax.annotate(f"n={c.n}", (x, c.mean), textcoords="offset points", xytext=(4, 4), fontsize=7)
-        _mark_missing(ax, [x for x, c in by_lr.items() if not math.isfinite(c.score) and c.diverged],
-                      [x for x, c in by_lr.items() if not math.isfinite(c.score) and not c.diverged],
-                      colors[arm_name], arm_name)
+        _mark_missing(
+            ax,
+            [x for x, c in by_lr.items() if not math.isfinite(c.score) and c.diverged],
+            [x for x, c in by_lr.items() if not math.isfinite(c.score) and not c.diverged],
+            colors[arm_name],
+            arm_name,
+        )
         all_x += list(by_lr)
         runs += [r for c in arm.tuned_configs() for r in c.runs]
     _x_scale(ax, all_x)
@@ -236,9 +274,11 @@ def lr_sensitivity(workload: WorkloadResult, metric: str, out_dir: Path, name: s
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.suptitle(_title(workload, "final loss vs lr per arm (the same seeds at every point of a line)", 70))
-    caption = (f"{workload.experiment}: final {metric} vs lr, one line per arm (nothing else changes along a "
-               "line), each point the mean over the seeds every lr of the arm ran, so all points of a line have "
-               "the same n (said in the legend); × at the top = diverged, ○ = no completed seed.")
+    caption = (
+        f"{workload.experiment}: final {metric} vs lr, one line per arm (nothing else changes along a "
+        "line), each point the mean over the seeds every lr of the arm ran, so all points of a line have "
+        "the same n (said in the legend); × at the top = diverged, ○ = no completed seed."
+    )
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
 
 
@@ -266,23 +306,45 @@ def frequency_ablation(workload: WorkloadResult, metric: str, out_dir: Path, nam
         axes[0].plot([x for x, *_ in ok], [c.mean for _, c, _ in ok], color="0.5", ls=style, label=optimizer)
         axes[1].plot([x for x, *_ in ok], [c.seconds for _, c, _ in ok], color="0.5", ls=style, label=optimizer)
         for x, c, a in ok:
-            axes[0].errorbar([x], [c.mean], yerr=[c.std if c.n > 1 else 0.0], marker="o", capsize=3,
-                             color=colors[a.arm], label=f"{a.arm}, n={c.n}")
+            axes[0].errorbar(
+                [x],
+                [c.mean],
+                yerr=[c.std if c.n > 1 else 0.0],
+                marker="o",
+                capsize=3,
+                color=colors[a.arm],
+                label=f"{a.arm}, n={c.n}",
+            )
             mark = _unreliable(a)
-            axes[1].scatter([x], [c.seconds], marker="o" if not mark else "^", color=colors[a.arm], zorder=3,
-                            label=a.arm + mark)
-        _mark_missing(axes[0], [x for x, c, _ in points if c.diverged], [x for x, c, _ in points if not c.diverged
-                                                                           and not math.isfinite(c.score)],
-                      "0.3", optimizer)
+            axes[1].scatter(
+                [x], [c.seconds], marker="o" if not mark else "^", color=colors[a.arm], zorder=3, label=a.arm + mark
+            )
+        _mark_missing(
+            axes[0],
+            [x for x, c, _ in points if c.diverged],
+            [x for x, c, _ in points if not c.diverged and not math.isfinite(c.score)],
+            "0.3",
+            optimizer,
+        )
         points = [(x, c) for x, c, _ in points]
         same_lr &= len({repr(c.value("optimizer.lr")) for _, c in points}) == 1
         all_x += [x for x, _ in points]
         runs += [r for _, c in points for r in c.runs]
     base = workload.optimizers.get(workload.baseline)
-    if base is not None and base.best is not None and math.isfinite(base.best.score) and base.optimizer not in by_optimizer:
+    if (
+        base is not None
+        and base.best is not None
+        and math.isfinite(base.best.score)
+        and base.optimizer not in by_optimizer
+    ):
         axes[0].axhline(base.best.score, color=colors[base.arm], ls="--", lw=1, label=f"{workload.baseline} (best)")
-        axes[1].axhline(base.best.seconds, color=colors[base.arm], ls="--", lw=1,
-                        label=f"{workload.baseline} (best)" + _unreliable(base))
+        axes[1].axhline(
+            base.best.seconds,
+            color=colors[base.arm],
+            ls="--",
+            lw=1,
+            label=f"{workload.baseline} (best)" + _unreliable(base),
+        )
         runs += base.best.runs
     if any(_unreliable(a) for arms in by_optimizer.values() for a in arms) or (base is not None and _unreliable(base)):
         axes[1].set_title("▲ / marked: wall-clock unreliable (machine shared or timing outlier)", fontsize=8)
@@ -294,8 +356,10 @@ def frequency_ablation(workload: WorkloadResult, metric: str, out_dir: Path, nam
         ax.legend(fontsize=7)
     lr_note = "the same lr at every frequency" if same_lr else "each frequency with its own tuned lr"
     fig.suptitle(_title(workload, f"final loss and training time vs precondition frequency ({lr_note})"))
-    caption = (f"{workload.experiment}: final {metric} and training time vs precondition_frequency, each "
-               f"optimizer's arms ({lr_note}); mean ± std where n > 1.")
+    caption = (
+        f"{workload.experiment}: final {metric} and training time vs precondition_frequency, each "
+        f"optimizer's arms ({lr_note}); mean ± std where n > 1."
+    )
     return _save(fig, out_dir, name, caption, workload.experiment, runs)
 
 
@@ -308,8 +372,10 @@ def train_loss_curves(workload: WorkloadResult, out_dir: Path, name: str) -> Sav
         if arm.best is None:
             continue
         frames = [r.metrics for r in arm.best.completed if not r.metrics.empty and "train/loss" in r.metrics.columns]
-        series = [f[f["train/loss"].notna()].drop_duplicates("step", keep="last").set_index("step")["train/loss"]
-                  for f in frames]
+        series = [
+            f[f["train/loss"].notna()].drop_duplicates("step", keep="last").set_index("step")["train/loss"]
+            for f in frames
+        ]
         if not series:
             continue
         common = sorted(set.intersection(*(set(x.index) for x in series)))
@@ -336,8 +402,11 @@ def cost_bars(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure
     shares, memory = [], []
     for arm in arms:
         summaries = [r.summary or {} for r in arm.best.completed]
-        ratio = [s["optimizer_seconds"] / s["train_seconds"] for s in summaries
-                 if s.get("train_seconds") and s.get("optimizer_seconds") is not None]
+        ratio = [
+            s["optimizer_seconds"] / s["train_seconds"]
+            for s in summaries
+            if s.get("train_seconds") and s.get("optimizer_seconds") is not None
+        ]
         shares.append(100 * float(np.mean(ratio)) if ratio else math.nan)
         state = [s["optimizer_state_bytes"] for s in summaries if s.get("optimizer_state_bytes") is not None]
         memory.append(max(state) / 2**20 if state else math.nan)
@@ -346,22 +415,36 @@ def cost_bars(workload: WorkloadResult, out_dir: Path, name: str) -> SavedFigure
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), layout="constrained")
     x = np.arange(len(arms))
     colors = arm_colors(workload)
-    for ax, values, ylabel, fmt, timed in ((axes[0], shares, "optimizer.step() share of training time [%]", "{:.1f}%", True),
-                                           (axes[1], memory, "optimizer state [MiB], companion included", "{:.2f}",
-                                            False)):
+    for ax, values, ylabel, fmt, timed in (
+        (axes[0], shares, "optimizer.step() share of training time [%]", "{:.1f}%", True),
+        (axes[1], memory, "optimizer state [MiB], companion included", "{:.2f}", False),
+    ):
         drawn = [(xi, v, a) for xi, v, a in zip(x, values, arms) if not math.isnan(v)]
         ax.bar([xi for xi, _, _ in drawn], [v for _, v, _ in drawn], color=[colors[a.arm] for *_, a in drawn])
         for xi, v, a in zip(x, values, arms):  # nothing recorded: a note, not a zero-height bar
             mark = "\n(unreliable)" if timed and _unreliable(a) and not math.isnan(v) else ""
-            ax.text(xi, 0 if math.isnan(v) else v, ("not recorded" if math.isnan(v) else fmt.format(v)) + mark,
-                    ha="center", va="bottom", fontsize=7)
+            ax.text(
+                xi,
+                0 if math.isnan(v) else v,
+                ("not recorded" if math.isnan(v) else fmt.format(v)) + mark,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+            )
         ax.set_xticks(x, [a.arm for a in arms], rotation=30, ha="right")
         ax.set_ylabel(ylabel)
     shared = any(_unreliable(a) for a in arms)
-    fig.suptitle(_title(workload, "optimizer time share and state memory per arm"
-                        + (" (time share of arms marked unreliable: machine shared or timing outlier)" if shared else "")))
-    caption = (f"{workload.experiment}: optimizer.step() seconds / training seconds (mean over seeds) and the "
-               "optimizer state's size, best configuration per arm.")
+    fig.suptitle(
+        _title(
+            workload,
+            "optimizer time share and state memory per arm"
+            + (" (time share of arms marked unreliable: machine shared or timing outlier)" if shared else ""),
+        )
+    )
+    caption = (
+        f"{workload.experiment}: optimizer.step() seconds / training seconds (mean over seeds) and the "
+        "optimizer state's size, best configuration per arm."
+    )
     return _save(fig, out_dir, name, caption, workload.experiment, [r for a in arms for r in a.best.completed])
 
 
@@ -381,8 +464,12 @@ def efficiency_fit(workload: WorkloadResult, metric: str, out_dir: Path, name: s
             if fit is not None and axis.outcome.reason is None:
                 lo, hi = min(axis.outcome.x), max(axis.outcome.x)
                 grid = np.linspace(0.9 * lo, 1.1 * hi, 200)
-                ax.plot(grid, fit.predict(grid), color=colors[opt_name],
-                        label=f"{opt_name}: a={fit.a:.4g}, b={fit.b:.3g}, β={fit.beta:.3g}")
+                ax.plot(
+                    grid,
+                    fit.predict(grid),
+                    color=colors[opt_name],
+                    label=f"{opt_name}: a={fit.a:.4g}, b={fit.b:.3g}, β={fit.beta:.3g}",
+                )
             else:
                 ax.plot([], [], color=colors[opt_name], label=f"{opt_name}: {axis.reason}")
             if attr == "seconds" and _unreliable(opt):
@@ -430,15 +517,37 @@ def efficiency_bars(workload: WorkloadResult, out_dir: Path, name: str) -> Saved
                         why = "no short\nruns"
                     if o.arm in verdicts and why.startswith("not"):
                         why += f"\n(final: {verdicts[o.arm]})"
-                    ax.text(xi + offset, 0.02, why, ha="center", va="bottom", fontsize=6,
-                            transform=blended_transform_factory(ax.transData, ax.transAxes))
+                    ax.text(
+                        xi + offset,
+                        0.02,
+                        why,
+                        ha="center",
+                        va="bottom",
+                        fontsize=6,
+                        transform=blended_transform_factory(ax.transData, ax.transAxes),
+                    )
                     continue
                 err = None if interval is None else [[value - interval[0]], [interval[1] - value]]
-                ax.bar(xi + offset, value, width=width, color=colors[o.arm], hatch=hatch, edgecolor="k", lw=0.5,
-                       yerr=err, capsize=3)
+                ax.bar(
+                    xi + offset,
+                    value,
+                    width=width,
+                    color=colors[o.arm],
+                    hatch=hatch,
+                    edgecolor="k",
+                    lw=0.5,
+                    yerr=err,
+                    capsize=3,
+                )
                 mark = _unreliable(o) if axis == "time" else ""
-                ax.text(xi + offset, value, f"{value:.2f}" + ("\n(unreliable)" if mark else ""), ha="center",
-                        va="bottom", fontsize=7)
+                ax.text(
+                    xi + offset,
+                    value,
+                    f"{value:.2f}" + ("\n(unreliable)" if mark else ""),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
         ax.axhline(1.0, color="k", lw=1)
         ax.set_xticks(x, [o.arm for o in opts], rotation=30, ha="right")
         ax.set_ylabel(f"efficiency vs {workload.baseline} ({axis}); >1 is better")
@@ -450,8 +559,12 @@ def efficiency_bars(workload: WorkloadResult, out_dir: Path, name: str) -> Saved
     shared = any(_unreliable(o) for o in opts)
     caption = (
         f"{workload.experiment}: {workload.baseline}'s steps (time) to target / each arm's, from the mean curves"
-        + (" and from the schedule fit (hatched, with its 95% seed-bootstrap interval where the fit has one)"
-           if has_fit else "") + "; an arm that does not reach the target has no bar, only a note."
+        + (
+            " and from the schedule fit (hatched, with its 95% seed-bootstrap interval where the fit has one)"
+            if has_fit
+            else ""
+        )
+        + "; an arm that does not reach the target has no bar, only a note."
         + (" Time ratios marked unreliable come from a shared machine or a timing outlier." if shared else "")
     )
     runs = [r for o in opts for c in o.configs + o.shortened for r in c.runs]

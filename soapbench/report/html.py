@@ -15,8 +15,8 @@ from __future__ import annotations
 import base64
 import html
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import markdown as markdown_lib
 import plotly.graph_objects as go
@@ -26,8 +26,15 @@ from soapbench.report.analysis import Analysis, WorkloadResult
 from soapbench.report.figures import SavedFigure, arm_colors
 
 VERDICT_CLASSES = {
-    "better": "good", "holds": "good", "worse": "bad", "does not hold": "bad", "equivalent": "same",
-    "inconclusive": "open", "not tested": "open", "tie": "open", "within noise": "open",
+    "better": "good",
+    "holds": "good",
+    "worse": "bad",
+    "does not hold": "bad",
+    "equivalent": "same",
+    "inconclusive": "open",
+    "not tested": "open",
+    "tie": "open",
+    "within noise": "open",
 }
 # Longest first, so "does not hold" is not caught as "holds".
 _VERDICT_PATTERN = re.compile(
@@ -53,7 +60,8 @@ code { background: #f5f5f5; padding: 0 0.2em; }
 def _colour_verdicts(cell: re.Match) -> str:
     opening, body, closing = cell.group(1), cell.group(2), cell.group(3)
     coloured = _VERDICT_PATTERN.sub(
-        lambda word: f'<span class="verdict {VERDICT_CLASSES[word.group(1)]}">{word.group(1)}</span>', body)
+        lambda word: f'<span class="verdict {VERDICT_CLASSES[word.group(1)]}">{word.group(1)}</span>', body
+    )
     return f"{opening}{coloured}{closing}"
 
 
@@ -65,7 +73,8 @@ def _gallery(figures: Sequence[SavedFigure]) -> str:
     items = "".join(
         f'<figure><img alt="{html.escape(f.path.name)}" src="{_data_uri(f.path)}">'
         f"<figcaption><code>{html.escape(f.path.name)}</code>: {html.escape(f.caption)}</figcaption></figure>"
-        for f in figures if f.path.is_file()
+        for f in figures
+        if f.path.is_file()
     )
     return f'<section id="figures"><h2>Figures</h2>{items}</section>' if items else ""
 
@@ -78,19 +87,31 @@ def curves_figure(workload: WorkloadResult, metric: str, colours: dict[str, str]
     for arm, config in bests.items():
         curve = config.curve
         for column, x in enumerate(("step", "seconds"), start=1):
-            figure.add_trace(go.Scatter(
-                x=curve[x], y=curve["mean"], mode="lines", name=f"{arm} (n={config.n})", legendgroup=arm,
-                showlegend=column == 1, line={"color": colours.get(arm)},
-                customdata=list(zip(curve["step"], curve["seconds"])),
-                hovertemplate=f"{html.escape(arm)}<br>step %{{customdata[0]:.0f}}<br>{metric} %{{y:.4f}}"
-                              "<br>%{customdata[1]:.1f} s<extra></extra>",
-            ), row=1, col=column)
+            figure.add_trace(
+                go.Scatter(
+                    x=curve[x],
+                    y=curve["mean"],
+                    mode="lines",
+                    name=f"{arm} (n={config.n})",
+                    legendgroup=arm,
+                    showlegend=column == 1,
+                    line={"color": colours.get(arm)},
+                    customdata=list(zip(curve["step"], curve["seconds"])),
+                    hovertemplate=f"{html.escape(arm)}<br>step %{{customdata[0]:.0f}}<br>{metric} %{{y:.4f}}"
+                    "<br>%{customdata[1]:.1f} s<extra></extra>",
+                ),
+                row=1,
+                col=column,
+            )
     if workload.target is not None:
         for column in (1, 2):
             figure.add_hline(y=workload.target, line_dash="dash", line_color="black", row=1, col=column)
     figure.update_yaxes(title_text=metric)
-    figure.update_layout(title=f"{workload.workload}: {metric} of each arm's best configuration (mean over seeds)",
-                         height=450, legend={"title": "click to hide / show"})
+    figure.update_layout(
+        title=f"{workload.workload}: {metric} of each arm's best configuration (mean over seeds)",
+        height=450,
+        legend={"title": "click to hide / show"},
+    )
     return figure
 
 

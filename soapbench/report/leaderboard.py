@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 TAU_MAX = 4.0
 BASELINE_FAMILY = "adamw"
@@ -100,12 +100,18 @@ def read_entries(report_csvs: Iterable[Path]) -> list[Entry]:
             if missing:
                 raise LeaderboardError(f"{path}: no column {missing[0]!r}; regenerate it with scripts/report.py")
             for row in reader:
-                entries.append(Entry(
-                    reproduction=path.parent.name, workload=row["workload"], family=row["optimizer"], arm=row["arm"],
-                    steps=_to_target(row["steps_to_target"]), seconds=_to_target(row["seconds_to_target"]),
-                    time_unreliable=bool((row.get("wallclock_unreliable") or "").strip()),
-                    verdict=(row["verdict_vs_baseline"] or "").strip(),
-                ))
+                entries.append(
+                    Entry(
+                        reproduction=path.parent.name,
+                        workload=row["workload"],
+                        family=row["optimizer"],
+                        arm=row["arm"],
+                        steps=_to_target(row["steps_to_target"]),
+                        seconds=_to_target(row["seconds_to_target"]),
+                        time_unreliable=bool((row.get("wallclock_unreliable") or "").strip()),
+                        verdict=(row["verdict_vs_baseline"] or "").strip(),
+                    )
+                )
     if not entries:
         raise LeaderboardError("no arms in the report.csv files given")
     return entries
@@ -162,9 +168,12 @@ def score(entries: list[Entry]) -> list[FamilyScore]:
         result.profile_seconds = _profile_integral(ratios["seconds"])
         result.speedup_steps = _geometric_mean(speedups["steps"])
         result.speedup_seconds = _geometric_mean(speedups["seconds"])
-        result.unscored = [f"{entry.arm} ({entry.workload}: {entry.verdict}"
-                           f"{', target not reached' if math.isinf(entry.steps) else ''})"
-                           for entry in entries if entry.family == family and entry not in scored]
+        result.unscored = [
+            f"{entry.arm} ({entry.workload}: {entry.verdict}"
+            f"{', target not reached' if math.isinf(entry.steps) else ''})"
+            for entry in entries
+            if entry.family == family and entry not in scored
+        ]
         results.append(result)
     ranked = [result for result in results if len(result.workloads) >= MIN_WORKLOADS_TO_RANK]
     for attribute in ("steps", "seconds"):
@@ -223,14 +232,35 @@ def render(scores: list[FamilyScore], sources: list[Path]) -> str:
 
 
 def write_csv(scores: list[FamilyScore], path: Path) -> None:
-    columns = ["family", "profile_steps", "profile_seconds", "rank_steps", "rank_seconds", "speedup_steps",
-               "speedup_seconds", "workloads", "speedup_workloads_steps", "speedup_workloads_seconds",
-               "unreliable_time"]
+    columns = [
+        "family",
+        "profile_steps",
+        "profile_seconds",
+        "rank_steps",
+        "rank_seconds",
+        "speedup_steps",
+        "speedup_seconds",
+        "workloads",
+        "speedup_workloads_steps",
+        "speedup_workloads_seconds",
+        "unreliable_time",
+    ]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(columns)
         for s in scores:
-            writer.writerow([s.family, s.profile_steps, s.profile_seconds, s.rank_steps, s.rank_seconds,
-                             s.speedup_steps, s.speedup_seconds, ";".join(s.workloads),
-                             ";".join(s.speedup_workloads_steps), ";".join(s.speedup_workloads_seconds),
-                             s.unreliable_time])
+            writer.writerow(
+                [
+                    s.family,
+                    s.profile_steps,
+                    s.profile_seconds,
+                    s.rank_steps,
+                    s.rank_seconds,
+                    s.speedup_steps,
+                    s.speedup_seconds,
+                    ";".join(s.workloads),
+                    ";".join(s.speedup_workloads_steps),
+                    ";".join(s.speedup_workloads_seconds),
+                    s.unreliable_time,
+                ]
+            )

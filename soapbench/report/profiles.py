@@ -14,7 +14,7 @@ workload on which no optimizer reaches its target gives every optimizer r = +inf
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd

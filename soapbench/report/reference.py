@@ -205,8 +205,18 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
         if only and setting != only:
             continue
         text = str(raw.get("text") or " ≤ ".join(map(str, names)))
-        claims.append(Claim(setting, kind, tuple(map(str, names)), value, text, str(raw.get("source", "")),
-                            str(raw.get("tag", "")), dict(regime) if regime is not None else None))
+        claims.append(
+            Claim(
+                setting,
+                kind,
+                tuple(map(str, names)),
+                value,
+                text,
+                str(raw.get("source", "")),
+                str(raw.get("tag", "")),
+                dict(regime) if regime is not None else None,
+            )
+        )
     scale = data.get("scale") or {}
     if not isinstance(scale, dict) or any(k not in settings for k in scale):
         raise ReportError(f"{path.name}: 'scale' must map declared settings to their budgets")
@@ -227,8 +237,12 @@ def load_reference(spec: str, reference_dir: Path) -> Reference:
 def _margin(raw: Any, where: str) -> Margin | None:
     if raw is None:
         return None
-    if not isinstance(raw, dict) or not isinstance(raw.get("value"), (int, float)) or raw["value"] <= 0 \
-            or not str(raw.get("reason") or "").strip():
+    if (
+        not isinstance(raw, dict)
+        or not isinstance(raw.get("value"), (int, float))
+        or raw["value"] <= 0
+        or not str(raw.get("reason") or "").strip()
+    ):
         raise ReportError(f"{where}: 'margin' must be {{value: <positive number>, reason: <where it comes from>}}")
     return Margin(float(raw["value"]), str(raw["reason"]).strip())
 
@@ -325,7 +339,9 @@ def _claim_arms(workload: WorkloadResult, names: tuple[str, ...]) -> tuple[list[
 
 def _measured(arms: list[OptimizerResult], key: str) -> float | None:
     """The smallest per-run value of ``key`` (tokens, samples, steps, params) among the arms' reported runs."""
-    values = [float(v) for a in arms for r in a.best.completed if isinstance(v := (r.summary or {}).get(key), (int, float))]
+    values = [
+        float(v) for a in arms for r in a.best.completed if isinstance(v := (r.summary or {}).get(key), (int, float))
+    ]
     if key == "steps" and not values:
         values = [float(a.best.max_steps) for a in arms if a.best.max_steps]
     return min(values) if values else None
@@ -353,8 +369,10 @@ def unmet_regime(claim: Claim, arms: list[OptimizerResult]) -> list[str]:
     if runs_wanted is not None:
         fewest = min(arms, key=lambda a: len(a.tuned_configs()))
         if len(fewest.tuned_configs()) < int(runs_wanted):
-            unmet.append(f"{len(fewest.tuned_configs())} tuning configurations for {fewest.arm}, the paper's verdict rests "
-                         f"on {int(runs_wanted)} per arm")
+            unmet.append(
+                f"{len(fewest.tuned_configs())} tuning configurations for {fewest.arm}, the paper's verdict rests "
+                f"on {int(runs_wanted)} per arm"
+            )
     if claim.regime.get("same_parameter_treatment"):
         differing = sorted({k for a in arms[1:] for k, _, _ in confounds(a.treatment, arms[0].treatment)})
         if differing:
@@ -362,8 +380,9 @@ def unmet_regime(claim: Claim, arms: list[OptimizerResult]) -> list[str]:
     return unmet
 
 
-def _pair_text(lower: OptimizerResult, higher: OptimizerResult, test: PairedTest, p_adjusted: float | None,
-               d: int) -> str:
+def _pair_text(
+    lower: OptimizerResult, higher: OptimizerResult, test: PairedTest, p_adjusted: float | None, d: int
+) -> str:
     """'soap f=1 − shampoo f=1: −0.0100 [−0.0150, −0.0050], p_adj 0.01 (n=3)': an effect size with its interval."""
     text = f"{higher.arm} − {lower.arm}: {test.mean_diff:+.{d}f}"
     if test.ci95 is not None:
@@ -402,22 +421,47 @@ def judge_claim(claim: Claim, workload: WorkloadResult) -> dict[str, Any]:
         (test,) = tests
         low, high = test.ci95
         if high <= claim.value:
-            return {"verdict": "holds", "reason": f"95% interval of the largest gap ≤ {claim.value:g}", "measured": measured}
+            return {
+                "verdict": "holds",
+                "reason": f"95% interval of the largest gap ≤ {claim.value:g}",
+                "measured": measured,
+            }
         if low > claim.value:
-            return {"verdict": "does not hold", "reason": f"95% interval of the largest gap > {claim.value:g}",
-                    "measured": measured}
-        return {"verdict": "inconclusive", "reason": f"95% interval of the largest gap straddles {claim.value:g}",
-                "measured": measured}
-    reversed_ = [f"{hi.arm} below {lo.arm}" for (lo, hi), t, p in zip(pairs, tests, adjusted) if p < ALPHA and t.mean_diff < 0]
+            return {
+                "verdict": "does not hold",
+                "reason": f"95% interval of the largest gap > {claim.value:g}",
+                "measured": measured,
+            }
+        return {
+            "verdict": "inconclusive",
+            "reason": f"95% interval of the largest gap straddles {claim.value:g}",
+            "measured": measured,
+        }
+    reversed_ = [
+        f"{hi.arm} below {lo.arm}" for (lo, hi), t, p in zip(pairs, tests, adjusted) if p < ALPHA and t.mean_diff < 0
+    ]
     if reversed_:
-        return {"verdict": "does not hold", "reason": "reversed (Holm p < 0.05): " + "; ".join(reversed_),
-                "measured": measured}
+        return {
+            "verdict": "does not hold",
+            "reason": "reversed (Holm p < 0.05): " + "; ".join(reversed_),
+            "measured": measured,
+        }
     if all(p < ALPHA for p in adjusted):
-        return {"verdict": "holds", "reason": "every gap in the claimed direction (Holm p < 0.05)", "measured": measured}
-    open_pairs = [f"{lo.arm} vs {hi.arm}" + (" (reversed, not significant)" if t.mean_diff < 0 else "")
-                  for (lo, hi), t, p in zip(pairs, tests, adjusted) if p >= ALPHA]
-    return {"verdict": "inconclusive", "reason": "not significant after Holm: " + "; ".join(open_pairs),
-            "measured": measured}
+        return {
+            "verdict": "holds",
+            "reason": "every gap in the claimed direction (Holm p < 0.05)",
+            "measured": measured,
+        }
+    open_pairs = [
+        f"{lo.arm} vs {hi.arm}" + (" (reversed, not significant)" if t.mean_diff < 0 else "")
+        for (lo, hi), t, p in zip(pairs, tests, adjusted)
+        if p >= ALPHA
+    ]
+    return {
+        "verdict": "inconclusive",
+        "reason": "not significant after Holm: " + "; ".join(open_pairs),
+        "measured": measured,
+    }
 
 
 def check_claims(reference: Reference, workload: WorkloadResult) -> list[dict[str, Any]]:
@@ -425,10 +469,20 @@ def check_claims(reference: Reference, workload: WorkloadResult) -> list[dict[st
     rows = []
     for claim in reference.claims:
         found = [workload.best_arm(n) for n in claim.names]
-        ours = ", ".join(f"{a.arm} {a.best.mean:.{workload.decimals}f}" for a in found
-                         if a is not None and a.best is not None and math.isfinite(a.best.score))
-        rows.append({"setting": claim.setting, "claim": claim.text, "ours": ours, **judge_claim(claim, workload),
-                     "source": claim.source})
+        ours = ", ".join(
+            f"{a.arm} {a.best.mean:.{workload.decimals}f}"
+            for a in found
+            if a is not None and a.best is not None and math.isfinite(a.best.score)
+        )
+        rows.append(
+            {
+                "setting": claim.setting,
+                "claim": claim.text,
+                "ours": ours,
+                **judge_claim(claim, workload),
+                "source": claim.source,
+            }
+        )
     return rows
 
 
@@ -446,8 +500,11 @@ def scale_note(reference: Reference, setting: str, workload: WorkloadResult) -> 
     if "params" in paper and params:
         ours = params[len(params) // 2]
         factor = paper["params"] / ours
-        parts.append(f"{_millions(ours)} vs {_millions(paper['params'])} params ("
-                     + (f"{_times(factor)} smaller" if factor > 1 else f"{_times(1 / factor)} larger") + ")")
+        parts.append(
+            f"{_millions(ours)} vs {_millions(paper['params'])} params ("
+            + (f"{_times(factor)} smaller" if factor > 1 else f"{_times(1 / factor)} larger")
+            + ")"
+        )
     tokens = sorted(s["tokens"] / s["steps"] for s in summaries if s.get("tokens") and s.get("steps"))
     if "tokens_per_step" in paper and tokens:
         parts.append(f"{tokens[len(tokens) // 2]:.0f} vs {paper['tokens_per_step']:.0f} tokens/step")

@@ -8,16 +8,25 @@ optimizer and listed one by one with the reason.
 
 from __future__ import annotations
 
-import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from soapbench.report.analysis import (Analysis, ConfigResult, OptimizerResult, WorkloadResult, comparisons,
-                                       fairness_warnings, machine_shared, seconds_per_step, timing_outliers)
+from soapbench.report.analysis import (
+    Analysis,
+    ConfigResult,
+    OptimizerResult,
+    WorkloadResult,
+    comparisons,
+    fairness_warnings,
+    machine_shared,
+    seconds_per_step,
+    timing_outliers,
+)
 from soapbench.report.efficiency import AxisEfficiency
 from soapbench.report.figures import SavedFigure
 from soapbench.report.reference import Reference, check_claims, compare, paper_final_for
@@ -84,22 +93,30 @@ def comparison_rows(workload: WorkloadResult, reference: Reference | None) -> li
     rows = []
     for label, c in comparisons(workload, margin).items():
         arm = workload.optimizers[label]
-        rows.append({
-            "arm": label, "baseline": workload.baseline, "n_pairs": c.test.n,
-            "mean_diff": _rounded(c.delta, 10), "ci_low": _rounded(c.test.ci95[0], 10) if c.test.ci95 else None,
-            "ci_high": _rounded(c.test.ci95[1], 10) if c.test.ci95 else None,
-            "p_value": c.p_value, "p_adjusted": c.p_adjusted, "margin": margin, "verdict": c.verdict,
-            "reason": c.reason,
-            "ci90_low": _rounded(c.test.ci90[0], 10) if c.test.ci90 else None,
-            "ci90_high": _rounded(c.test.ci90[1], 10) if c.test.ci90 else None,
-            "bootstrap_low": _rounded(c.test.bootstrap95[0], 10) if c.test.bootstrap95 else None,
-            "bootstrap_high": _rounded(c.test.bootstrap95[1], 10) if c.test.bootstrap95 else None,
-            "confounds": "; ".join(k for k, _, _ in arm.treatment_confounds)
-            + ("; " if arm.treatment_confounds and any(f for *_, f in arm.differences) else "")
-            + "; ".join(k for k, _, _, f in arm.differences if f),
-            "tuning_flags": "; ".join(workload.tuning_flags(arm)),
-            "workload": workload.workload,
-        })
+        rows.append(
+            {
+                "arm": label,
+                "baseline": workload.baseline,
+                "n_pairs": c.test.n,
+                "mean_diff": _rounded(c.delta, 10),
+                "ci_low": _rounded(c.test.ci95[0], 10) if c.test.ci95 else None,
+                "ci_high": _rounded(c.test.ci95[1], 10) if c.test.ci95 else None,
+                "p_value": c.p_value,
+                "p_adjusted": c.p_adjusted,
+                "margin": margin,
+                "verdict": c.verdict,
+                "reason": c.reason,
+                "ci90_low": _rounded(c.test.ci90[0], 10) if c.test.ci90 else None,
+                "ci90_high": _rounded(c.test.ci90[1], 10) if c.test.ci90 else None,
+                "bootstrap_low": _rounded(c.test.bootstrap95[0], 10) if c.test.bootstrap95 else None,
+                "bootstrap_high": _rounded(c.test.bootstrap95[1], 10) if c.test.bootstrap95 else None,
+                "confounds": "; ".join(k for k, _, _ in arm.treatment_confounds)
+                + ("; " if arm.treatment_confounds and any(f for *_, f in arm.differences) else "")
+                + "; ".join(k for k, _, _, f in arm.differences if f),
+                "tuning_flags": "; ".join(workload.tuning_flags(arm)),
+                "workload": workload.workload,
+            }
+        )
     return rows
 
 
@@ -190,14 +207,20 @@ def _fit_eff(axis: AxisEfficiency | None) -> str:
 
 def _share(arm: OptimizerResult) -> str:
     runs = arm.best.completed if arm.best else []
-    shares = [r.summary["optimizer_seconds"] / r.summary["train_seconds"] for r in runs
-              if (r.summary or {}).get("train_seconds") and (r.summary or {}).get("optimizer_seconds") is not None]
+    shares = [
+        r.summary["optimizer_seconds"] / r.summary["train_seconds"]
+        for r in runs
+        if (r.summary or {}).get("train_seconds") and (r.summary or {}).get("optimizer_seconds") is not None
+    ]
     return f"{100 * sum(shares) / len(shares):.1f}%" if shares else "–"
 
 
 def _state_memory(arm: OptimizerResult) -> str:
-    values = [r.summary["optimizer_state_bytes"] for r in (arm.best.completed if arm.best else [])
-              if (r.summary or {}).get("optimizer_state_bytes") is not None]
+    values = [
+        r.summary["optimizer_state_bytes"]
+        for r in (arm.best.completed if arm.best else [])
+        if (r.summary or {}).get("optimizer_state_bytes") is not None
+    ]
     return f"{max(values) / 2**20:.2f} MiB" if values else "–"
 
 
@@ -215,7 +238,8 @@ def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> lis
         row = {
             "arm": opt.arm,
             "tuned (best of grid)": tuned_text(opt),
-            "final: mean ± std [95% CI] (n)": final_text(opt.best, workload.decimals) + (" †" if final_set == "fixed validation set" else ""),
+            "final: mean ± std [95% CI] (n)": final_text(opt.best, workload.decimals)
+            + (" †" if final_set == "fixed validation set" else ""),
             f"vs {workload.baseline}": verdict_text(opt, workload, verdicts.get(opt.arm)),
             "steps to target*": _to_target(opt.steps_to_target, has_target, curve, "{:.0f}"),
             "time to target* [s]": _to_target(opt.seconds_to_target, has_target, curve, "{:.1f}", shared)
@@ -242,18 +266,31 @@ def differences_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
     for opt in workload.optimizers.values():
         if opt.arm == workload.baseline or opt.best is None:
             continue
-        optimizer_keys = [f"{k.removeprefix('optimizer.')}={v}" for k, v, _, confound in opt.differences if not confound]
+        optimizer_keys = [
+            f"{k.removeprefix('optimizer.')}={v}" for k, v, _, confound in opt.differences if not confound
+        ]
         confounds = [f"{k}: {v} (baseline {b})" for k, v, b, confound in opt.differences if confound]
         confounds += [f"{k}: {_plain(v)} (baseline {_plain(b)})" for k, v, b in opt.treatment_confounds]
-        rows.append({"arm": opt.arm, "optimizer settings (what is compared)": ", ".join(optimizer_keys) or "–",
-                     "other differences (confounds)": "**" + "; ".join(confounds) + "**" if confounds else "none"})
+        rows.append(
+            {
+                "arm": opt.arm,
+                "optimizer settings (what is compared)": ", ".join(optimizer_keys) or "–",
+                "other differences (confounds)": "**" + "; ".join(confounds) + "**" if confounds else "none",
+            }
+        )
     return rows
 
 
 def _trained_by(arm: OptimizerResult) -> str:
     """'muon 0.21M (26%); companion_adamw 0.59M (74%)' from the runs' summaries (recorded since the trainer counts them)."""
-    counts = next(((r.summary or {}).get("params_by_optimizer") for r in (arm.best.completed if arm.best else [])
-                   if (r.summary or {}).get("params_by_optimizer")), None)
+    counts = next(
+        (
+            (r.summary or {}).get("params_by_optimizer")
+            for r in (arm.best.completed if arm.best else [])
+            if (r.summary or {}).get("params_by_optimizer")
+        ),
+        None,
+    )
     if not counts:
         return "not recorded (runs older than the per-optimizer count)"
     total = sum(counts.values()) or 1
@@ -268,9 +305,11 @@ def _plain(value: Any) -> str:
 def treatment_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
     """Per arm: who trains which parameters, and with what, for the parameters no arm compares."""
     keys = list(dict.fromkeys(k for o in workload.optimizers.values() for k in o.treatment))
-    return [{"arm": o.arm, "parameters per optimizer": _trained_by(o),
-             **{k: _plain(o.treatment.get(k, "–")) for k in keys}}
-            for o in workload.optimizers.values() if o.best is not None]
+    return [
+        {"arm": o.arm, "parameters per optimizer": _trained_by(o), **{k: _plain(o.treatment.get(k, "–")) for k in keys}}
+        for o in workload.optimizers.values()
+        if o.best is not None
+    ]
 
 
 def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
@@ -279,7 +318,8 @@ def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
         if opt.schedule is None:
             continue
         budgets = ", ".join(
-            f"{p.steps:.0f}" + (f" ({p.steps / workload.full_budget:.3g})" if workload.full_budget else "")
+            f"{p.steps:.0f}"
+            + (f" ({p.steps / workload.full_budget:.3g})" if workload.full_budget else "")
             + ("" if math.isfinite(p.loss) else " diverged")
             for p in opt.schedule.points
         )
@@ -302,8 +342,11 @@ def efficiency_rows(workload: WorkloadResult) -> list[dict[str, Any]]:
                     "budget to target": _num(axis.budget_to_target, "{:.1f}"),
                     "baseline budget": _num(axis.baseline_budget, "{:.1f}"),
                     "efficiency": _num(axis.efficiency, "{:.3f}×"),
-                    "95% interval": (f"[{axis.interval[0]:.3f}, {axis.interval[1]:.3f}]" if axis.interval
-                                     else axis.interval_note or "–"),
+                    "95% interval": (
+                        f"[{axis.interval[0]:.3f}, {axis.interval[1]:.3f}]"
+                        if axis.interval
+                        else axis.interval_note or "–"
+                    ),
                     "notes": "; ".join(notes) or "–",
                 }
             )
@@ -386,7 +429,9 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "delta_vs_baseline": _rounded(comparison["mean_diff"], w.decimals) if comparison else None,
                     "p_value_vs_baseline": comparison["p_value"] if comparison else None,
                     "p_adjusted_vs_baseline": comparison["p_adjusted"] if comparison else None,
-                    "verdict_vs_baseline": comparison["verdict"] if comparison else ("baseline" if opt.arm == w.baseline else None),
+                    "verdict_vs_baseline": comparison["verdict"]
+                    if comparison
+                    else ("baseline" if opt.arm == w.baseline else None),
                     "tuning_flags": "; ".join(w.tuning_flags(opt)),
                     "wallclock_unreliable": machine_shared(best.completed) if best else None,
                     "best_diverged_seeds": best.diverged if best else 0,
@@ -402,10 +447,15 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     "fit_b": fit_s.b if fit_s else None,
                     "fit_beta": fit_s.beta if fit_s else None,
                     "fit_efficiency_steps": sched.steps.efficiency if sched else None,
-                    "fit_efficiency_steps_ci95_low": sched.steps.interval[0] if sched and sched.steps.interval else None,
-                    "fit_efficiency_steps_ci95_high": sched.steps.interval[1] if sched and sched.steps.interval else None,
+                    "fit_efficiency_steps_ci95_low": sched.steps.interval[0]
+                    if sched and sched.steps.interval
+                    else None,
+                    "fit_efficiency_steps_ci95_high": sched.steps.interval[1]
+                    if sched and sched.steps.interval
+                    else None,
                     "fit_efficiency_time": sched.time.efficiency if sched else None,
-                    "fit_note_steps": (sched.steps.reason or sched.steps.interval_note) if sched
+                    "fit_note_steps": (sched.steps.reason or sched.steps.interval_note)
+                    if sched
                     else "no shortened-schedule runs",
                     "fit_note_time": sched.time.reason if sched else "no shortened-schedule runs",
                     **{f"runs_{s}": opt.counts.get(s, 0) for s in STATUSES},
@@ -424,8 +474,13 @@ def _relpath(source: str) -> str:
 
 
 def sources_json(analysis: Analysis, command: str, figures: Sequence[SavedFigure]) -> dict[str, Any]:
-    in_means = {r.source for w in analysis.workloads for o in w.optimizers.values() for c in o.configs + o.shortened
-                for r in c.completed}
+    in_means = {
+        r.source
+        for w in analysis.workloads
+        for o in w.optimizers.values()
+        for c in o.configs + o.shortened
+        for r in c.completed
+    }
     return {
         "experiments": sorted({r.experiment for r in analysis.runs}),
         "command": command,
@@ -471,7 +526,8 @@ def table_notes(w: WorkloadResult, reference: Reference | None = None) -> list[s
         f"Holm-adjusted across the {len(comparisons(w, None))} comparison(s) with the baseline in this table; "
         "**better**/**worse** = Holm p < 0.05; **equivalent** = not significant and the 90% interval inside "
         "±margin (TOST at 5%); **inconclusive** = neither, with the smallest gap these seeds detect at 80% power. "
-        + _margin_note(reference) + " Every number is in per_seed.csv and comparisons.csv.",
+        + _margin_note(reference)
+        + " Every number is in per_seed.csv and comparisons.csv.",
         f"*Steps and time to target are interpolated linearly between evaluations ({spacing}) on the mean curve "
         "over seeds of the fixed evaluation set; efficiency = the baseline's steps (seconds) to target / the arm's "
         "(>1 is better).",
@@ -479,11 +535,15 @@ def table_notes(w: WorkloadResult, reference: Reference | None = None) -> list[s
     if "fixed validation set" in sets:
         notes.append("† final on the fixed evaluation set (these runs did not measure the whole validation split).")
     if "whole validation split" in sets:
-        notes.append("Final losses are on the whole validation split; the target uses the fixed evaluation set "
-                     "of the curves, so that crossings and target are on the same data.")
-    notes.append("'optimizer time share' = optimizer.step() seconds / training seconds; 'state memory' = the "
-                 "optimizer's state tensors at the end of training, the companion's included; 'runs' counts every "
-                 "run of the arm.")
+        notes.append(
+            "Final losses are on the whole validation split; the target uses the fixed evaluation set "
+            "of the curves, so that crossings and target are on the same data."
+        )
+    notes.append(
+        "'optimizer time share' = optimizer.step() seconds / training seconds; 'state memory' = the "
+        "optimizer's state tensors at the end of training, the companion's included; 'runs' counts every "
+        "run of the arm."
+    )
     return notes
 
 
@@ -493,8 +553,17 @@ def _margin_note(reference: Reference | None) -> str:
     return f"Margin ±{reference.margin.value:g} ({reference.margin.reason})."
 
 
-_COMPARE_COLUMNS = ["setting", "optimizer", "quantity", "paper", "ours", "ours_how", "check", "our scale vs paper's",
-                    "source"]
+_COMPARE_COLUMNS = [
+    "setting",
+    "optimizer",
+    "quantity",
+    "paper",
+    "ours",
+    "ours_how",
+    "check",
+    "our scale vs paper's",
+    "source",
+]
 _CONFIG_COLUMNS = ["arm", "max_steps", "hyperparameters", "best", "final_mean", "final_std", "n", "runs"]
 
 
@@ -502,8 +571,13 @@ def main_table(w: WorkloadResult, reference: Reference | None) -> str:
     """Heading, target, the per-arm table and its warnings: what is also printed to stdout."""
     target = f"{w.target:.{w.decimals}f}" if w.target is not None else "none"
     rows = optimizer_rows(w, reference)
-    lines = [f"## {w.workload}", "", f"Target: **{target}** ({w.target_source}); full budget: {w.full_budget} steps.",
-             "", md_table(rows, list(rows[0]) if rows else ["arm"])]
+    lines = [
+        f"## {w.workload}",
+        "",
+        f"Target: **{target}** ({w.target_source}); full budget: {w.full_budget} steps.",
+        "",
+        md_table(rows, list(rows[0]) if rows else ["arm"]),
+    ]
     warnings = fairness_warnings(w)
     if warnings:
         lines += [""] + [f"- **warning:** {note}" for note in warnings]
@@ -518,34 +592,53 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
     """What reproduce.py's tuning did, arm by arm: the grid on the tuning seeds, its extensions, whether the best
     is bracketed, borrowed lrs, the report seeds."""
     protocol = record.get("protocol", {})
-    out = [f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
-           f"{protocol.get('factor')} apart around its yaml lr, scored by the mean over tuning seed(s) "
-           f"{_seed_list(protocol.get('tune_seeds'))}; {protocol.get('edge_extension')} while the best is on an edge; "
-           f"then the best lr on {protocol.get('seeds')} report seed(s) {_seed_list(protocol.get('report_seeds'))}. "
-           "Reported means and paired tests use the report seeds only."
-           + (f" Weight decay: {protocol['decay_per_step']:g} per step at the peak lr in every run of every arm "
-              f"(weight_decay = {protocol['decay_per_step']:g} / lr)." if protocol.get("decay_per_step") is not None else ""),
-           ""]
+    out = [
+        f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
+        f"{protocol.get('factor')} apart around its yaml lr, scored by the mean over tuning seed(s) "
+        f"{_seed_list(protocol.get('tune_seeds'))}; {protocol.get('edge_extension')} while the best is on an edge; "
+        f"then the best lr on {protocol.get('seeds')} report seed(s) {_seed_list(protocol.get('report_seeds'))}. "
+        "Reported means and paired tests use the report seeds only."
+        + (
+            f" Weight decay: {protocol['decay_per_step']:g} per step at the peak lr in every run of every arm "
+            f"(weight_decay = {protocol['decay_per_step']:g} / lr)."
+            if protocol.get("decay_per_step") is not None
+            else ""
+        ),
+        "",
+    ]
     d = decimals_for([v for arm in record.get("arms", {}).values() for v in arm.get("results", {}).values()])
     for name, arm in record.get("arms", {}).items():
         seeds, best = _seed_list(arm.get("seeds")), arm.get("best_lr")
         if arm.get("tuning") == "borrowed" or arm.get("tuned_from"):
             lr = f" {best:g}" if best is not None else " (not chosen yet)"
-            out.append(f"- `{name}`: **not tuned (borrowed)**: takes `{arm.get('tuned_from')}`'s tuned lr{lr}; "
-                       f"report seeds {seeds}.")
+            out.append(
+                f"- `{name}`: **not tuned (borrowed)**: takes `{arm.get('tuned_from')}`'s tuned lr{lr}; "
+                f"report seeds {seeds}."
+            )
             continue
-        tried = ", ".join(f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.{d}f}")
-                          for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0])))
-        line = (f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; tuning seed(s) {_seed_list(arm.get('tune_seeds'))}: "
-                f"{tried or 'nothing ran yet'}.")
+        tried = ", ".join(
+            f"{float(lr):g} → " + ("failed" if v is None else "diverged" if v == float("inf") else f"{v:.{d}f}")
+            for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0]))
+        )
+        line = (
+            f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; tuning seed(s) {_seed_list(arm.get('tune_seeds'))}: "
+            f"{tried or 'nothing ran yet'}."
+        )
         extensions = int(arm.get("extensions") or 0)
         if extensions:
-            line += (f" The best was on an edge: the grid was extended {extensions} time(s)"
-                     + (f", the last {arm['extended']}." if arm.get("extended") else "."))
+            line += f" The best was on an edge: the grid was extended {extensions} time(s)" + (
+                f", the last {arm['extended']}." if arm.get("extended") else "."
+            )
         if arm.get("still_on_edge"):
-            line += (f" **Still on an edge after {extensions} extension(s) (the cap): the optimum may lie outside "
-                     "the grid.**")
-        line += f" Best lr {best:g}; report seeds {seeds}." if best is not None else " No usable lr (all diverged or failed)."
+            line += (
+                f" **Still on an edge after {extensions} extension(s) (the cap): the optimum may lie outside "
+                "the grid.**"
+            )
+        line += (
+            f" Best lr {best:g}; report seeds {seeds}."
+            if best is not None
+            else " No usable lr (all diverged or failed)."
+        )
         out.append(line)
     return out
 
@@ -554,31 +647,53 @@ def verdict_lines(reference: Reference | None, w: WorkloadResult) -> list[str]:
     """The paper's claims this run can test, one line each: what it says, the verdict and why, our numbers."""
     if reference is None:
         return []
-    return [f"- [{row['setting']}] {row['claim']}: **not tested**: {row['reason']}" if row["verdict"] == "not tested"
-            else f"- [{row['setting']}] {row['claim']}: **{row['verdict']}** ({row['reason']}; {row['ours']})"
-            for row in check_claims(reference, w)]
+    return [
+        f"- [{row['setting']}] {row['claim']}: **not tested**: {row['reason']}"
+        if row["verdict"] == "not tested"
+        else f"- [{row['setting']}] {row['claim']}: **{row['verdict']}** ({row['reason']}; {row['ours']})"
+        for row in check_claims(reference, w)
+    ]
 
 
 def measured_rows(reference: Reference, w: WorkloadResult) -> list[dict[str, Any]]:
     """Claims outside their regime: what we measured, as effect sizes with intervals, not as a verdict."""
-    return [{"claim": f"[{row['setting']}] {row['claim']}", "why not tested": row["reason"],
-             "measured (arm − arm, 95% interval, Holm p, n)": row["measured"] or "–"}
-            for row in check_claims(reference, w) if row["verdict"] == "not tested"]
+    return [
+        {
+            "claim": f"[{row['setting']}] {row['claim']}",
+            "why not tested": row["reason"],
+            "measured (arm − arm, 95% interval, Holm p, n)": row["measured"] or "–",
+        }
+        for row in check_claims(reference, w)
+        if row["verdict"] == "not tested"
+    ]
 
 
 def reference_section(reference: Reference, w: WorkloadResult, metric: str) -> list[str]:
     differs = "" if reference.metric == metric else f" (**differs from ours, `{metric}`**)"
-    out = [f"### Paper reference: {reference.paper}", "",
-           f"File `{reference.path.name}`; paper metric `{reference.metric}`{differs}.", ""]
+    out = [
+        f"### Paper reference: {reference.paper}",
+        "",
+        f"File `{reference.path.name}`; paper metric `{reference.metric}`{differs}.",
+        "",
+    ]
     out += [f"- setting `{k}`: {v}" for k, v in reference.settings.items()] + [""]
     claims = verdict_lines(reference, w)
     if claims:
-        out += ["Paper claims, checked against our seeds where the run meets the claim's regime (verdicts: holds, "
-                "does not hold, inconclusive, not tested):", "", *claims, ""]
+        out += [
+            "Paper claims, checked against our seeds where the run meets the claim's regime (verdicts: holds, "
+            "does not hold, inconclusive, not tested):",
+            "",
+            *claims,
+            "",
+        ]
     measured = measured_rows(reference, w)
     if measured:
-        out += ["#### Measured at our scale (effect sizes, not verdicts on the paper)", "",
-                md_table(measured, list(measured[0])), ""]
+        out += [
+            "#### Measured at our scale (effect sizes, not verdicts on the paper)",
+            "",
+            md_table(measured, list(measured[0])),
+            "",
+        ]
     comparisons = compare(reference, w)
     if comparisons:
         out += [md_table(comparisons, _COMPARE_COLUMNS), ""]
@@ -592,11 +707,17 @@ def markdown(
 ) -> tuple[str, str]:
     """(full report.md text, the main table(s) alone for stdout)."""
     experiments = ", ".join(sorted({r.experiment for r in analysis.runs}))
-    out = [f"# Optimizer comparison: {experiments}", "", f"Generated {generated} by `{command}`.", "",
-           f"- metric: `{analysis.metric}` (final = last eval of a completed run)",
-           f"- baseline: `{analysis.baseline}`",
-           f"- runs: {len(analysis.runs)} ({counts_text(status_counts(analysis.runs))})",
-           *_provenance(analysis), ""]
+    out = [
+        f"# Optimizer comparison: {experiments}",
+        "",
+        f"Generated {generated} by `{command}`.",
+        "",
+        f"- metric: `{analysis.metric}` (final = last eval of a completed run)",
+        f"- baseline: `{analysis.baseline}`",
+        f"- runs: {len(analysis.runs)} ({counts_text(status_counts(analysis.runs))})",
+        *_provenance(analysis),
+        "",
+    ]
     tables = []
     for w in analysis.workloads:
         tables.append(main_table(w, reference) + ("\n\n" + "\n".join(verdict_lines(reference, w)) if reference else ""))
@@ -608,30 +729,51 @@ def markdown(
             out += ["### What differs from the baseline arm", "", md_table(differences, list(differences[0])), ""]
         treated = treatment_rows(w)
         if treated:
-            out += ["### Who trains which parameters", "",
-                    "Read from each arm's config.yaml (the companion takes the main optimizer's lr and weight decay "
-                    "unless set); a difference between arms here is a confound, flagged beside the verdict.", "",
-                    md_table(treated, list(treated[0])), ""]
+            out += [
+                "### Who trains which parameters",
+                "",
+                "Read from each arm's config.yaml (the companion takes the main optimizer's lr and weight decay "
+                "unless set); a difference between arms here is a confound, flagged beside the verdict.",
+                "",
+                md_table(treated, list(treated[0])),
+                "",
+            ]
         efficiency = efficiency_rows(w)
         if efficiency:
-            out += ["### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)", "",
-                    md_table(efficiency, list(efficiency[0])), ""]
+            out += [
+                "### Schedule-fit efficiency (L(N) = a + b·N^−β over shortened schedules)",
+                "",
+                md_table(efficiency, list(efficiency[0])),
+                "",
+            ]
         if reference is not None:
             out += reference_section(reference, w, analysis.metric)
         configs = configuration_rows(w)
         roles = ["role"] if any(row["role"] for row in configs) else []  # only a tuning log says tune/report
-        out += ["### All configurations", "", md_table(configs, _CONFIG_COLUMNS[:4] + roles + _CONFIG_COLUMNS[4:],
-                                                       w.decimals), ""]
+        out += [
+            "### All configurations",
+            "",
+            md_table(configs, _CONFIG_COLUMNS[:4] + roles + _CONFIG_COLUMNS[4:], w.decimals),
+            "",
+        ]
     excluded = excluded_rows(analysis.runs)
-    out += ["## Runs not in any mean", "",
-            md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.", "", "## Figures", ""]
+    out += [
+        "## Runs not in any mean",
+        "",
+        md_table(excluded, list(excluded[0])) if excluded else "None: every run completed.",
+        "",
+        "## Figures",
+        "",
+    ]
     if figures:
         out += [f"- `{f.path.name}`: {f.caption} Sources: `{f.path.stem}.sources.json`." for f in figures]
     else:
         out += ["None drawn (`--no-figures`, or nothing to plot)."]
     if len(analysis.workloads) == 1:
-        out += ["- No performance profile: it is the fraction of workloads an arm solves within a factor τ of the "
-                "fastest, which over a single workload says nothing the table does not."]
+        out += [
+            "- No performance profile: it is the fraction of workloads an arm solves within a factor τ of the "
+            "fastest, which over a single workload says nothing the table does not."
+        ]
     out += ["", "Every run directory used is listed with its status and config hash in `sources.json`."]
     return "\n".join(out) + "\n", "\n\n".join(tables) + "\n"
 
@@ -651,20 +793,53 @@ def per_seed_rows(w: WorkloadResult) -> list[dict[str, Any]]:
                     final = finals[str(run.seed)]
                 else:
                     continue
-                rows.append({"arm": opt.arm, "seed": run.seed,
-                             "role": config.role or ("report" if config is opt.best and run in config.completed
-                                                     else "tune"),
-                             "hyperparameters": hyperparameter_text(config), "final": final,
-                             "seconds_per_step": seconds_per_step(run), "timing_outlier": run.name in slow,
-                             "run": run.name, "workload": w.workload})
+                rows.append(
+                    {
+                        "arm": opt.arm,
+                        "seed": run.seed,
+                        "role": config.role or ("report" if config is opt.best and run in config.completed else "tune"),
+                        "hyperparameters": hyperparameter_text(config),
+                        "final": final,
+                        "seconds_per_step": seconds_per_step(run),
+                        "timing_outlier": run.name in slow,
+                        "run": run.name,
+                        "workload": w.workload,
+                    }
+                )
     return rows
 
 
-PER_SEED_COLUMNS = ["arm", "seed", "role", "hyperparameters", "final", "seconds_per_step", "timing_outlier", "run",
-                    "workload"]
-COMPARISON_COLUMNS = ["arm", "baseline", "n_pairs", "mean_diff", "ci_low", "ci_high", "p_value", "p_adjusted", "margin",
-                      "verdict", "reason", "ci90_low", "ci90_high", "bootstrap_low", "bootstrap_high", "confounds",
-                      "tuning_flags", "workload"]
+PER_SEED_COLUMNS = [
+    "arm",
+    "seed",
+    "role",
+    "hyperparameters",
+    "final",
+    "seconds_per_step",
+    "timing_outlier",
+    "run",
+    "workload",
+]
+COMPARISON_COLUMNS = [
+    "arm",
+    "baseline",
+    "n_pairs",
+    "mean_diff",
+    "ci_low",
+    "ci_high",
+    "p_value",
+    "p_adjusted",
+    "margin",
+    "verdict",
+    "reason",
+    "ci90_low",
+    "ci90_high",
+    "bootstrap_low",
+    "bootstrap_high",
+    "confounds",
+    "tuning_flags",
+    "workload",
+]
 CLAIM_COLUMNS = ["claim", "verdict", "reason", "measured", "setting", "workload"]
 
 
@@ -677,6 +852,9 @@ def write_tables(out_dir: Path, analysis: Analysis, reference: Reference | None)
     pd.DataFrame(seeds, columns=PER_SEED_COLUMNS).to_csv(out_dir / "per_seed.csv", index=False)
     compared = [row for w in analysis.workloads for row in comparison_rows(w, reference)]
     pd.DataFrame(compared, columns=COMPARISON_COLUMNS).to_csv(out_dir / "comparisons.csv", index=False)
-    claims = [{**row, "workload": w.workload} for w in analysis.workloads
-              for row in (check_claims(reference, w) if reference is not None else [])]
+    claims = [
+        {**row, "workload": w.workload}
+        for w in analysis.workloads
+        for row in (check_claims(reference, w) if reference is not None else [])
+    ]
     pd.DataFrame(claims, columns=CLAIM_COLUMNS).to_csv(out_dir / "claims.csv", index=False)

@@ -21,8 +21,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 from scipy import optimize, stats
@@ -83,8 +83,12 @@ class PairedTest:
 
 def paired_test(this: Mapping[str, float], baseline: Mapping[str, float]) -> PairedTest:
     """Paired t-test of ``this`` against ``baseline`` on the seeds present (and finite) in both."""
-    seeds = tuple(sorted((s for s in this if s in baseline and math.isfinite(this[s]) and math.isfinite(baseline[s])),
-                         key=_seed_order))
+    seeds = tuple(
+        sorted(
+            (s for s in this if s in baseline and math.isfinite(this[s]) and math.isfinite(baseline[s])),
+            key=_seed_order,
+        )
+    )
     a = np.array([this[s] for s in seeds], dtype=float)
     b = np.array([baseline[s] for s in seeds], dtype=float)
     if not seeds:
@@ -103,11 +107,25 @@ def paired_test(this: Mapping[str, float], baseline: Mapping[str, float]) -> Pai
     ci95, ci90 = result.confidence_interval(0.95), result.confidence_interval(0.90)
     boot = None
     if len(seeds) >= 3:
-        boot_ci = stats.bootstrap((a, b), _mean_difference, paired=True, vectorized=True, method="percentile",
-                                  n_resamples=9999, rng=np.random.default_rng(0)).confidence_interval
+        boot_ci = stats.bootstrap(
+            (a, b),
+            _mean_difference,
+            paired=True,
+            vectorized=True,
+            method="percentile",
+            n_resamples=9999,
+            rng=np.random.default_rng(0),
+        ).confidence_interval
         boot = (float(boot_ci.low), float(boot_ci.high))
-    return PairedTest(seeds, mean, sd, float(result.pvalue), (float(ci95.low), float(ci95.high)),
-                      (float(ci90.low), float(ci90.high)), boot)
+    return PairedTest(
+        seeds,
+        mean,
+        sd,
+        float(result.pvalue),
+        (float(ci95.low), float(ci95.high)),
+        (float(ci90.low), float(ci90.high)),
+        boot,
+    )
 
 
 def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
@@ -190,20 +208,34 @@ def judge(test: PairedTest, p_adjusted: float | None, margin: float | None, deci
     if test.p_value is None or p_adjusted is None:
         return Comparison(test, p_adjusted, "inconclusive", f"n = {test.n} paired seed(s): no test", margin)
     if p_adjusted < ALPHA:
-        return Comparison(test, p_adjusted, "better" if test.mean_diff < 0 else "worse",
-                          f"Holm-adjusted p = {p_adjusted:.2g} < {ALPHA}", margin)
+        return Comparison(
+            test,
+            p_adjusted,
+            "better" if test.mean_diff < 0 else "worse",
+            f"Holm-adjusted p = {p_adjusted:.2g} < {ALPHA}",
+            margin,
+        )
     low, high = test.ci90 or (math.nan, math.nan)
     if margin is not None and -margin < low and high < margin:
-        return Comparison(test, p_adjusted, "equivalent",
-                          f"90% interval [{low:+.{d}f}, {high:+.{d}f}] inside ±{margin:g} (TOST at 5%)", margin)
+        return Comparison(
+            test,
+            p_adjusted,
+            "equivalent",
+            f"90% interval [{low:+.{d}f}, {high:+.{d}f}] inside ±{margin:g} (TOST at 5%)",
+            margin,
+        )
     if test.sd_diff == 0:
         return Comparison(test, p_adjusted, "inconclusive", "no gap and no spread", margin)
     mde = minimum_detectable_effect(test.sd_diff, test.n)
     needed = seeds_needed(test.mean_diff, test.sd_diff)
-    why = (f"90% interval [{low:+.{d}f}, {high:+.{d}f}] not inside ±{margin:g}; " if margin is not None
-           else "no equivalence margin stated; ")
-    why += (f"with {test.n} seeds only gaps ≥ {mde:.{d}f} are detected at 80% power; the observed gap needs "
-            + (f"{needed} seeds" if needed else f"more than {MAX_SEEDS} seeds"))
+    why = (
+        f"90% interval [{low:+.{d}f}, {high:+.{d}f}] not inside ±{margin:g}; "
+        if margin is not None
+        else "no equivalence margin stated; "
+    )
+    why += f"with {test.n} seeds only gaps ≥ {mde:.{d}f} are detected at 80% power; the observed gap needs " + (
+        f"{needed} seeds" if needed else f"more than {MAX_SEEDS} seeds"
+    )
     return Comparison(test, p_adjusted, "inconclusive", why, margin)
 
 

@@ -33,9 +33,10 @@ import hashlib
 import json
 import math
 import sys
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Hashable, Iterable, Mapping
+from typing import Any
 
 import pandas as pd
 from omegaconf import OmegaConf
@@ -353,12 +354,18 @@ def one_per_identity(runs: list[Run]) -> list[Run]:
     for key, copies in by_identity.items():
         if len(copies) < 2:
             continue
-        ranked = sorted(copies, key=lambda r: (_STATUS_RANK.get(r.status, 9), str((r.summary or {}).get("updated_at", ""))))
+        ranked = sorted(
+            copies, key=lambda r: (_STATUS_RANK.get(r.status, 9), str((r.summary or {}).get("updated_at", "")))
+        )
         kept, others = ranked[0], ranked[1:]
         dropped.update(id(r) for r in others)
         kept.problems.append(f"duplicate copies of this run left out: {', '.join(r.source for r in others)}")
-        print(f"warning: {kept.source} and {', '.join(r.source for r in others)} are one run (identity {key}); "
-              f"counted once, as {kept.name}", file=sys.stderr, flush=True)
+        print(
+            f"warning: {kept.source} and {', '.join(r.source for r in others)} are one run (identity {key}); "
+            f"counted once, as {kept.name}",
+            file=sys.stderr,
+            flush=True,
+        )
     return [run for run in runs if id(run) not in dropped]
 
 

@@ -24,9 +24,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from soapbench.errors import ConfigError
 from soapbench.naming import plain_name
@@ -98,9 +99,9 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
 
 def plan_trial(overrides: list[str]) -> Any:
     """Compose and validate a trial's config as scripts/train.py would; return where its run lives (run_dir, run_name)."""
+    from soapbench.composition import compose_run_config
     from soapbench.data.errors import DataError
     from soapbench.optimizers.imported import with_label
-    from soapbench.composition import compose_run_config
     from soapbench.rundir import locate_run
 
     config = compose_run_config(overrides)
@@ -144,12 +145,16 @@ class _Lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.handle = open(self.path, "w")
         except OSError as error:
-            raise ConfigError(f"search: cannot write the study folder ({error}); make it writable, "
-                              "or pass --results-dir / --study elsewhere") from error
+            raise ConfigError(
+                f"search: cannot write the study folder ({error}); make it writable, "
+                "or pass --results-dir / --study elsewhere"
+            ) from error
         try:
             fcntl.flock(self.handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as error:
-            raise ConfigError(f"search: another driver is running this study ({self.path}); wait for it or stop it") from error
+            raise ConfigError(
+                f"search: another driver is running this study ({self.path}); wait for it or stop it"
+            ) from error
         return self
 
     def __exit__(self, *_):
@@ -359,7 +364,10 @@ def run_search(search: Search, *, print_line=print) -> Any:
                     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
                     value = objective(summary) if process.returncode in (0,) else None
                     if value is None:
-                        error = _error_line(search.directory / f"trial_{number:04d}.log") or f"exit code {process.returncode}"
+                        error = (
+                            _error_line(search.directory / f"trial_{number:04d}.log")
+                            or f"exit code {process.returncode}"
+                        )
                         trial.set_user_attr("error", error)
                         study.tell(trial, state=TrialState.FAIL)
                         print_line(f"search {search.study}: trial {number} failed: {error}")
@@ -386,7 +394,11 @@ def best_line(study, search: Search) -> str:
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     finite = [t for t in complete if math.isfinite(t.value)]
     if not finite:
-        return f"no finite objective yet ({len(complete)} completed trials diverged)" if complete else "no completed trial yet"
+        return (
+            f"no finite objective yet ({len(complete)} completed trials diverged)"
+            if complete
+            else "no completed trial yet"
+        )
     best = min(finite, key=lambda t: t.value)
     values = search.space.config_values(best.params)
     params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())

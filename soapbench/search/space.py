@@ -19,8 +19,9 @@ Sobol engine, and are mapped through the same distributions, so every sampler st
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 

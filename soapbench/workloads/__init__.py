@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
-from soapbench.data.paths import default_cache_dir, resolve_data_root
 from soapbench.config import TrainerConfig
+from soapbench.data.paths import default_cache_dir, resolve_data_root
 from soapbench.errors import ConfigError
 from soapbench.workloads.base import Workload
 

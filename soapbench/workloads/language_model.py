@@ -109,7 +109,9 @@ class LanguageModelWorkload:
         for first in range(0, len(starts), self.batch_size):
             inputs, targets = self._windows(self.splits.val, starts[first : first + self.batch_size])
             logits = model(inputs)
-            total += nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), reduction="sum").item()
+            total += nn.functional.cross_entropy(
+                logits.float().flatten(0, 1), targets.reshape(-1), reduction="sum"
+            ).item()
         return self._metrics(total / (len(starts) * self.seq_len))
 
     @staticmethod
