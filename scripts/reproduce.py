@@ -171,35 +171,31 @@ def _compose(experiment: str, overrides: list[str]) -> dict:
 
 
 class Store:
-    """Finds a planned run's directory in the results store by its config (up to paths and bookkeeping)."""
+    """Finds a planned run in the results store by its identity, as train.py and the search driver do
+    (:func:`soapbench.composition.locate_planned_run`): the same config on the same data is the same run."""
 
     def __init__(self, results_dir: Path, experiment: str, extra: list[str]) -> None:
-        self.root = results_dir / "runs" / experiment
-        self.experiment, self.extra = experiment, extra
-        self.keys: dict[Job, tuple] = {}
+        self.results_dir, self.experiment, self.extra = results_dir, experiment, extra
+        self.run_dirs: dict[Job, Path] = {}
 
-    def _key(self, job: Job) -> tuple:
-        from soapbench.report.store import Run, config_key
+    def run_dir(self, job: Job) -> Path:
+        from soapbench.composition import locate_planned_run
+        from soapbench.errors import ConfigError
 
-        if job not in self.keys:
-            config = _compose(self.experiment, [*job.overrides(), *self.extra])
-            run = Run("planned", self.experiment, "planned", config, None, None, "planned")
-            self.keys[job] = config_key(run)[1]
-        return self.keys[job]
+        if job not in self.run_dirs:
+            overrides = [f"experiment={self.experiment}", f"paths.results_dir={self.results_dir}", *job.overrides(),
+                         *self.extra]  # fmt: skip
+            try:
+                self.run_dirs[job] = locate_planned_run(overrides).run_dir
+            except ConfigError as error:
+                raise BadInput(str(error)) from error
+        return self.run_dirs[job]
 
     def find(self, job: Job):
-        from soapbench.report.store import config_key, load_run_dir
+        from soapbench.report.store import load_run_dir
 
-        if not self.root.is_dir():
-            return None
-        key = self._key(job)
-        for run_dir in sorted(self.root.iterdir()):
-            if run_dir.is_dir() and (run_dir / "config.yaml").exists():
-                run = load_run_dir(run_dir, self.experiment)
-                # the config key leaves the seed out (it groups seeds into configurations); a run is both
-                if run.config and str(run.seed) == str(job.seed) and config_key(run)[1] == key:
-                    return run
-        return None
+        run_dir = self.run_dir(job)
+        return load_run_dir(run_dir, self.experiment) if (run_dir / "config.yaml").exists() else None
 
     def final(self, job: Job) -> float | None | bool:
         """False: not finished (run it); inf: diverged; None: failed; else the final validation loss."""

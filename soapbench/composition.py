@@ -30,3 +30,17 @@ def compose_run_config(overrides: list[str]) -> dict:
             raise
         raise ConfigError(line) from error
     return config
+
+
+def locate_planned_run(overrides: list[str]):
+    """Where the run of ``train.py <overrides>`` lives (its identity's directory), composed and validated as
+    train.py would, without training it: the one definition of "the same run" for every driver."""
+    from soapbench.data.errors import DataError
+    from soapbench.optimizers.imported import with_label
+    from soapbench.rundir import locate_run
+
+    config = compose_run_config(overrides)
+    try:
+        return locate_run({**config, "optimizer": with_label(config["optimizer"])})
+    except DataError as error:
+        raise ConfigError(str(error)) from error

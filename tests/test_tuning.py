@@ -625,3 +625,33 @@ def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: 
         assert runs in result.stdout and "estimated ~" in result.stdout, result.stdout
         assert ("GPU-hours" in result.stdout) == (scale == "paper") and seeds in result.stdout
     assert list(tmp_path.iterdir()) == []  # no results store, no logs, no report
+
+
+def test_a_reproduction_finds_a_stored_run_by_its_identity_as_train_and_search_do(tmp_path: Path) -> None:
+    """One definition of "the same run": the reproduction's store, the search driver and train.py agree on the
+    directory, and a run whose config matches but whose identity does not (filed under another hash: another
+    dataset, another identity recipe) is not taken for it. (The store once scanned every run directory and
+    compared configs up to paths, so a run made on other data could stand in for the planned one.)"""
+    import yaml
+
+    from soapbench.composition import locate_planned_run
+    from soapbench.search.driver import plan_trial
+    from soapbench.tuning import Job
+
+    reproduce = _load_reproduce()
+    results = tmp_path / "results"
+    job = Job("adamw", 1e-3, 0, "grid", 1.0)
+    store = reproduce.Store(results, "whitening_nanogpt_cpu", [])
+    overrides = ["experiment=whitening_nanogpt_cpu", f"paths.results_dir={results}", *job.overrides()]
+    planned = locate_planned_run(overrides)
+    assert store.run_dir(job) == planned.run_dir == plan_trial(overrides).run_dir
+    assert planned.run_dir.parent == results / "runs" / "whitening_nanogpt_cpu"
+    assert store.find(job) is None
+
+    impostor = planned.run_dir.parent / f"{planned.run_name.rsplit('-', 1)[0]}-0123456789"
+    impostor.mkdir(parents=True)
+    config = reproduce._compose("whitening_nanogpt_cpu", [f"paths.results_dir={results}", *job.overrides()])
+    (impostor / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = {"status": "completed", "seed": 0, "final_val_loss": 1.5, "final_full_val_loss": 1.5}
+    (impostor / "summary.json").write_text(json.dumps(summary))
+    assert store.find(job) is None and store.final(job) is False  # not this run: it is trained, not reused

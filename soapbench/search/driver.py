@@ -99,16 +99,9 @@ def load_search(name_or_path: str, *, overrides: list[str], trials: int | None, 
 
 def plan_trial(overrides: list[str]) -> Any:
     """Compose and validate a trial's config as scripts/train.py would; return where its run lives (run_dir, run_name)."""
-    from soapbench.composition import compose_run_config
-    from soapbench.data.errors import DataError
-    from soapbench.optimizers.imported import with_label
-    from soapbench.rundir import locate_run
+    from soapbench.composition import locate_planned_run
 
-    config = compose_run_config(overrides)
-    try:
-        return locate_run({**config, "optimizer": with_label(config["optimizer"])})
-    except DataError as error:
-        raise ConfigError(str(error)) from error
+    return locate_planned_run(overrides)
 
 
 def validate_overrides(search: Search) -> None:
