@@ -1,25 +1,41 @@
 """A run's config composed and validated exactly as ``scripts/train.py`` would, without training: the drivers
-(``reproduce.py``, ``search.py``) check their overrides with it before they start or record anything."""
+(``reproduce.py``, ``search.py``, the benchmarks, check-optimizer) and the tests compose with it, and the drivers
+check their overrides with it before they start or record anything. The one place ``configs/`` is located.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from soapbench.errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
-def compose_run_config(overrides: list[str]) -> dict:
-    """The resolved config of ``train.py <overrides>``; ConfigError (one line naming the field) if train.py would refuse it."""
+def compose_train_config(overrides: Sequence[str]) -> Any:
+    """Hydra's composition of ``configs/train.yaml`` with ``overrides``, unresolved (an OmegaConf DictConfig)."""
     from hydra import compose, initialize_config_dir
 
-    from soapbench.cli import USER_ERRORS, hydra_error_line, resolve
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+def compose_resolved(overrides: Sequence[str]) -> dict[str, Any]:
+    """The config of ``train.py <overrides>`` as plain containers, interpolations resolved, not yet validated."""
+    from soapbench.cli import resolve
+
+    return resolve(compose_train_config(overrides))
+
+
+def compose_run_config(overrides: list[str]) -> dict:
+    """The resolved config of ``train.py <overrides>``; ConfigError (one line naming the field) if train.py would refuse it."""
+    from soapbench.cli import USER_ERRORS, hydra_error_line
     from soapbench.config import load_trainer_config, validate_run_config
 
     try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            config = resolve(compose(config_name="train", overrides=overrides))
+        config = compose_resolved(overrides)
         validate_run_config(config)
         load_trainer_config(config["trainer"])
     except USER_ERRORS as error:

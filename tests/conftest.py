@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIG_DIR = REPO / "configs"
+CONFIG_DIR = REPO / "configs"  # the checkout's: soapbench.composition.CONFIG_DIR must be it (test_configs)
 os.environ.setdefault("SOAPBENCH_DATA", str(REPO.parent / "shared" / "data"))
 os.environ.setdefault("WANDB_SILENT", "true")
 # One thread per process: small eigh/QR calls slow down by orders of magnitude when BLAS threads compete
@@ -50,11 +50,9 @@ class RunsCode:
 
 
 def compose(overrides: list[str]):
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from soapbench.composition import compose_train_config
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return hydra_compose(config_name="train", overrides=overrides)
+    return compose_train_config(overrides)
 
 
 def resolved(overrides: list[str]) -> dict:

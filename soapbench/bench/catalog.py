@@ -15,7 +15,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,9 +22,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from soapbench.bench.discovery import import_submodules
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIG_DIR = REPO / "configs"
+from soapbench.composition import CONFIG_DIR
+from soapbench.composition import compose_resolved as compose  # the benchmarks' configs are train.py's
 
 
 def discover_optimizers() -> tuple[list[str], dict[str, str]]:
@@ -117,7 +115,7 @@ def optimizer_setup(name: str, weight_decay_roles: Sequence[str] = ("matrix", "h
         registry_name, hparams, build_args = split_optimizer_config(raw)
         if registry_name != name:
             raise ValueError(f"{path}: name is {registry_name!r}, expected {name!r}")
-        source = str(path.relative_to(REPO))
+        source = str(path.relative_to(CONFIG_DIR.parent))
     else:
         hparams, build_args, source = {}, {}, "constructor defaults (no configs/optimizer yaml)"
     companion = dict(build_args.get("companion") or {})
@@ -132,17 +130,6 @@ def optimizer_setup(name: str, weight_decay_roles: Sequence[str] = ("matrix", "h
         name=name, hparams=hparams, build_args=build_args, source=source, main_roles=main_roles,
         weight_decay_roles=tuple(weight_decay_roles), companion_name=companion_name, companion_hparams=companion,
     )  # fmt: skip
-
-
-def compose(overrides: Sequence[str]) -> dict[str, Any]:
-    """The train config with Hydra overrides, resolved (as ``scripts/train.py`` sees it)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    from soapbench.cli import resolve
-
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return resolve(hydra_compose(config_name="train", overrides=list(overrides)))
 
 
 def preset_config(preset: str, overrides: Sequence[str] = ()) -> dict[str, Any]:

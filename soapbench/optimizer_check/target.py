@@ -10,17 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 from omegaconf import OmegaConf
 
+from soapbench import composition
 from soapbench.errors import ConfigError
 from soapbench.optimizers.registry import check_hyperparameters, resolve_spec, split_optimizer_config
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "optimizer"
+CONFIG_DIR = composition.CONFIG_DIR / "optimizer"
 
 
 @dataclass

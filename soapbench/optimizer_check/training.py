@@ -21,17 +21,13 @@ RESUME_STEPS = 12
 
 def train_overrides(overrides: list[str], results_dir: Path) -> dict[str, Any]:
     """Compose ``scripts/train.py``'s config with ``overrides`` and train it in this process; return its summary."""
-    from hydra import compose, initialize_config_dir
-
-    from soapbench.cli import resolve
+    from soapbench.composition import compose_resolved
     from soapbench.trainer import train
 
-    config_dir = Path(__file__).resolve().parents[2] / "configs"
     # One thread: small eigh/QR calls slow down by orders of magnitude when threads compete for busy cores.
     common = ["model=nanogpt_char_cpu", "seed=0", "logger.wandb.mode=disabled", "experiment_name=check_optimizer",
               "trainer.threads=1", f"paths.results_dir={results_dir}"]  # fmt: skip
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        config = resolve(compose(config_name="train", overrides=[*common, *overrides]))
+    config = compose_resolved([*common, *overrides])
     with contextlib.redirect_stdout(sys.stderr):  # the runs' progress lines, not the table, go to stderr
         return train(config)
 
