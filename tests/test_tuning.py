@@ -7,7 +7,6 @@ through ``scripts/reproduce.py`` (2 lr points x 2 seeds, 12 steps), interrupted 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import math
 import os
@@ -244,17 +243,15 @@ def test_report_lists_confounds_between_arms(tmp_path: Path) -> None:
 
 
 def _load_reproduce():
-    spec = importlib.util.spec_from_file_location("reproduce_under_test", REPO / "scripts" / "reproduce.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    from soapbench import reproduction
+
+    return reproduction
 
 
 _TINY = f"""
 import sys
-sys.path.insert(0, {str(REPO / "scripts")!r})
-import reproduce as m
+sys.path.insert(0, {str(REPO)!r})
+import soapbench.reproduction as m
 m.REPRODUCTIONS["tiny"] = m.Reproduction(
     "tiny", {{"cpu": "whitening_nanogpt_cpu"}}, "whitening_nanogpt", {{"cpu": 5.0}},
     arms=(m.Arm("adamw"), m.Arm("soap_f10", 2.0), m.Arm("soap_f1", 3.0, tune_from="soap_f10")), seeds=2, points=2,
