@@ -101,3 +101,25 @@ def test_bad_input_to_the_export_is_one_line_and_exit_2(tmp_path: Path, args: li
     (line,) = result.stderr.splitlines()
     assert line.startswith("export: error: ") and expected in line, line
     assert not (tmp_path / "export").exists()
+
+
+def test_each_exported_run_carries_its_role_from_the_tuning_log(tmp_path: Path) -> None:
+    """A reproduction's tuning runs and report runs are told apart in runs.parquet (tuning.json's roles), so a
+    query over reported seeds never averages in the seed that picked the lr; a run no log lists has no role."""
+    import json
+
+    for seed in (0, 1, 2):
+        config = {**syn.base_config("exp", "soap", seed, 3e-3, 100), "sweep_keys": ["variant=soap_f10", "optimizer.lr"]}
+        syn.write_run(tmp_path, "exp", f"soap-s{seed}", config, [(100, 10.0, 1.5 + 0.01 * seed)])
+    syn.write_run(tmp_path, "exp", "adamw-s0", syn.base_config("exp", "adamw", 0, 1e-3, 100), [(100, 10.0, 1.7)])
+    runs = [{"arm": "soap_f10", "lr": 0.003, "seed": seed, "stage": "grid", "role": role}
+            for seed, role in ((0, "tune"), (1, "report"), (2, "report"))]  # fmt: skip
+    (tmp_path / "runs" / "exp" / "tuning.json").write_text(json.dumps({"experiment": "exp", "runs": runs}))
+    export_store(tmp_path, tmp_path / "export")
+    roles = pd.read_parquet(tmp_path / "export" / "runs.parquet").set_index("run")["role"]
+    assert roles.drop("adamw-s0").to_dict() == {"soap-s0": "tune", "soap-s1": "report", "soap-s2": "report"}
+    assert pd.isna(roles["adamw-s0"])  # missing, not the text "nan"
+
+    (tmp_path / "runs" / "exp" / "tuning.json").write_text("{not json")
+    with pytest.raises(ReportError, match="tuning.json: not valid JSON"):
+        export_store(tmp_path, tmp_path / "export")

@@ -32,9 +32,11 @@ Per workload (experiment × model × data) and optimizer:
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,7 +45,7 @@ from soapbench.report.confounds import confounds, treatment
 from soapbench.report.curves import crossing, mean_curve, run_curve, run_final, run_full_final, run_seconds
 from soapbench.report.efficiency import BudgetPoint, ScheduleEfficiency, schedule_efficiency
 from soapbench.report.stats import Comparison, Estimate, PairedTest, decimals_for, estimate, judge_all, paired_test
-from soapbench.report.store import Run, config_key, is_ignored, status_counts, swept_keys
+from soapbench.report.store import ReportError, Run, config_key, is_ignored, status_counts, swept_keys
 
 OPTIMIZER_ORDER = ("adamw", "adafactor", "shampoo", "soap", "soap_muon", "muon", "kl_soap", "kl_shampoo")
 
@@ -143,6 +145,24 @@ def run_variant(run: Run) -> str | None:
 def tuning_roles(record: Mapping[str, Any]) -> dict[tuple[str, str, str], str]:
     """(arm, lr as tuning.py writes it (``%.6g``), seed) → ``tune`` | ``report``, from a tuning.json's ``runs``."""
     return {(str(r["arm"]), f"{float(r['lr']):.6g}", str(r["seed"])): str(r["role"]) for r in record.get("runs", [])}
+
+
+def read_tuning_log(results_dir: Path, experiment: str) -> dict[str, Any] | None:
+    """reproduce.py's ``runs/<experiment>/tuning.json``, checked readable (ReportError, one line, if not); None without one."""
+    log = Path(results_dir) / "runs" / experiment / "tuning.json"
+    if not log.is_file():
+        return None
+    try:
+        record = json.loads(log.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ReportError(f"{log}: not valid JSON ({err}); re-run the reproduction to rewrite it") from err
+    try:
+        tuning_roles(record)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ReportError(
+            f"{log}: a run in its 'runs' list lacks arm, lr, seed or role ({err!r}); re-run the reproduction to rewrite it"
+        ) from err
+    return record
 
 
 def run_role(run: Run, roles: Mapping[tuple[str, str, str], str]) -> str | None:

@@ -23,7 +23,7 @@ from soapbench.errors import ConfigError
 from soapbench.naming import plain_name
 from soapbench.outputs import OutputFolderError, owned_files, run_store_error, write_owner_marker
 from soapbench.report import figures as figs
-from soapbench.report.analysis import Analysis, analyze, tuning_roles
+from soapbench.report.analysis import Analysis, analyze, read_tuning_log
 from soapbench.report.html import write_html
 from soapbench.report.reference import Reference, load_reference
 from soapbench.report.render import markdown, sources_json, write_tables
@@ -108,21 +108,8 @@ def prepare(request: ReportRequest) -> tuple[Analysis, Reference | None]:
     if metric is None and reference is not None and any(reference.metric in r.metrics.columns for r in runs):
         metric = reference.metric  # compare like with like (e.g. val/mse for the colorization paper)
     # The tuning log first: it says which runs tuned and which are reported, and so what each mean averages.
-    tuning = {}
-    for experiment in request.experiments:
-        log = request.results_dir / "runs" / experiment / "tuning.json"
-        if log.is_file():
-            try:
-                tuning[experiment] = json.loads(log.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ReportError(f"{log}: not valid JSON ({err}); re-run the reproduction to rewrite it") from err
-            try:
-                tuning_roles(tuning[experiment])
-            except (KeyError, TypeError, ValueError, AttributeError) as err:
-                raise ReportError(
-                    f"{log}: a run in its 'runs' list lacks arm, lr, seed or role ({err!r}); "
-                    "re-run the reproduction to rewrite it"
-                ) from err
+    logs = {experiment: read_tuning_log(request.results_dir, experiment) for experiment in request.experiments}
+    tuning = {experiment: log for experiment, log in logs.items() if log is not None}
     analysis = analyze(runs, metric, request.baseline, request.target, request.ignore_keys, tuning)
     if not analysis.workloads:
         raise ReportError("no readable runs (every run directory lacks a parsable config.yaml)")

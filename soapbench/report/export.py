@@ -3,7 +3,8 @@
 ``runs.parquet`` has one row per run directory, whatever its status:
 
 * identity: ``experiment``, ``run`` (the directory name), ``identity`` (the config-and-data hash the run is filed
-  under), ``status``, ``optimizer``, ``workload``, ``seed``;
+  under), ``status``, ``optimizer``, ``workload``, ``seed``, ``role`` (``tune`` or ``report`` as the
+  reproduction's tuning.json lists the run; empty for a run no tuning log lists);
 * ``config.<dotted key>``: every leaf of the stored ``config.yaml`` (lists as their JSON text);
 * ``summary.<key>``: every scalar of ``summary.json`` (final losses on the fixed set and the whole split, train
   seconds, device, ``machine_shared``, the world size, ...), ``summary.versions.<package>`` for the versions;
@@ -35,6 +36,7 @@ from typing import Any
 import pandas as pd
 
 from soapbench.outputs import OutputFolderError, owned_files, run_store_error, write_owner_marker
+from soapbench.report.analysis import read_tuning_log, run_role, tuning_roles
 from soapbench.report.store import ReportError, Run, load_experiment
 
 MARKER = ".soapbench-export"
@@ -61,6 +63,11 @@ def _leaves(mapping: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     return leaves
 
 
+def _missing(value: Any) -> bool:
+    """None, or the NaN pandas puts where a record lacks a key (never the text "nan")."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _number(value: Any) -> Any:
     """Summaries write non-finite floats as the strings "inf"/"nan"; the table has them as floats."""
     if isinstance(value, str) and value.lower() in ("inf", "-inf", "nan", "infinity", "-infinity"):
@@ -68,7 +75,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-def run_row(run: Run) -> dict[str, Any]:
+def run_row(run: Run, roles: Mapping[tuple[str, str, str], str] | None = None) -> dict[str, Any]:
     summary = run.summary or {}
     row: dict[str, Any] = {
         "experiment": run.experiment,
@@ -78,6 +85,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "optimizer": run.optimizer,
         "workload": run.workload,
         "seed": _cell(run.seed),
+        "role": run_role(run, roles or {}),
     }
     row.update(_leaves(run.config, "config"))
     row.update({key: _number(value) for key, value in _leaves(summary, "summary").items()})
@@ -104,8 +112,14 @@ def experiments_in(results_dir: Path) -> list[str]:
 
 
 def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    runs: list[Run] = [run for experiment in experiments for run in load_experiment(results_dir, experiment)]
-    table = pd.DataFrame.from_records([run_row(run) for run in runs])
+    rows, runs = [], []
+    for experiment in experiments:
+        log = read_tuning_log(results_dir, experiment)
+        roles = tuning_roles(log) if log else {}
+        for run in load_experiment(results_dir, experiment):
+            runs.append(run)
+            rows.append(run_row(run, roles))
+    table = pd.DataFrame.from_records(rows)
     metric_frames = [metric_rows(run) for run in runs if not run.metrics.empty]
     metrics = (
         pd.concat(metric_frames, ignore_index=True)
@@ -114,10 +128,10 @@ def _frames(results_dir: Path, experiments: Iterable[str]) -> tuple[pd.DataFrame
     )
     # A column that mixes numbers and text (a config key that is a number in one run, a string in another) is text.
     for frame in (table, metrics):
-        for column in frame.select_dtypes(include="object").columns:
-            kinds = {type(value) for value in frame[column] if value is not None}
+        for column in [name for name, dtype in frame.dtypes.items() if pd.api.types.is_object_dtype(dtype)]:
+            kinds = {type(value) for value in frame[column] if not _missing(value)}
             if len(kinds) > 1:
-                frame[column] = frame[column].map(lambda value: None if value is None else str(value))
+                frame[column] = frame[column].map(lambda value: None if _missing(value) else str(value))
     return table, metrics
 
 
