@@ -75,6 +75,8 @@ def test_the_page_is_self_contained_with_tables_verdicts_and_curves(tmp_path: Pa
     assert "<script src=" not in page and 'src="loss_curves.png"' not in page  # plotly and figures inlined
     assert page.count('<figure><img alt="') == 4 and 'src="data:image/png;base64,' in page  # 4 figures, embedded
     assert page.count('class="plotly-graph-div"') == 1 and "hovertemplate" in page
+    # plotly.js (4.8 MB) travels gzipped: a committed report stays far under the repository's 3 MB per file
+    assert len(page.encode()) < 3_000_000, len(page.encode())
     verdicts = re.findall(r'<span class="verdict (\w+)">([^<]+)</span>', page)
     assert verdicts and all(VERDICT_CLASSES[word] == css for css, word in verdicts)
 
@@ -94,3 +96,4 @@ def test_every_committed_report_opens_in_headless_chromium(page: Path, tmp_path:
     dom, log = _open_in_chromium(page, tmp_path)
     assert not _console_errors(log), _console_errors(log)
     assert "main-svg" in dom and "<table>" in dom
+    assert page.stat().st_size < 3_000_000, page.stat().st_size
