@@ -5,7 +5,8 @@ The protocol, the same for every arm of a design (a ``configs/variant/`` yaml in
 1. **Tuning seeds.** Tuning runs use their own seeds, the ``tune_seeds`` first from the preset's ``seed``
    (by default one: seed 0); reported means use the next ``seeds`` (1 … ``seeds``) only, so the noise that
    picked an lr is never averaged into the number reported for it.
-2. **Grid.** ``points`` learning rates centred on the arm's yaml lr, a factor ``factor`` (√10, a
+2. **Grid.** ``points`` learning rates centred on the arm's yaml lr (or on a centre the design names for
+   every arm, e.g. each arm's tuned lr from an earlier run of the same reproduction), a factor ``factor`` (√10, a
    half-decade) apart, each on every tuning seed; an lr's score is its mean final loss over them.
 3. **Bracketing.** While the best lr sits on an edge of what was tried, one more point a ``factor`` beyond
    that edge is run, up to ``max_extensions`` times (3). A best still on an edge at the cap is flagged
@@ -26,8 +27,8 @@ does not compare (weight decay, companion, schedule) is checked equal across arm
 
     {"experiment": str,
      "protocol": {"points", "factor", "tune_seeds": [int], "report_seeds": [int], "seeds": n_report,
-                  "max_extensions", "edge_extension": str, "decay_per_step": float | null},
-     "arms": {variant: {"yaml_lr", "grid": [lr, …] (in the order run), "results": {repr(lr): mean over
+                  "max_extensions", "edge_extension": str, "decay_per_step": float | null, "grid_centre": str},
+     "arms": {variant: {"yaml_lr" (the grid's centre), "grid": [lr, …] (in the order run), "results": {repr(lr): mean over
               the tuning seeds | null (failed) | Infinity (diverged)}, "results_by_seed": {repr(lr):
               {seed: final}}, "extensions": int, "extended": "up" | "down" | null (the last one),
               "best_lr", "still_on_edge": bool, "tuning": "grid" | "borrowed", "tuned_from": variant | null,
@@ -95,6 +96,8 @@ class Design:
     tune_seeds: int = 1
     max_extensions: int = MAX_EXTENSIONS
     decay_per_step: float | None = None  # lr x weight_decay of every run (None: the preset's weight decay)
+    # Where every arm's grid is centred, in words (the same rule for every arm; tuning.json and the report say it)
+    grid_centre: str = "its yaml lr"
 
     def __post_init__(self) -> None:
         names = [a.variant for a in self.arms]
@@ -301,6 +304,7 @@ class Planner:
                 "report_seeds": list(self.report_seeds),
                 "max_extensions": d.max_extensions,
                 "decay_per_step": d.decay_per_step,
+                "grid_centre": d.grid_centre,
                 "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions",
             },
             "arms": {name: asdict(log) for name, log in self.logs.items()},

@@ -597,7 +597,9 @@ def test_a_companion_that_inherits_each_arms_lr_is_not_one_treatment() -> None:
 def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: Path) -> None:
     results = tmp_path / "results"
     for scale, runs, seeds in (
-        ("cpu", "planned runs (no extension): 33", "tuning seeds [0, 1], report seeds [2, 3, 4, 5, 6]"),
+        # the main job: AdamW vs SOAP f=10, each grid centred on its earlier tuned lr (the parity check composes every
+        # arm at its centre, weight decay D / lr included, so a centre away from the yaml lr must not read as a confound)
+        ("cpu", "planned runs (no extension): 22", "tuning seeds [0, 1], report seeds [2, 3, 4, 5, 6]"),
         ("paper", "planned runs (no extension): 55", "report seeds [1339, 1340, 1341, 1342, 1343]"),
     ):
         result = subprocess.run(
@@ -621,6 +623,8 @@ def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: 
         assert result.returncode == 0, result.stderr[-2000:]
         assert runs in result.stdout and "estimated ~" in result.stdout, result.stdout
         assert ("GPU-hours" in result.stdout) == (scale == "paper") and seeds in result.stdout
+        if scale == "cpu":
+            assert "arms: adamw, soap_f10\n" in result.stdout and "around each arm's tuned lr" in result.stdout
     assert list(tmp_path.iterdir()) == []  # no results store, no logs, no report
 
 

@@ -594,7 +594,7 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
     protocol = record.get("protocol", {})
     out = [
         f"Protocol: each arm's lr on a log grid of {protocol.get('points')} points a factor "
-        f"{protocol.get('factor')} apart around its yaml lr, scored by the mean over tuning seed(s) "
+        f"{protocol.get('factor')} apart around {protocol.get('grid_centre', 'its yaml lr')}, scored by the mean over tuning seed(s) "
         f"{_seed_list(protocol.get('tune_seeds'))}; {protocol.get('edge_extension')} while the best is on an edge; "
         f"then the best lr on {protocol.get('seeds')} report seed(s) {_seed_list(protocol.get('report_seeds'))}. "
         "Reported means and paired tests use the report seeds only."
@@ -621,7 +621,7 @@ def tuning_lines(record: dict[str, Any]) -> list[str]:
             for lr, v in sorted(arm.get("results", {}).items(), key=lambda kv: float(kv[0]))
         )
         line = (
-            f"- `{name}`: yaml lr {arm.get('yaml_lr'):g}; tuning seed(s) {_seed_list(arm.get('tune_seeds'))}: "
+            f"- `{name}`: grid centre {arm.get('yaml_lr'):g}; tuning seed(s) {_seed_list(arm.get('tune_seeds'))}: "
             f"{tried or 'nothing ran yet'}."
         )
         extensions = int(arm.get("extensions") or 0)
