@@ -61,7 +61,7 @@ class Reproduction:
     unit_seconds: dict[str, float]
     # The optimizer whose best final loss is the target for steps/time-to-target and efficiency ratios.
     baseline: str = "adamw"
-    arms: tuple[Arm, ...] = ()  # empty: the preset's own grid sweep (hydra.sweeper.params), untuned
+    arms: tuple[Arm, ...] = ()
     seeds: int = 3  # report seeds per arm
     tune_seeds: int = 1
     points: int = 3  # lr grid points before any edge extension
@@ -77,11 +77,11 @@ class Reproduction:
         "step for (a)"
     )
     # lr x weight_decay for every run of every arm (soapbench.tuning, rule 6), from the workload's own recipe;
-    # None where no arm decays (wd 0 in the preset) or for a sweep reproduction
+    # None where no arm decays (wd 0 in the preset)
     decay_per_step: float | None = None
-    note: dict[str, str] = field(
-        default_factory=dict
-    )  # per scale, what a sweep reproduction costs (no design to estimate from)
+    # Per scale, the budget fractions the best lr runs at on the report seeds (the preset's trainer.max_steps = 1.0;
+    # the SOAP paper's shortened-schedule efficiency protocol); absent: the full budget only
+    budgets: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def arms_for(self, scale: str, all_arms: bool = False) -> tuple[Arm, ...]:
         """At CPU scale expensive siblings borrow a tuned lr (and a subset may be the default); at paper scale every arm is tuned."""
@@ -140,14 +140,16 @@ REPRODUCTIONS = {
         ),  # f=1 is cheap here: tuned on its own grid
     ),
     "soap_lm": Reproduction(
-        "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, frequency ablation, efficiency fit)",
+        "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, efficiency fit over shortened schedules)",
         {"cpu": "soap_lm_cpu", "paper": "soap_lm_360m"},
         "soap_lm",
-        {},
-        note={
-            "cpu": "about 30 minutes on 2 idle CPU cores (measured before the shared companion: 27 runs)",
-            "paper": "runs of ~4 H100-hours each: a cluster job (hydra/launcher=slurm)",
-        },
+        # cpu: from results/reproductions/soap_lm_cpu (Intel Xeon, one run at a time with two threads): AdamW trained
+        # 200 steps in 47 s, Shampoo f=10 in 54 s, SOAP f=10 in 57 s, ~17 s more per run for start-up and the final
+        # evaluation; one thread per run is taken as ~1.7x as long (an estimate). paper: ~4 H100-hours per run.
+        {"cpu": 100.0, "paper": 14400.0},
+        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.14), Arm("soap_f10", 1.2)),
+        # every arm's best lr at each shortened schedule on the report seeds: the paper's efficiency protocol
+        budgets={"cpu": (0.5, 0.75, 1.0), "paper": (0.5, 0.625, 0.75, 0.875, 1.0)},
     ),
     "soap_muon": Reproduction(
         "(d) SOAP-Muon report: Muon (10 Newton-Schulz steps, as the report's baseline) vs SOAP-Muon at precondition frequency 1 and 40",
@@ -274,6 +276,14 @@ def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, 
                 "(use --seeds for the seed count, or scripts/train.py for a single configuration)"
             )
     arms = reproduction.arms_for(args.scale, args.all_arms)
+    base = _compose(experiment, extra)
+    budgets = reproduction.budgets.get(args.scale, (1.0,))
+    full_steps = base.get("trainer", {}).get("max_steps")
+    if len(budgets) > 1 and not (isinstance(full_steps, int) and full_steps > 0):
+        raise BadInput(
+            f"trainer.max_steps: the shortened budgets {budgets} are fractions of it, got {full_steps!r}; "
+            f"set it in configs/experiment/{experiment}.yaml"
+        )
     design = Design(
         experiment,
         arms,
@@ -287,8 +297,9 @@ def plan(reproduction: Reproduction, experiment: str, args: argparse.Namespace, 
             if args.scale == "cpu" and reproduction.cpu_grid_centres
             else {}
         ),
+        budgets=budgets,
+        full_steps=full_steps if len(budgets) > 1 else None,
     )
-    base = _compose(experiment, extra)
     base_seed = int(base.get("seed") or 0)
     centres = reproduction.cpu_grid_centres if args.scale == "cpu" else {}
     yaml_lrs = {
@@ -349,6 +360,12 @@ def describe(planner: Planner, reproduction: Reproduction, scale: str, jobs: int
         f"at most {design.max_extensions} times",
         *borrowers,
     ]
+    if len(design.budgets) > 1:
+        steps = ", ".join(str(design.steps_at(b) or design.full_steps) for b in sorted(design.budgets))
+        lines.append(
+            f"budgets: the best lr of every arm runs on the report seeds at {steps} steps (each a whole schedule, "
+            f"fractions {', '.join(f'{b:g}' for b in sorted(design.budgets))} of the full budget); tuning at the full one"
+        )
     if design.decay_per_step is not None:
         lines.append(
             f"weight decay: {design.decay_per_step:g} per step at the peak lr in every run of every arm "
@@ -406,29 +423,6 @@ def tune_and_seed(reproduction: Reproduction, experiment: str, args: argparse.Na
     return 1 if counts["failed"] else 0
 
 
-def sweep(reproduction: Reproduction, experiment: str, args: argparse.Namespace, extra: list[str]) -> int:
-    """A reproduction with its own grid (``hydra.sweeper.params``), its arms checked for parity first."""
-    import yaml
-
-    preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
-    params = preset["hydra"]["sweeper"]["params"]
-    variants = [v.strip() for v in str(params.get("variant", "")).split(",") if v.strip()]
-    check_parity(experiment, {v: _compose(experiment, [f"variant={v}", *extra]) for v in variants})
-    runs = math.prod(len(str(values).split(",")) for values in params.values())
-    command = [sys.executable, str(REPO / "scripts" / "train.py"), "-m", f"experiment={experiment}",
-               f"paths.results_dir={args.results_dir}", *extra]  # fmt: skip
-    print(
-        f"arms: {', '.join(variants)} (this reproduction's own grid, not tuned per arm)\nplanned runs: {runs}; "
-        f"{reproduction.note.get(args.scale, '')}\n$ " + " ".join(command[1:]),
-        flush=True,
-    )
-    if args.dry_run:
-        return 0
-    if subprocess.run(command).returncode != 0:
-        raise BadInput(f"the sweep for {experiment} did not start (see above)")
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     extra: list[str] = []
@@ -476,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     if not args.report_only:
         try:
-            status = (tune_and_seed if reproduction.arms else sweep)(reproduction, experiment, args, extra)
+            status = tune_and_seed(reproduction, experiment, args, extra)
         except BadInput as error:
             print(f"reproduce: error: {error}", file=sys.stderr)
             return 2

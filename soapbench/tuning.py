@@ -11,7 +11,9 @@ The protocol, the same for every arm of a design (a ``configs/variant/`` yaml in
 3. **Bracketing.** While the best lr sits on an edge of what was tried, one more point a ``factor`` beyond
    that edge is run, up to ``max_extensions`` times (3). A best still on an edge at the cap is flagged
    (``still_on_edge``): the optimum may lie outside, and the report says so beside the arm's verdict.
-4. **Report seeds.** The best lr runs on the ``seeds`` report seeds.
+4. **Report seeds.** The best lr runs on the ``seeds`` report seeds. A design with ``budgets`` (fractions of
+   the preset's ``trainer.max_steps``, the SOAP paper's shortened-schedule efficiency protocol) runs it on
+   them at every budget, each a whole schedule compressed to that many steps; tuning runs use the full budget.
 5. **Borrowers.** An arm with ``tune_from`` is not tuned: it takes the tuned lr of its cheaper sibling
    (e.g. SOAP f=1 takes SOAP f=10's) and runs the report seeds at it; ``tuning: "borrowed"`` says so.
 6. **One weight decay per step.** Decoupled weight decay shrinks the weights by lr × wd per step, so one
@@ -27,13 +29,15 @@ does not compare (weight decay, companion, schedule) is checked equal across arm
 
     {"experiment": str,
      "protocol": {"points", "factor", "tune_seeds": [int], "report_seeds": [int], "seeds": n_report,
-                  "max_extensions", "edge_extension": str, "decay_per_step": float | null, "grid_centre": str},
+                  "max_extensions", "edge_extension": str, "decay_per_step": float | null, "grid_centre": str,
+                  "budgets": [fraction], "full_steps": int | null},
      "arms": {variant: {"yaml_lr" (the grid's centre), "grid": [lr, …] (in the order run), "results": {repr(lr): mean over
               the tuning seeds | null (failed) | Infinity (diverged)}, "results_by_seed": {repr(lr):
               {seed: final}}, "extensions": int, "extended": "up" | "down" | null (the last one),
               "best_lr", "still_on_edge": bool, "tuning": "grid" | "borrowed", "tuned_from": variant | null,
               "tune_seeds": [int], "seeds": [report seeds], "flags": [str]}},
-     "runs": [{"arm", "lr", "seed", "stage": grid | edge | seed | sibling, "role": tune | report}]}
+     "runs": [{"arm", "lr", "seed", "stage": grid | edge | seed | sibling, "role": tune | report,
+               "max_steps" (a shortened budget only)}]}
 
 A run's identity for the report is (arm = variant, lr as written by ``%.6g``, seed); its ``role`` is
 ``tune`` (grid and edge runs) or ``report`` (seed and sibling runs).
@@ -98,6 +102,10 @@ class Design:
     decay_per_step: float | None = None  # lr x weight_decay of every run (None: the preset's weight decay)
     # Where every arm's grid is centred, in words (the same rule for every arm; tuning.json and the report say it)
     grid_centre: str = "its yaml lr"
+    # Fractions of the full budget at which the best lr runs on the report seeds (1.0 among them); tuning runs
+    # use the full budget, full_steps (the preset's trainer.max_steps, needed once a fraction is below 1)
+    budgets: tuple[float, ...] = (1.0,)
+    full_steps: int | None = None
 
     def __post_init__(self) -> None:
         names = [a.variant for a in self.arms]
@@ -108,6 +116,18 @@ class Design:
                 raise ValueError(f"arm {arm.variant}: tune_from must name a tuned arm, not another borrower")
         if self.decay_per_step is not None and not 0 <= self.decay_per_step < 1:
             raise ValueError(f"decay_per_step must be in [0, 1), got {self.decay_per_step}")
+        if 1.0 not in self.budgets or not all(0 < b <= 1 for b in self.budgets) or len(set(self.budgets)) < len(
+            self.budgets
+        ):
+            raise ValueError(f"budgets must be distinct fractions in (0, 1] including 1.0, got {self.budgets}")
+        if len(self.budgets) > 1 and not (isinstance(self.full_steps, int) and self.full_steps > 0):
+            raise ValueError(
+                "a design with shortened budgets needs the preset's trainer.max_steps (full_steps), "
+                f"got {self.full_steps!r}"
+            )
+        for fraction in self.budgets:
+            if self.steps_at(fraction) == 0:
+                raise ValueError(f"budget {fraction} of {self.full_steps} steps rounds to 0 steps")
         if self.points < 2 or self.seeds < 1 or self.tune_seeds < 1 or self.max_extensions < 0:
             raise ValueError(
                 "a design needs at least 2 grid points, 1 tuning seed, 1 report seed and a non-negative extension cap"
@@ -122,6 +142,10 @@ class Design:
     def report_seed_list(self, base: int) -> list[int]:
         """The seeds reported means use: after the tuning seeds, so the two never share one."""
         return [base + self.tune_seeds + i for i in range(self.seeds)]
+
+    def steps_at(self, fraction: float) -> int | None:
+        """The run's trainer.max_steps at a budget fraction; None at the full budget (the preset's own)."""
+        return None if fraction == 1.0 else round(self.full_steps * fraction)
 
     def weight_decay_at(self, lr: float) -> float | None:
         """The weight decay a run at ``lr`` gets (None: the preset's), so that lr x wd is the design's D."""
@@ -139,6 +163,13 @@ class Job:
     stage: str  # grid | edge (role tune) | seed | sibling (role report)
     cost: float
     weight_decay: float | None = None  # set by a design with one decay per step; None: the preset's
+    max_steps: int | None = None  # a shortened budget; None: the preset's full one
+
+    @property
+    def label(self) -> str:
+        """How the driver names the run in its output: arm, lr, seed and a shortened budget."""
+        steps = "" if self.max_steps is None else f" steps={self.max_steps}"
+        return f"{self.arm} lr={self.lr:g} seed={self.seed}{steps}"
 
     @property
     def role(self) -> str:
@@ -149,12 +180,15 @@ class Job:
         # A tuning run is not reported: its checkpoints go when it completes (most of a reproduction's disk).
         keep = [] if self.role == "report" else ["trainer.keep_final_checkpoint=false"]
         decay = [] if self.weight_decay is None else [f"optimizer.weight_decay={self.weight_decay:.6g}"]
+        budget = [] if self.max_steps is None else [f"trainer.max_steps={self.max_steps}"]
+        named = ",trainer.max_steps" if budget else ""
         return [
             f"variant={self.arm}",
             f"optimizer.lr={self.lr:.6g}",
             *decay,
+            *budget,
             f"seed={self.seed}",
-            f"sweep_keys=['variant={self.arm}',optimizer.lr]",
+            f"sweep_keys=['variant={self.arm}',optimizer.lr{named}]",
             *keep,
         ]
 
@@ -236,8 +270,9 @@ class Planner:
                 log.flags.append(f"not tuned: takes {arm.tune_from}'s tuned lr")
         return jobs
 
-    def _job(self, arm: Arm, lr: float, seed: int, stage: str) -> Job:
-        job = Job(arm.variant, lr, seed, stage, arm.cost, self.design.weight_decay_at(lr))
+    def _job(self, arm: Arm, lr: float, seed: int, stage: str, budget: float = 1.0) -> Job:
+        design = self.design
+        job = Job(arm.variant, lr, seed, stage, arm.cost * budget, design.weight_decay_at(lr), design.steps_at(budget))
         self.pending[arm.variant].add(job)
         self.planned.append(job)
         return job
@@ -285,11 +320,12 @@ class Planner:
             log.flags.append("no usable lr: every grid point diverged or failed")
             return []  # nothing to seed, the report shows the grid
         log.seeds = list(self.report_seeds)
-        jobs = [self._job(arm, best, seed, "seed") for seed in self.report_seeds]
+        budgets = sorted(self.design.budgets, reverse=True)
+        jobs = [self._job(arm, best, seed, "seed", b) for b in budgets for seed in self.report_seeds]
         for sibling in (a for a in self.design.arms if a.tune_from == arm.variant):
             sibling_log = self.logs[sibling.variant]
             sibling_log.best_lr, sibling_log.seeds = best, list(self.report_seeds)
-            jobs += [self._job(sibling, best, seed, "sibling") for seed in self.report_seeds]
+            jobs += [self._job(sibling, best, seed, "sibling", b) for b in budgets for seed in self.report_seeds]
         return jobs
 
     def tuning_record(self) -> dict[str, Any]:
@@ -305,11 +341,14 @@ class Planner:
                 "max_extensions": d.max_extensions,
                 "decay_per_step": d.decay_per_step,
                 "grid_centre": d.grid_centre,
+                "budgets": list(d.budgets),
+                "full_steps": d.full_steps,
                 "edge_extension": f"one point beyond the edge, until interior or {d.max_extensions} extensions",
             },
             "arms": {name: asdict(log) for name, log in self.logs.items()},
             "runs": [
                 {"arm": j.arm, "lr": float(f"{j.lr:.6g}"), "seed": j.seed, "stage": j.stage, "role": j.role}
+                | ({} if j.max_steps is None else {"max_steps": j.max_steps})
                 for j in self.planned
             ],
         }
@@ -461,10 +500,11 @@ def run_design(
             ready.sort(key=lambda j: -j.cost)
             while ready and len(running) < jobs:
                 job = ready.pop(0)
-                log_path = log_dir / f"{job.arm}-lr{job.lr:g}-s{job.seed}.log"
+                budget = "" if job.max_steps is None else f"-n{job.max_steps}"
+                log_path = log_dir / f"{job.arm}-lr{job.lr:g}-s{job.seed}{budget}.log"
                 slot = min(set(range(jobs)) - {r.slot for r in running})
                 running.append(RunningJob(job, launch(job, log_path, slot), time.monotonic(), log_path, slot))
-                say(f"[start] {job.arm} lr={job.lr:g} seed={job.seed} ({job.stage}); log {log_path}")
+                say(f"[start] {job.label} ({job.stage}); log {log_path}")
             time.sleep(0.2)
             for r in [r for r in running if r.process.poll() is not None]:
                 running.remove(r)
@@ -477,7 +517,7 @@ def run_design(
                     )
                     if tries == 1:
                         say(
-                            f"[busy ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: another process trains it; "
+                            f"[busy ] {r.job.label}: another process trains it; "
                             "waiting for it, then reading its result"
                         )
                     continue
@@ -489,7 +529,7 @@ def run_design(
                 shown = "failed (see its log)" if final is None else f"final {final:.5g}"
                 ready += planner.finished(r.job, final)
                 progress = _progress(counts, planned, len(ready) + len(running) + len(waiting), started, jobs)
-                say(f"[done ] {r.job.arm} lr={r.job.lr:g} seed={r.job.seed}: {shown} in {minutes:.1f} min; {progress}")
+                say(f"[done ] {r.job.label}: {shown} in {minutes:.1f} min; {progress}")
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,6 +99,57 @@ def test_a_tuning_seed_is_never_a_report_seed_and_every_run_says_which_it_is() -
     # the score of an lr is its mean over the tuning seeds
     assert record["arms"]["adamw"]["results"][repr(1e-3)] == pytest.approx(-0.25)
     json.dumps(record)  # the report reads it back
+
+
+def test_a_design_with_budgets_tunes_at_the_full_one_and_runs_the_best_lr_at_every_budget_on_report_seeds() -> None:
+    """The SOAP paper's efficiency protocol under the tuning rules: shortened schedules only for the chosen lr,
+    each on the report seeds (the fit's points never include a tuning seed); a borrower gets the same family."""
+    design = Design(
+        "exp",
+        (Arm("adamw", 1.0), Arm("soap_f10", 2.0), Arm("soap_f1", 3.0, tune_from="soap_f10")),
+        seeds=2,
+        budgets=(0.5, 0.75, 1.0),
+        full_steps=200,
+    )
+    planner = Planner(design, {"adamw": 1e-3, "soap_f10": 3e-3, "soap_f1": 3e-3})
+    ran = _drive(planner, lambda j: abs(math.log10(j.lr / (1e-3 if j.arm == "adamw" else 3e-3))))
+    assert {j.max_steps for j in ran if j.role == "tune"} == {None}  # tuning at the preset's full budget
+    report = sorted((j.arm, j.seed, j.max_steps or 200) for j in ran if j.role == "report")
+    assert report == sorted(
+        (arm, seed, steps) for arm in ("adamw", "soap_f10", "soap_f1") for seed in (1, 2) for steps in (100, 150, 200)
+    )
+    short = next(j for j in ran if j.arm == "soap_f10" and j.max_steps == 100)
+    assert short.lr == 3e-3 and short.cost == 1.0  # half the budget, half the cost (for scheduling and estimates)
+    assert "trainer.max_steps=100" in short.overrides()
+    assert "sweep_keys=['variant=soap_f10',optimizer.lr,trainer.max_steps]" in short.overrides()  # its own run name
+    full = next(j for j in ran if j.arm == "soap_f10" and j.role == "report" and j.max_steps is None)
+    assert not any(o.startswith("trainer.max_steps") for o in full.overrides())  # the same run as without budgets
+    record = planner.tuning_record()
+    assert record["protocol"]["budgets"] == [0.5, 0.75, 1.0] and record["protocol"]["full_steps"] == 200
+    assert sorted(r.get("max_steps", 200) for r in record["runs"] if r["arm"] == "adamw" and r["role"] == "report") == [
+        100,
+        100,
+        150,
+        150,
+        200,
+        200,
+    ]
+    json.dumps(record)
+
+
+@pytest.mark.parametrize(
+    "budgets, full_steps, message",
+    [
+        ((0.5, 0.75), 200, "including 1.0"),
+        ((0.5, 1.0, 1.0), 200, "distinct"),
+        ((0.0, 1.0), 200, "in (0, 1]"),
+        ((0.5, 1.0), None, "needs the preset's trainer.max_steps"),
+        ((0.001, 1.0), 200, "rounds to 0 steps"),
+    ],
+)
+def test_a_design_refuses_budgets_it_cannot_run(budgets, full_steps, message) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Design("exp", (Arm("adamw"),), budgets=budgets, full_steps=full_steps)
 
 
 def test_an_lr_with_a_failed_tuning_seed_is_not_ranked() -> None:
@@ -492,7 +544,6 @@ def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str,
     SOAP preconditioned them; (d) once ran the companion at a different lr per arm; (a) ran AdamW at wd 0.1
     against 0.01 for the others; (c) trained its embeddings and head three different ways.)
     """
-    import yaml
     from conftest import compose
     from omegaconf import OmegaConf
 
@@ -501,9 +552,6 @@ def test_arms_of_a_reproduction_differ_only_in_the_compared_optimizer(name: str,
     reproduction = _load_reproduce().REPRODUCTIONS[name]
     experiment = reproduction.experiments[scale]
     variants = [a.variant for a in reproduction.arms]
-    if not variants:  # a reproduction with its own grid: the arms of its sweep
-        preset = yaml.safe_load((REPO / "configs" / "experiment" / f"{experiment}.yaml").read_text())
-        variants = preset["hydra"]["sweeper"]["params"]["variant"].split(",")
     reproduce = _load_reproduce()
     configs = {}
     for v in variants:  # as the protocol runs each arm at its yaml lr: the design's weight decay per step included
@@ -625,6 +673,23 @@ def test_dry_run_prints_the_plan_and_its_run_count_and_writes_nothing(tmp_path: 
         assert ("GPU-hours" in result.stdout) == (scale == "paper") and seeds in result.stdout
         if scale == "cpu":
             assert "arms: adamw, soap_f10\n" in result.stdout and "around each arm's tuned lr" in result.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_soap_lm_reproduction_is_tuned_and_runs_the_shortened_schedules_on_report_seeds(tmp_path: Path) -> None:
+    """(c) once ran its own untuned sweep (every arm at its yaml lr, budgets on the seeds that also picked nothing):
+    now each arm is tuned on seed 0 and its best lr runs 100, 150 and 200 steps on report seeds 1-3."""
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "reproduce.py"), "soap_lm", "--scale", "cpu", "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tuning seeds [0], report seeds [1, 2, 3]" in result.stdout, result.stdout
+    assert "at 100, 150, 200 steps" in result.stdout
+    assert "planned runs (no extension): 36;" in result.stdout  # 3 arms x (3 grid + 3 seeds x 3 budgets)
     assert list(tmp_path.iterdir()) == []  # no results store, no logs, no report
 
 
