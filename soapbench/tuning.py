@@ -116,8 +116,10 @@ class Design:
                 raise ValueError(f"arm {arm.variant}: tune_from must name a tuned arm, not another borrower")
         if self.decay_per_step is not None and not 0 <= self.decay_per_step < 1:
             raise ValueError(f"decay_per_step must be in [0, 1), got {self.decay_per_step}")
-        if 1.0 not in self.budgets or not all(0 < b <= 1 for b in self.budgets) or len(set(self.budgets)) < len(
-            self.budgets
+        if (
+            1.0 not in self.budgets
+            or not all(0 < b <= 1 for b in self.budgets)
+            or len(set(self.budgets)) < len(self.budgets)
         ):
             raise ValueError(f"budgets must be distinct fractions in (0, 1] including 1.0, got {self.budgets}")
         if len(self.budgets) > 1 and not (isinstance(self.full_steps, int) and self.full_steps > 0):
@@ -517,8 +519,7 @@ def run_design(
                     )
                     if tries == 1:
                         say(
-                            f"[busy ] {r.job.label}: another process trains it; "
-                            "waiting for it, then reading its result"
+                            f"[busy ] {r.job.label}: another process trains it; waiting for it, then reading its result"
                         )
                     continue
                 final = outcome(r.job)
