@@ -90,6 +90,33 @@ def test_the_page_opens_in_headless_chromium_without_console_errors(tmp_path: Pa
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@pytest.mark.parametrize("page", COMMITTED, ids=[p.parent.name for p in COMMITTED])
+def test_every_committed_report_page_stays_under_3_mb(page: Path) -> None:
+    """Checked without a browser too. (b)'s page once came to 3.4 MB: its grid of photos embedded as PNG."""
+    assert page.stat().st_size < 3_000_000, page.stat().st_size
+
+
+def test_a_grid_of_photos_is_embedded_as_jpeg_and_a_line_plot_as_png(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from soapbench.report.html import _data_uri
+
+    noise = np.random.default_rng(0).random((128, 256, 3))  # photo-like: every pixel its own colour
+    figure, axes = plt.subplots(figsize=(4, 2))
+    axes.imshow(noise)
+    figure.savefig(tmp_path / "images.png", dpi=150)
+    figure, axes = plt.subplots(figsize=(4, 2))
+    axes.plot([1, 2, 3], [3, 1, 2])
+    figure.savefig(tmp_path / "curves.png", dpi=150)
+    photos, curves = _data_uri(tmp_path / "images.png"), _data_uri(tmp_path / "curves.png")
+    assert photos.startswith("data:image/jpeg;base64,") and curves.startswith("data:image/png;base64,")
+    assert len(photos) * 2 < 4 * (tmp_path / "images.png").stat().st_size / 3  # under half the PNG's base64
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
 @pytest.mark.parametrize("page", COMMITTED, ids=[p.parent.name for p in COMMITTED])
 def test_every_committed_report_opens_in_headless_chromium(page: Path, tmp_path: Path) -> None:

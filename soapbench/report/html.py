@@ -2,7 +2,8 @@
 figures embedded, and interactive loss curves.
 
 * The body is ``report.md`` rendered by Python-Markdown (tables included), so the page never says anything the
-  Markdown does not; after it, every PNG figure with its caption, embedded as a data URI.
+  Markdown does not; after it, every PNG figure with its caption, embedded as a data URI (as JPEG where that is under half the
+  size: image grids).
 * Verdict words in table cells are coloured (``better`` / ``holds`` green, ``worse`` / ``does not hold`` red,
   ``equivalent`` blue, ``inconclusive`` / ``not tested`` grey); the notes beside a verdict stay beside it.
 * Above the figures, each workload's loss curves are drawn with plotly: validation loss of each arm's best
@@ -17,6 +18,7 @@ from __future__ import annotations
 import base64
 import gzip
 import html
+import io
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -70,7 +72,25 @@ def _colour_verdicts(cell: re.Match) -> str:
 
 
 def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+    """The figure as a data URI: PNG, or JPEG where that is under half the size (a grid of photos, which PNG
+    stores nearly raw; line plots stay PNG), so a page with image grids stays small. The PNG file stays beside it."""
+    png = path.read_bytes()
+    jpeg = _as_jpeg(png)
+    if jpeg is not None and len(jpeg) * 2 < len(png):
+        return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _as_jpeg(png: bytes) -> bytes | None:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(png)) as image:
+            out = io.BytesIO()
+            image.convert("RGB").save(out, format="JPEG", quality=90, optimize=True)
+    except (UnidentifiedImageError, OSError):
+        return None  # not an image Pillow reads: embedded as it is
+    return out.getvalue()
 
 
 def _gallery(figures: Sequence[SavedFigure]) -> str:
