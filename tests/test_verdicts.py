@@ -15,7 +15,7 @@ from scipy import stats
 
 from soapbench.report.analysis import analyze, comparisons, fairness_warnings
 from soapbench.report.reference import check_claims, load_reference
-from soapbench.report.render import markdown
+from soapbench.report.render import csv_rows, markdown
 from soapbench.report.stats import holm, judge, minimum_detectable_effect, paired_test, power
 from soapbench.report.store import load_experiment
 
@@ -255,6 +255,10 @@ def test_a_run_slower_than_its_arms_median_for_the_same_work_is_flagged(tmp_path
     _, table = markdown(analysis, "cmd", "now", None, [])
     assert "(timing outlier in its seeds)" in table.split("| adamw |")[1].split("\n")[0]
     assert math.isfinite(analysis.workloads[0].optimizers["adamw"].best.seconds)
+    # report.csv (which the leaderboard reads) says so too: once it marked only a shared machine
+    rows = {row["arm"]: row for row in csv_rows(analysis, None)}
+    assert "timing outlier(s) in 1 of the best configuration's 4 runs" in rows["adamw"]["wallclock_unreliable"]
+    assert rows["soap f=10"]["wallclock_unreliable"] is None
 
 
 def test_the_report_counts_the_parameters_each_optimizer_trains(tmp_path: Path) -> None:

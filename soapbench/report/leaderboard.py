@@ -23,7 +23,8 @@ change rank between the two). An entry whose verdict against its baseline is ``n
 does one that did not reach the target while its verdict leaves open whether it is worse than the baseline
 (``equivalent``, ``inconclusive``): a not-reached by noise would count as ∞. The
 verdict words of the rest (``better``, ``equivalent``, ``inconclusive``, ...) are carried beside the scores, and
-wall-clock entries from runs on a shared machine are counted and marked.
+wall-clock entries a report marks unreliable (a shared machine, or a timing outlier among the best
+configuration's seeds) are counted and marked.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def render(scores: list[FamilyScore], sources: list[Path]) -> str:
         "`python scripts/leaderboard.py` from: " + ", ".join(f"`{path}`" for path in sources) + ".",
         "",
         "| family | profile (steps) | profile (time) | rank steps → time | speedup vs AdamW (steps) | "
-        "speedup vs AdamW (time) | workloads | time entries on a shared machine |",
+        "speedup vs AdamW (time) | workloads | time entries marked unreliable (shared machine or timing outlier) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for s in scores:

@@ -224,6 +224,22 @@ def _state_memory(arm: OptimizerResult) -> str:
     return f"{max(values) / 2**20:.2f} MiB" if values else "–"
 
 
+def wallclock_caveat(opt) -> str | None:
+    """Why the best configuration's wall-clock is unreliable (a shared machine, or a seed's run > 30% slower per
+    step than its arm's median), or None: report.csv carries it, and the leaderboard marks time scores from it."""
+    best = opt.best
+    if best is None:
+        return None
+    slow = set(timing_outliers(opt)) & {r.name for r in best.completed}
+    outliers = (
+        f"timing outlier(s) in {len(slow)} of the best configuration's {len(best.completed)} runs "
+        "(> 30% slower per step than the arm's median)"
+        if slow
+        else None
+    )
+    return "; ".join(reason for reason in (machine_shared(best.completed), outliers) if reason) or None
+
+
 def optimizer_rows(workload: WorkloadResult, reference: Reference | None) -> list[dict[str, Any]]:
     """One row per arm (every variant, each with its own tuned hyperparameters)."""
     has_target = workload.target is not None
@@ -433,7 +449,7 @@ def csv_rows(analysis: Analysis, reference: Reference | None) -> list[dict[str, 
                     if comparison
                     else ("baseline" if opt.arm == w.baseline else None),
                     "tuning_flags": "; ".join(w.tuning_flags(opt)),
-                    "wallclock_unreliable": machine_shared(best.completed) if best else None,
+                    "wallclock_unreliable": wallclock_caveat(opt),
                     "best_diverged_seeds": best.diverged if best else 0,
                     "target": w.target,
                     "target_source": w.target_source,
