@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from soapbench.checkpoint import LogWindow, RunState, resume_run, rng_state, save_run_checkpoint
-from soapbench.config import load_trainer_config, validate_run_config
+from soapbench.config import load_run_config
 from soapbench.distributed import (
     DistContext,
     any_rank,
@@ -72,7 +72,7 @@ from soapbench.run_record import RunRecord
 from soapbench.rundir import FINISHED, RunPlan, find_run_directory, lock_run_directory, plan_run
 from soapbench.schedules import build_scheduler
 from soapbench.timing import device_peak_flops, peak_memory_bytes
-from soapbench.tracking import WANDB_MODES, WandbTracker
+from soapbench.tracking import WandbTracker
 from soapbench.training_step import StepResult, TrainStep, autocast
 from soapbench.workloads import build_workload
 
@@ -91,13 +91,10 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]:
     # ------------------------------------------------------------------ validate and build
-    validate_run_config(cfg)
+    trainer = load_run_config(cfg).trainer
     cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}  # an imported optimizer's label names its runs
-    trainer = load_trainer_config(cfg["trainer"])
     ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
     logger_cfg = cfg.get("logger", {}).get("wandb", {})
-    if logger_cfg.get("mode", "offline") not in WANDB_MODES:
-        raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
     device = resolve_device(str(cfg.get("device", "auto")))
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
