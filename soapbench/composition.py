@@ -32,12 +32,11 @@ def compose_resolved(overrides: Sequence[str]) -> dict[str, Any]:
 def compose_run_config(overrides: list[str]) -> dict:
     """The resolved config of ``train.py <overrides>``; ConfigError (one line naming the field) if train.py would refuse it."""
     from soapbench.cli import USER_ERRORS, hydra_error_line
-    from soapbench.config import load_trainer_config, validate_run_config
+    from soapbench.config import load_run_config
 
     try:
         config = compose_resolved(overrides)
-        validate_run_config(config)
-        load_trainer_config(config["trainer"])
+        load_run_config(config)
     except USER_ERRORS as error:
         raise ConfigError(str(error)) from error
     except Exception as error:

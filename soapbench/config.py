@@ -1,9 +1,10 @@
 """Typed, validated views of the composed Hydra config.
 
-Hydra composes ``configs/train.yaml``; :func:`load_run_config` turns the trainer part into
-dataclasses whose ``__post_init__`` rejects bad values with a message that names the
-dotted field and what is allowed. Optimizer, model and data sections stay mappings:
-their owners (the registries) validate them against constructor signatures.
+Hydra composes ``configs/train.yaml``; :func:`load_run_config` turns the resolved mapping into a
+:class:`RunConfig` (the trainer part: :func:`load_trainer_config`), one coercer for every section,
+whose ``validate`` methods reject bad values with a message that names the dotted field and what is
+allowed. Optimizer, model and data sections stay mappings: their owners (the registries) validate
+them against constructor signatures. Run identity is computed from the mapping, not from these views.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from soapbench.errors import ConfigError
 from soapbench.naming import experiment_folder, plain_name
@@ -146,30 +147,77 @@ class TrainerConfig:
         self.ema.validate(f"{prefix}.ema")
 
 
-def _coerce(cls: type, data: Mapping[str, Any], prefix: str):
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrong types by field name."""
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
+@dataclass(frozen=True)
+class IntegerIn:
+    """``Annotated[int, IntegerIn(...)]``: an exact integer in [low, high). Unlike a plain ``int`` field, no float is
+    taken for one: a seed of 3.0 would train seed 3's run under another name and another identity."""
+
+    low: int
+    high: int
+    # How the range reads in the error (``[0, 2**32)``).
+    text: str
+
+    def check(self, value: Any, path: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not self.low <= value < self.high:
+            raise ConfigError(f"{path}: expected an integer in {self.text}, got {value!r}")
+        return value
+
+
+def _joined(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def _unknown_keys(section: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
+    unknown = sorted(set(section) - set(allowed))
     if unknown:
-        raise ConfigError(f"{prefix}.{unknown[0]}: unknown key; valid: {', '.join(names)}")
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], allowed, n=1)
+        hint = f"did you mean {_joined(prefix, close[0])}? " if close else ""
+        raise ConfigError(f"{_joined(prefix, unknown[0])}: unknown key; {hint}valid: {', '.join(allowed)}")
+
+
+def _coerce(cls: type, data: Mapping[str, Any], prefix: str):
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys, missing required ones and wrong types by name."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = dataclasses.fields(cls)
+    _unknown_keys(data, tuple(f.name for f in fields), prefix)
+    for f in fields:
+        if f.name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            path = _joined(prefix, f.name)
+            raise ConfigError(f"{path}: missing; set {path}=<value>")
     values = {}
     for name, value in data.items():
-        values[name] = _coerce_value(hints[name], value, f"{prefix}.{name}")
+        values[name] = _coerce_value(hints[name], value, _joined(prefix, name))
     return cls(**values)
 
 
 def _coerce_value(hint: Any, value: Any, path: str):
     origin = typing.get_origin(hint)
+    if origin is typing.Annotated:  # the constraint checks the value as given, in place of the base type's coercion
+        _, *constraints = typing.get_args(hint)
+        for constraint in constraints:
+            value = constraint.check(value, path)
+        return value
     if origin in (typing.Union, types.UnionType):
-        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
         if value is None:
             return None
-        return _coerce_value(options[0], value, path)
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        first_error = None
+        for option in options:
+            try:
+                return _coerce_value(option, value, path)
+            except ConfigError as error:
+                first_error = first_error or error
+        raise first_error
     if dataclasses.is_dataclass(hint):
         return _coerce(hint, value, path)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return value
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
@@ -201,48 +249,85 @@ def load_trainer_config(data: Mapping[str, Any]) -> TrainerConfig:
     return config
 
 
-# The top level of configs/train.yaml; a key beyond these (``+foo=1``) would be silently ignored.
-TOP_LEVEL_KEYS = (
-    "experiment_name", "seed", "device", "run_name", "sweep_keys", "resume", "allow_identity_mismatch",
-    "paths", "trainer", "logger", "data", "model", "optimizer",
-)  # fmt: skip
-PATHS_KEYS = ("data_root", "results_dir", "cache_dir")
-LOGGER_WANDB_KEYS = ("mode", "project", "entity", "group", "tags")
 DEVICE_TYPES = ("auto", "cpu", "cuda", "mps")
 
 
-def _unknown_keys(section: Mapping[str, Any], allowed: tuple[str, ...], prefix: str) -> None:
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        import difflib
+@dataclass(kw_only=True)
+class PathsConfig:
+    """Where things live; none of it is part of a run's identity."""
 
-        close = difflib.get_close_matches(unknown[0], allowed, n=1)
-        hint = f"did you mean {prefix}{close[0]}? " if close else ""
-        raise ConfigError(f"{prefix}{unknown[0]}: unknown key; {hint}valid: {', '.join(allowed)}")
+    # Laid out like shared/data; None: the user cache dir.
+    data_root: str | None = None
+    results_dir: str
+    # Token shards, decoded images; None: the user cache dir.
+    cache_dir: str | None = None
 
 
-def validate_run_config(cfg: Mapping[str, Any]) -> None:
-    """The keys around the trainer section: unknown keys, the seed, the device, paths, logger."""
-    _unknown_keys(cfg, TOP_LEVEL_KEYS, "")
-    seed = cfg.get("seed")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ConfigError(f"seed: expected an integer in [0, 2**32), got {seed!r}")
-    device = str(cfg.get("device", "auto"))
-    kind, _, index = device.partition(":")
-    if kind not in DEVICE_TYPES or (index and (kind not in ("cuda",) or not index.isdigit())):
-        raise ConfigError(f"device: {device!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps")
-    # Both become folders under results/runs/: validated before anything is created.
-    experiment_folder(cfg.get("experiment_name"))
-    if cfg.get("run_name"):
-        plain_name("run_name", cfg["run_name"], "soap_lr3e-3")
-    if not isinstance(cfg.get("allow_identity_mismatch", False), bool):
-        raise ConfigError(
-            f"allow_identity_mismatch: expected true or false, got {cfg.get('allow_identity_mismatch')!r}"
-        )
-    paths = cfg.get("paths") or {}
-    if not isinstance(paths, Mapping):
-        raise ConfigError(f"paths: expected a mapping, got {paths!r}")
-    _unknown_keys(paths, PATHS_KEYS, "paths.")
-    logger = cfg.get("logger") or {}
-    _unknown_keys(logger, ("wandb",), "logger.")
-    _unknown_keys(logger.get("wandb") or {}, LOGGER_WANDB_KEYS, "logger.wandb.")
+@dataclass
+class WandbConfig:
+    mode: str = "offline"
+    project: str | None = "soapbench"
+    entity: str | None = None
+    # None: the experiment name.
+    group: str | None = None
+    # Added to the automatic tags (optimizer, model).
+    tags: list[str] = field(default_factory=list)
+
+    def validate(self, prefix: str) -> None:
+        from soapbench.tracking import WANDB_MODES
+
+        if self.mode not in WANDB_MODES:
+            raise ConfigError(f"{prefix}.mode: {self.mode!r} is not one of {', '.join(WANDB_MODES)}")
+
+
+@dataclass
+class LoggerConfig:
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+# Hydra reads experiment_name=2024 as a number; it names a folder all the same, and the summary keeps it as given.
+Name = str | int
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """The top level of ``configs/train.yaml``, in its order (the unknown-key error lists the keys so). A key beyond
+    these (``+foo=1``) is refused: ignored, it would look like a setting of the run while changing nothing.
+
+    Run identity, the run directory and ``config.yaml`` are computed from the resolved mapping, never from this
+    view, so a run found before this view existed keeps its identity."""
+
+    experiment_name: Name | None = "default"
+    seed: Annotated[int, IntegerIn(0, 2**32, "[0, 2**32)")]
+    device: str = "auto"
+    run_name: Name | None = None
+    # Keys whose values go into the run name (a multirun fills in the swept ones).
+    sweep_keys: list[str] | None = None
+    # auto, never, or a checkpoint (or run directory) to start from.
+    resume: str = "auto"
+    allow_identity_mismatch: bool = False
+    paths: PathsConfig
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # Validated by their registries against the constructors they configure.
+    data: dict[str, Any]
+    model: dict[str, Any]
+    optimizer: dict[str, Any]
+
+    def validate(self) -> None:
+        kind, _, index = self.device.partition(":")
+        if kind not in DEVICE_TYPES or (index and (kind != "cuda" or not index.isdigit())):
+            raise ConfigError(f"device: {self.device!r} is not a device; use auto, cpu, cuda, cuda:<index> or mps")
+        # Both become folders under results/runs/: validated before anything is created.
+        experiment_folder(self.experiment_name)
+        if self.run_name:
+            plain_name("run_name", self.run_name, "soap_lr3e-3")
+        self.logger.wandb.validate("logger.wandb")
+        self.trainer.validate("trainer")
+
+
+def load_run_config(cfg: Mapping[str, Any]) -> RunConfig:
+    """The typed view of a resolved run config; ConfigError (one line naming the dotted key) if it is bad."""
+    config = _coerce(RunConfig, cfg, "")
+    config.validate()
+    return config

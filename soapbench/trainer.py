@@ -43,7 +43,7 @@ from omegaconf import OmegaConf
 from torch.nn.parallel import DistributedDataParallel
 
 from soapbench.checkpoint import LogWindow, RunState, resume_run, rng_state, save_run_checkpoint
-from soapbench.config import load_trainer_config, validate_run_config
+from soapbench.config import RunConfig, load_run_config
 from soapbench.distributed import (
     DistContext,
     any_rank,
@@ -72,7 +72,7 @@ from soapbench.run_record import RunRecord
 from soapbench.rundir import FINISHED, RunPlan, find_run_directory, lock_run_directory, plan_run
 from soapbench.schedules import build_scheduler
 from soapbench.timing import device_peak_flops, peak_memory_bytes
-from soapbench.tracking import WANDB_MODES, WandbTracker
+from soapbench.tracking import WandbTracker
 from soapbench.training_step import StepResult, TrainStep, autocast
 from soapbench.workloads import build_workload
 
@@ -91,18 +91,17 @@ def train(cfg: Mapping[str, Any]) -> dict[str, Any]:
 
 def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]:
     # ------------------------------------------------------------------ validate and build
-    validate_run_config(cfg)
-    cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}  # an imported optimizer's label names its runs
-    trainer = load_trainer_config(cfg["trainer"])
+    run = load_run_config(cfg)
+    # The mapping stays what identity, config.yaml and W&B see (an imported optimizer's label names its runs).
+    cfg = {**cfg, "optimizer": with_label(cfg["optimizer"])}
+    trainer = run.trainer
     ctx = init_from_environment()  # torchrun: one process per device, rank 0 writes
-    logger_cfg = cfg.get("logger", {}).get("wandb", {})
-    if logger_cfg.get("mode", "offline") not in WANDB_MODES:
-        raise ConfigError(f"logger.wandb.mode: {logger_cfg.get('mode')!r} is not one of {', '.join(WANDB_MODES)}")
-    device = resolve_device(str(cfg.get("device", "auto")))
+    wandb_config = run.logger.wandb
+    device = resolve_device(run.device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
     threads = apply_thread_policy(trainer.threads, trainer.parallel_jobs, device)  # before anything is built
-    built = build_training(cfg, trainer, device, ctx, announce=ctx.is_main)
+    built = build_training(cfg, run, device, ctx, announce=ctx.is_main)
 
     # ------------------------------------------------------------------ run directory
     identity = run_identity(cfg, built.workload.data_fingerprint)
@@ -115,14 +114,14 @@ def _train(cfg: Mapping[str, Any], held: contextlib.ExitStack) -> dict[str, Any]
             )
         shutdown(ctx)
         return plan.previous_summary
-    record = _open_record(cfg, trainer, plan, identity, built, ctx, threads)
+    record = _open_record(cfg, run, plan, identity, built, ctx, threads)
     record.tracker = WandbTracker(
-        mode=logger_cfg.get("mode", "offline") if ctx.is_main else "disabled",
-        project=logger_cfg.get("project", "soapbench"),
-        entity=logger_cfg.get("entity"),
-        group=logger_cfg.get("group") or cfg.get("experiment_name") or "default",
+        mode=wandb_config.mode if ctx.is_main else "disabled",
+        project=wandb_config.project,
+        entity=wandb_config.entity,
+        group=wandb_config.group or run.experiment_name or "default",
         name=plan.run_name,
-        tags=[built.optimizer_name, cfg["model"]["name"], *logger_cfg.get("tags", [])],
+        tags=[built.optimizer_name, run.model["name"], *wandb_config.tags],
         config={**dict(cfg), "_meta": record.meta},
         run_dir=plan.run_dir,
         run_id=record.state.wandb_run_id,
@@ -196,12 +195,14 @@ class Training:
 
 
 def build_training(
-    cfg: Mapping[str, Any], trainer: Any, device: torch.device, ctx: DistContext, *, announce: bool
+    cfg: Mapping[str, Any], run: RunConfig, device: torch.device, ctx: DistContext, *, announce: bool
 ) -> Training:
     """The run's model, optimizer, schedule, scaler and EMA, in the order that makes the initial weights depend only
-    on the seed. ``announce``: print the warnings about the optimizer's setup (one process of a run does).
+    on the seed. ``cfg`` is the resolved mapping ``run`` was loaded from (the optimizer section possibly labelled).
+    ``announce``: print the warnings about the optimizer's setup (one process of a run does).
     The benchmarks build their arms here too, so they time exactly what a run trains."""
-    torch.manual_seed(int(cfg["seed"]))
+    trainer = run.trainer
+    torch.manual_seed(run.seed)
     workload = build_workload(cfg, trainer, device, shard=ctx.shard(trainer.batch_size))
     model = workload.model
     if trainer.max_epochs is not None:
@@ -274,7 +275,7 @@ def _plan(cfg: Mapping[str, Any], identity: RunIdentity, ctx: DistContext, held:
 
 def _open_record(
     cfg: Mapping[str, Any],
-    trainer: Any,
+    run: RunConfig,
     plan: RunPlan,
     identity: RunIdentity,
     built: Training,
@@ -291,7 +292,7 @@ def _open_record(
     if plan.action == "resume":
         resumed = resume_run(
             plan.checkpoints, built.step, state, identity, run_dir=plan.run_dir, max_steps=built.max_steps,
-            allow_other_identity=bool(cfg.get("allow_identity_mismatch")), explicit=plan.explicit,
+            allow_other_identity=run.allow_identity_mismatch, explicit=plan.explicit,
             rank=ctx.rank, is_main=ctx.is_main,
         )  # fmt: skip
         state, resumed_from = resumed.state, resumed.resumed_from
@@ -305,14 +306,14 @@ def _open_record(
     device = built.step.device
     machine = MachineLoad(
         state.segments, start_step=state.step, device=describe_device(device), cpu_model=cpu_model(),
-        threads=threads, parallel_jobs=trainer.parallel_jobs,
+        threads=threads, parallel_jobs=run.trainer.parallel_jobs,
     )  # fmt: skip
     meta = {
         "run_name": plan.run_name, "run_dir": str(plan.run_dir), "config_hash": plan.config_hash,
         "identity": identity.as_record(), "resumed_from": resumed_from,
-        "experiment": cfg.get("experiment_name"), "optimizer": built.optimizer_name, "model": cfg["model"]["name"],
+        "experiment": run.experiment_name, "optimizer": built.optimizer_name, "model": run.model["name"],
         "optimizer_source": built.optimizer_source,
-        "data": cfg["data"]["name"], "seed": int(cfg["seed"]), "device": describe_device(device),
+        "data": run.data["name"], "seed": run.seed, "device": describe_device(device),
         "cpu_model": cpu_model(), "threads": threads,
         "params": sum(p.numel() for p in built.step.model.parameters()),
         "params_by_optimizer": counts_by_optimizer(built.trained_by), "max_steps": built.max_steps,

@@ -1,11 +1,13 @@
-"""Bad trainer values are rejected with the dotted field name and what is allowed."""
+"""Bad config values (the trainer section and the top level) are rejected with the dotted field name and what is
+allowed, in one line."""
 
 from __future__ import annotations
 
 import pytest
 
-from soapbench.config import load_trainer_config
+from soapbench.config import load_run_config, load_trainer_config
 from soapbench.errors import ConfigError
+from tests.conftest import resolved, run_cli
 
 
 @pytest.mark.parametrize(
@@ -38,6 +40,118 @@ def test_bad_trainer_values_name_the_field(override: dict, field: str) -> None:
 def test_unknown_key_lists_valid_keys() -> None:
     with pytest.raises(ConfigError, match="valid: .*max_steps"):
         load_trainer_config({"max_stepz": 3})
+
+
+# The top level: (what is changed in a composed config, the one line it must give).
+BAD_TOP_LEVEL = [
+    ({"seed": "abc"}, "seed: expected an integer in [0, 2**32), got 'abc'"),
+    ({"seed": 2**32}, "seed: expected an integer in [0, 2**32), got 4294967296"),
+    # Not rounded: seed=3.0 would train seed 3's run under another name and another identity.
+    ({"seed": 3.0}, "seed: expected an integer in [0, 2**32), got 3.0"),
+    ({"device": "tpu"}, "device: 'tpu' is not a device; use auto, cpu, cuda, cuda:<index> or mps"),
+    ({"device": "cpu:1"}, "device: 'cpu:1' is not a device; use auto, cpu, cuda, cuda:<index> or mps"),
+    ({"logger": {"wandb": {"mode": "loud"}}}, "logger.wandb.mode: 'loud' is not one of offline, online, disabled"),
+    ({"logger": {"wandb": {"tags": "fast"}}}, "logger.wandb.tags: expected a list, got 'fast'"),
+    ({"logger": {"wandb": {"projekt": "x"}}}, "logger.wandb.projekt: unknown key; did you mean logger.wandb.project? "
+     "valid: mode, project, entity, group, tags"),
+    ({"paths": {"results_dir": 3}}, "paths.results_dir: expected a string, got 3"),
+    ({"sweep_keys": "optimizer.lr"}, "sweep_keys: expected a list, got 'optimizer.lr'"),
+    ({"resume": ["never"]}, "resume: expected a string, got ['never']"),
+    ({"allow_identity_mismatch": "yes"}, "allow_identity_mismatch: expected true or false, got 'yes'"),
+    ({"optimizer": "soap"}, "optimizer: expected a mapping, got 'soap'"),
+    ({"run_name": "../elsewhere"}, "run_name: '../elsewhere' is a path, not a name; use a plain name without '/' or "
+     "'..' (e.g. soap_lr3e-3)"),
+    ({"trainer": {"max_steps": "many"}}, "trainer.max_steps: expected an integer, got 'many'"),
+    ({"foo": 1}, "foo: unknown key; valid: experiment_name, seed, device, run_name, sweep_keys, resume, "
+     "allow_identity_mismatch, paths, trainer, logger, data, model, optimizer"),
+    ({"sed": 1}, "sed: unknown key; did you mean seed? valid: experiment_name, seed, device, run_name, sweep_keys, "
+     "resume, allow_identity_mismatch, paths, trainer, logger, data, model, optimizer"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def composed() -> dict:
+    return resolved([])
+
+
+def _with(config: dict, change: dict) -> dict:
+    """``config`` with ``change`` merged in one level down (a section's other keys stay)."""
+    merged = dict(config)
+    for key, value in change.items():
+        merged[key] = (
+            {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+        )
+    return merged
+
+
+@pytest.mark.parametrize("change,line", BAD_TOP_LEVEL, ids=[str(change) for change, _ in BAD_TOP_LEVEL])
+def test_bad_top_level_values_give_one_line_naming_the_key(composed: dict, change: dict, line: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_run_config(_with(composed, change))
+    assert str(error.value) == line
+
+
+def test_a_missing_seed_or_results_dir_is_refused_not_defaulted(composed: dict) -> None:
+    without_seed = {k: v for k, v in composed.items() if k != "seed"}
+    with pytest.raises(ConfigError, match=r"^seed: missing; set seed=<value>$"):
+        load_run_config(without_seed)
+    with pytest.raises(ConfigError, match=r"^paths.results_dir: missing; set paths.results_dir=<value>$"):
+        load_run_config({**composed, "paths": {"data_root": None}})
+
+
+def test_the_run_config_keeps_every_value_and_leaves_the_mapping_as_it_was() -> None:
+    import copy
+
+    from soapbench.config import load_trainer_config
+
+    config = resolved(["seed=7", "device=cpu", "experiment_name=2024", "run_name=mine", "sweep_keys=[optimizer.lr]",
+                       "resume=never", "allow_identity_mismatch=true", "paths.results_dir=/tmp/r",
+                       "logger.wandb.mode=disabled", "logger.wandb.tags=[a,b]", "logger.wandb.group=g",
+                       "trainer.max_steps=1e3"])  # fmt: skip
+    before = copy.deepcopy(config)
+    run = load_run_config(config)
+    assert config == before, "identity, config.yaml and the summary are computed from the mapping: it must not change"
+    assert (run.seed, run.device, run.run_name, run.sweep_keys, run.resume) == (
+        7,
+        "cpu",
+        "mine",
+        ["optimizer.lr"],
+        "never",
+    )
+    # Hydra reads 2024 as a number; kept as given, so the summary's "experiment" is what the mapping says.
+    assert run.experiment_name == 2024 and run.allow_identity_mismatch is True
+    assert (run.paths.results_dir, run.paths.data_root, run.paths.cache_dir) == (
+        "/tmp/r",
+        config["paths"]["data_root"],
+        config["paths"]["cache_dir"],
+    )
+    wandb = run.logger.wandb
+    assert (wandb.mode, wandb.project, wandb.entity, wandb.group, wandb.tags) == (
+        "disabled",
+        "soapbench",
+        None,
+        "g",
+        ["a", "b"],
+    )
+    assert run.trainer == load_trainer_config(config["trainer"]) and run.trainer.max_steps == 1000
+    assert run.optimizer is config["optimizer"] and run.model is config["model"] and run.data is config["data"]
+
+
+def test_the_drivers_composition_refuses_a_bad_logger_mode_before_anything_starts() -> None:
+    from soapbench.composition import compose_run_config
+
+    with pytest.raises(ConfigError) as error:
+        compose_run_config(["logger.wandb.mode=loud"])
+    assert str(error.value) == "logger.wandb.mode: 'loud' is not one of offline, online, disabled"
+
+
+def test_train_py_refuses_tags_that_are_not_a_list_in_one_line_and_writes_nothing(results_dir) -> None:
+    result = run_cli(["logger.wandb.tags=fast"], results_dir)
+    assert result.returncode == 2, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "error: logger.wandb.tags: expected a list, got 'fast'"
+    ]
+    assert not list(results_dir.iterdir())
 
 
 def test_identity_ignores_logging_paths_and_execution_knobs_but_not_hyperparameters_or_data() -> None:

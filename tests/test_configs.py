@@ -1,4 +1,4 @@
-"""Every yaml under configs/ composes and resolves, so a broken config never ships."""
+"""Every yaml under configs/ composes, resolves and loads into the typed run config, so a broken config never ships."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from soapbench.config import load_run_config
 from tests.conftest import CONFIG_DIR, compose, resolved
 
 GROUPS = ("optimizer", "model", "data", "trainer", "logger", "variant")
@@ -28,6 +29,7 @@ _PARTNERS = {("data", "colorization"): "model=colorization", ("data", "colorizat
 def test_every_group_option_composes_and_resolves(group: str, option: str) -> None:
     partner = _PARTNERS.get((group, option))
     config = resolved([f"{group}={option}", *([partner] if partner else [])])
+    load_run_config(config)
     if group == "variant":  # a comparison arm picks an optimizer and its distinguishing settings
         assert option.startswith(config["optimizer"]["name"])
         return
@@ -42,6 +44,8 @@ def test_every_group_option_composes_and_resolves(group: str, option: str) -> No
 def test_every_experiment_composes_and_resolves(experiment: str) -> None:
     config = resolved([f"experiment={experiment}"])
     assert config["experiment_name"] != "default", "an experiment preset names its results folder"
+    run = load_run_config(config)
+    assert (run.experiment_name, run.seed) == (config["experiment_name"], config["seed"])
 
 
 def test_every_registered_optimizer_has_a_yaml_and_every_yaml_a_registered_optimizer() -> None:

@@ -78,15 +78,14 @@ def arm_overrides(label: str) -> tuple[str, list[str]]:
 
 def build_arm(preset: str, label: str, overrides: Sequence[str], device: torch.device) -> Arm:
     """The trainer's step for ``model=<preset> optimizer=<name>`` (+ knobs), built as a run builds it."""
-    from soapbench.config import load_trainer_config
+    from soapbench.config import load_run_config
     from soapbench.distributed import DistContext
     from soapbench.optimizers.registry import split_optimizer_config
     from soapbench.trainer import build_training
 
     optimizer_name, knobs = arm_overrides(label)
     cfg = compose([f"model={preset}", f"optimizer={optimizer_name}", f"device={device}", *overrides, *knobs])
-    trainer = load_trainer_config(cfg["trainer"])
-    train_step = build_training(cfg, trainer, device, DistContext(), announce=False).step
+    train_step = build_training(cfg, load_run_config(cfg), device, DistContext(), announce=False).step
     train_step.enter_training_mode()
     frequency = split_optimizer_config(cfg["optimizer"])[1].get("precondition_frequency")
     arm = Arm(label, lambda step: (0.0, 0.0), int(frequency) if frequency else None)
