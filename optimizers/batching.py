@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from soapbench.optimizers.stepping import params_with_grads
+
 # Where a state tensor sits in ``optimizer.state[p]``: ``(key,)`` for ``state[key]``, ``(key, i)`` for
 # ``state[key][i]``, ``(key, i, j)`` for ``state[key][i][j]``.
 Slot = tuple[Any, ...]
@@ -114,8 +116,6 @@ def group_buckets(
 
     A None key steps alone; buckets come in order of their first member, so every rank steps them identically.
     """
-    from soapbench.optimizers.stepping import params_with_grads
-
     entries = [(group, param, key_of(param, group)) for group, param in params_with_grads(optimizer)]
     for group in optimizer.param_groups:
         for bucket in buckets([(param, key) for owner, param, key in entries if owner is group]):

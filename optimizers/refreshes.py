@@ -220,10 +220,11 @@ class RefreshingOptimizer:
 
 def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.ProcessGroup | None = None) -> list[str]:
     """Turn refresh sharing on for ``optimizer`` (or a CompositeOptimizer's children); the classes that took it."""
+    # Asked by method, not by base class: this module is below the optimizers that hold a RefreshSharing.
     children = getattr(optimizer, "optimizers", {"": optimizer})
     enabled = []
     for child in children.values():
-        if isinstance(child, RefreshingOptimizer):
+        if callable(getattr(child, "share_refreshes", None)):
             child.share_refreshes(process_group)
             enabled.append(type(child).__name__)
     return enabled
