@@ -137,25 +137,3 @@ def buckets(
             by_key[key] = [param]
             ordered.append(by_key[key])
     return ordered
-
-
-class StackedSteps:
-    """Mixin for a RefreshingOptimizer: ``step()`` by same-shape buckets, each stepped as one stack.
-
-    The optimizer supplies ``_bucket_key(param, group)`` (None: step alone), ``_step_param`` and ``_step_stack``.
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        from soapbench.optimizers.stepping import closure_loss
-
-        loss = closure_loss(closure)
-        self._plan_refreshes()
-        for group, bucket in group_buckets(self, self._bucket_key):
-            if len(bucket) == 1:
-                self._step_param(bucket[0], group)
-            else:
-                self._step_stack(bucket, group)
-        forget_stale_stacks(self)
-        self._synchronize_refreshes()
-        return loss

@@ -97,14 +97,3 @@ def _restore_state_dtypes(
         if "step" in state:
             state["step"] = _integer_step(state["step"])
         optimizer.state[param] = state
-
-
-class KeepsStateDtypes:
-    """Mixin for ``torch.optim.Optimizer`` subclasses: loaded state gets the dtypes the optimizer allocates."""
-
-    def _state_dtype(self, param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
-        """The dtype of floating tensors under ``state[key]`` for ``param``; override where an option changes it."""
-        return state_dtype_for(param.dtype)
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        load_state_dict_keeping_dtypes(self, super().load_state_dict, state_dict, self._state_dtype)
