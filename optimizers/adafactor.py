@@ -44,7 +44,7 @@ import torch
 
 from soapbench.optimizers.adamw import validate_adam_hyperparameters
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.state import load_state_dict_keeping_dtypes, state_dtype_for
 from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 
@@ -76,7 +76,7 @@ def _rank1_second_moment(marginals: list[torch.Tensor], neuron_only: bool) -> to
 
 
 @register_optimizer("adafactor")
-class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
+class Adafactor(torch.optim.Optimizer):
     """AdafactorW (the SOAP paper's Adafactor); see the module docstring for the math."""
 
     def __init__(
@@ -110,6 +110,9 @@ class Adafactor(KeepsStateDtypes, torch.optim.Optimizer):
         else:
             state["exp_avg_sq"] = [torch.zeros(size, dtype=dtype, device=param.device) for size in param.shape]
         return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        load_state_dict_keeping_dtypes(self, super().load_state_dict, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

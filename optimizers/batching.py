@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from soapbench.optimizers.stepping import params_with_grads
+
 # Where a state tensor sits in ``optimizer.state[p]``: ``(key,)`` for ``state[key]``, ``(key, i)`` for
 # ``state[key][i]``, ``(key, i, j)`` for ``state[key][i][j]``.
 Slot = tuple[Any, ...]
@@ -114,8 +116,6 @@ def group_buckets(
 
     A None key steps alone; buckets come in order of their first member, so every rank steps them identically.
     """
-    from soapbench.optimizers.stepping import params_with_grads
-
     entries = [(group, param, key_of(param, group)) for group, param in params_with_grads(optimizer)]
     for group in optimizer.param_groups:
         for bucket in buckets([(param, key) for owner, param, key in entries if owner is group]):
@@ -137,25 +137,3 @@ def buckets(
             by_key[key] = [param]
             ordered.append(by_key[key])
     return ordered
-
-
-class StackedSteps:
-    """Mixin for a RefreshingOptimizer: ``step()`` by same-shape buckets, each stepped as one stack.
-
-    The optimizer supplies ``_bucket_key(param, group)`` (None: step alone), ``_step_param`` and ``_step_stack``.
-    """
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        from soapbench.optimizers.stepping import closure_loss
-
-        loss = closure_loss(closure)
-        self._plan_refreshes()
-        for group, bucket in group_buckets(self, self._bucket_key):
-            if len(bucket) == 1:
-                self._step_param(bucket[0], group)
-            else:
-                self._step_stack(bucket, group)
-        forget_stale_stacks(self)
-        self._synchronize_refreshes()
-        return loss

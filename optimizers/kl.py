@@ -67,37 +67,65 @@ Deliberate deviations from the reference (none changes a golden trajectory):
   float32, which then mixes dtypes under default float64), and ``load_state_dict`` casts the state to the dtype
   KL allocates (``cast_dtype``, else the parameter's; torch would turn a bf16 parameter's float32 state into bf16).
 * No ``torch.compile`` (the goldens were made in eager mode) and no prints.
-* Same-shape matrices of a param group are stepped as one stack (``optimizers/kl_stacked.py``), bit for bit
-  the per-parameter step; ``stack_shapes=False`` turns it off.
+* Same-shape matrices of a param group are stepped as one stack ("Per shape" below), the same math as the
+  per-parameter step; ``stack_shapes=False`` turns it off.
 * Speed, without changing the math:
   * KL-SOAP on matrices computes ``Q_Lᵀ G`` and ``Q_Lᵀ G Q_R`` once, for both the direction and the curvature
     update; the reference computes them twice.
   * Factors at least 768 wide are updated by symmetric blocks (``linalg.gram_update_``, about 5/8 of the
     product's flops). Only their last bits can differ, and the golden runs' factors are narrower, so the golden
     runs are unaffected.
+
+Per shape (``stack_shapes=True``, the default; ``step()`` is
+:class:`soapbench.optimizers.eigenbasis.EigenbasisOptimizer`'s): same-shape matrices of a param group are stepped as
+one stack (:mod:`soapbench.optimizers.batching`; each parameter's state entries stay views into the stacks). Issued
+once per bucket instead of once per matrix: the rotations ``Q_Lᵀ G Q_R`` (KL-SOAP) and ``Q_Lᵀ m Q_R`` (KL-Shampoo),
+the moment updates, KL-Shampoo's Kronecker scale ``s_L ⊗ s_R / (1 + ε s_L ⊗ s_R)``, KL-SOAP's ``m/(√v+ε)``, the
+first back-rotation product, the whitened products ``diag(s_R) Q_Rᵀ Gᵀ`` and ``(Q_Lᵀ G) diag(s_L)``, the Gram
+products of the curvature update (factors narrower than ``2·SYMMETRIC_BLOCK``), the factor and eigenvalue EMAs with
+their clamps, and at refresh steps KL-SOAP's momentum move between bases.
+
+Kept one per matrix, because a batched kernel would round them differently from the per-parameter code:
+
+* the two matrix-vector products of the eigenvalue update, ``(F⊙F) s_R²`` and ``s_L² (F⊙F)`` (a GEMV alone; as a
+  batch of ``n×1`` GEMMs they sum in another order);
+* the block-symmetric factor update of factors at least ``2·SYMMETRIC_BLOCK`` wide (``linalg.gram_update_``);
+* the fused weight update ``W ← c W − c η (X Q_Rᵀ)`` (``addmm_`` with a beta; the parameters are separate tensors);
+* the QR refresh of the bases, every f steps (``power_qr_refresh`` per factor, with its failure fallback to the
+  exact previous basis).
+
+Same math per matrix, same rounding: stacked KL equals per-parameter KL (``tests/test_stacked_steps.py``, at one and
+two threads), so the goldens are untouched. Under refresh sharing a rank refreshes the members it owns; a broadcast
+replaces members' tensors, which :class:`soapbench.optimizers.batching.StackedState` notices and restacks.
+
+A matrix joins a bucket when it is 2-D in KL's working shape (no squeezed or merged dims), its dtype, gradient and
+state all in the state dtype, ``normalize_grads`` and ``using_damping`` off (their RMS and trace reductions would
+sum differently over a stack), and already initialised; members also share their step count. Everything else,
+and any bucket of one, is stepped by ``_step_param``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from soapbench.optimizers.adamw import validate_adam_hyperparameters
+from soapbench.optimizers.batching import StackedState, rebind, stacked_state
+from soapbench.optimizers.eigenbasis import EigenbasisOptimizer
 from soapbench.optimizers.kl_math import accumulate_factor, accumulate_gram, updated_inv_sqrt_eigenvalues, working_shape
-from soapbench.optimizers.kl_stacked import StackedKLSteps
 from soapbench.optimizers.linalg import (
     eigenbasis,
     mode_gram,
     power_qr_refresh,
     rotate,
+    rotate_matrix,
     unrotate,
+    unrotate_matrix,
 )
-from soapbench.optimizers.refreshes import RefreshingOptimizer
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.state import KeepsStateDtypes
 from soapbench.optimizers.stepping import group_lr
 
 CAST_DTYPES: dict[str, torch.dtype] = {
@@ -114,6 +142,10 @@ CLAMP_FLOOR = 10
 # AdamW companion by default; ``optimizer.main_roles=[matrix,input,embedding,head]`` brings them back
 # for small vocabularies.
 KL_MAIN_ROLES = ("matrix", "input")
+# The state entries a bucket keeps as stacks (batching.Slot: the path into optimizer.state[p]).
+KLSHAMPOO_STACK_SLOTS = (("exp_avg",), ("factors", 0), ("factors", 1), ("bases", 0), ("bases", 1),
+                         ("inv_sqrt_eigenvalues", 0), ("inv_sqrt_eigenvalues", 1))  # fmt: skip
+KLSOAP_STACK_SLOTS = KLSHAMPOO_STACK_SLOTS + (("exp_avg_sq",),)
 
 
 def parse_cast_dtype(cast_dtype: str | torch.dtype | None) -> torch.dtype | None:
@@ -149,7 +181,7 @@ def _kronecker_scale(inv_sqrt_eigenvalues: Sequence[Tensor]) -> Tensor:
     return scale
 
 
-class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class _KLOptimizer(EigenbasisOptimizer):
     """The shared implementation; :class:`KLShampoo` and :class:`KLSOAP` pick the direction.
 
     Args (the reference's keywords and defaults, except ``cast_dtype``):
@@ -165,8 +197,8 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         using_clamping / max_clamp_value: clamp s_k ≤ max(10, min(d_k, max_clamp_value)).
         cast_dtype: dtype of the gradient copy and all state; None → the parameter's dtype (float32 for 16-bit
             parameters). The reference's default is torch.bfloat16.
-        stack_shapes: step same-shape matrices of a group as one stack (optimizers/kl_stacked.py; bit-identical
-            to stepping them one by one). False steps every parameter alone.
+        stack_shapes: step same-shape matrices of a group as one stack (module docstring, "Per shape"; the same
+            math as stepping them one by one). False steps every parameter alone.
     """
 
     _using_klsoap: bool = False
@@ -514,6 +546,107 @@ class _KLOptimizer(StackedKLSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         inv_sqrt[0] = updated_inv_sqrt_eigenvalues(
             inv_sqrt[0], new_term_1, beta, self._clamp_max(group, grad.shape[0]), shifts[0]
         )
+
+    # ------------------------------------------------------------------------------------------------------------
+    # A bucket of same-shape matrices, as one stack (module docstring, "Per shape")
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
+        """What same-shape members must share to be stepped together, or None (stepped alone)."""
+        state = self.state.get(param)
+        if not state or "step" not in state:
+            return None
+        if group["normalize_grads"] or group["using_damping"] or param.dim() != 2:
+            return None
+        if working_shape(param.shape) != tuple(param.shape):
+            return None
+        dtype = state["exp_avg"].dtype
+        if param.dtype != dtype or param.grad.dtype != dtype or state["factors"][0].dtype != dtype:
+            return None
+        return (tuple(param.shape), dtype, param.device, state["step"])
+
+    def _step_stack(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """:meth:`_step_param` for a bucket of matrices: direction, fused update, curvature, refresh when due."""
+        stacked = stacked_state(self, params, KLSOAP_STACK_SLOTS if self._using_klsoap else KLSHAMPOO_STACK_SLOTS)
+        states = [self.state[param] for param in params]
+        left, right = stacked[("bases", 0)], stacked[("bases", 1)]
+        grads = torch.stack([param.grad for param in params])
+        step = states[0]["step"] + 1
+        for state in states:
+            state["step"] = step
+
+        rotated = None
+        if self._using_klsoap:
+            left_rotated = (grads.mT @ left).mT
+            rotated = (left_rotated, left_rotated @ right)
+            moments = {"exp_avg": stacked[("exp_avg",)], "exp_avg_sq": stacked[("exp_avg_sq",)]}
+            # The per-parameter direction works on stacks as they are: every op in it is elementwise.
+            eigen_direction = self._klsoap_rotated_direction(grads, moments, group, rotated[1])
+        else:
+            eigen_direction = self._klshampoo_stack_direction(grads, stacked, group)
+        lr = group_lr(group)
+        decay = 1.0 - lr * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
+        half = eigen_direction.mT @ left.mT
+        for param, half_one, right_one in zip(params, half.unbind(0), right.unbind(0)):
+            param.addmm_(half_one.mT, right_one.mT, beta=decay, alpha=-lr * decay)
+
+        due = step % group["precondition_frequency"] == 0
+        owned = [index for index, param in enumerate(params) if due and self._computes_refresh(param)]
+        if self._using_klsoap and owned:
+            rows = slice(None) if len(owned) == len(params) else torch.tensor(owned, device=grads.device)
+            momentum = unrotate_matrix(stacked[("exp_avg",)][rows], left[rows], right[rows])
+        self._update_stack_curvature(grads, stacked, group, rotated)
+        for index in owned:
+            state = self.state[params[index]]
+            for dim in (0, 1):
+                state["bases"][dim] = self._refreshed_basis(state["factors"][dim], state["bases"][dim])
+                rebind(state, ("bases", dim), stacked, index)
+        if self._using_klsoap and owned:
+            stacked[("exp_avg",)][rows] = rotate_matrix(momentum, left[rows], right[rows])
+        if due:
+            for param, state in zip(params, states):
+                slots = [(state["bases"], dim) for dim in range(2)]
+                self._publish_refresh(param, slots + ([(state, "exp_avg")] if self._using_klsoap else []))
+
+    @staticmethod
+    def _klshampoo_stack_direction(grads: Tensor, stacked: StackedState, group: dict[str, Any]) -> Tensor:
+        """:meth:`_klshampoo_rotated_direction` on a stack: ``rot(m) ⊙ s_L ⊗ s_R / (1 + ε s_L ⊗ s_R)``."""
+        exp_avg = stacked[("exp_avg",)]
+        exp_avg.lerp_(grads, 1.0 - group["betas"][0])
+        scale = stacked[("inv_sqrt_eigenvalues", 0)].unsqueeze(-1) * stacked[("inv_sqrt_eigenvalues", 1)].unsqueeze(-2)
+        scale.div_(1.0 + (scale * group["eps"]))
+        return rotate_matrix(exp_avg, stacked[("bases", 0)], stacked[("bases", 1)]) * scale
+
+    def _update_stack_curvature(
+        self, grads: Tensor, stacked: StackedState, group: dict[str, Any], rotated: tuple[Tensor, Tensor] | None
+    ) -> None:
+        """:meth:`_update_curvature_2d` on a stack (module docstring: which products stay per matrix)."""
+        beta = self._shampoo_beta(group)
+        rows, columns = grads.shape[1:]
+        numel = rows * columns
+        left_basis, right_basis = stacked[("bases", 0)], stacked[("bases", 1)]
+        left_inv_sqrt, right_inv_sqrt = stacked[("inv_sqrt_eigenvalues", 0)], stacked[("inv_sqrt_eigenvalues", 1)]
+
+        right_whitened = (right_basis.mT @ grads.mT) * right_inv_sqrt.unsqueeze(-1)
+        accumulate_gram(stacked[("factors", 0)], right_whitened.mT, beta, numel)
+        if rotated is None:
+            left_rotated = left_basis.mT @ grads
+            fully_rotated = left_rotated @ right_basis
+        else:
+            left_rotated, fully_rotated = rotated
+        left_whitened = left_rotated * left_inv_sqrt.unsqueeze(-1)
+        accumulate_gram(stacked[("factors", 1)], left_whitened.mT, beta, numel)
+
+        squared = fully_rotated.square()
+        right_squared, left_squared = right_inv_sqrt.square(), left_inv_sqrt.square()
+        left_new_term = torch.stack([one @ vector for one, vector in zip(squared, right_squared)]).div_(columns)
+        right_new_term = torch.stack([vector @ one for one, vector in zip(squared, left_squared)]).div_(rows)
+        left_inv_sqrt.copy_(updated_inv_sqrt_eigenvalues(
+            left_inv_sqrt, left_new_term, beta, self._clamp_max(group, rows), None
+        ))  # fmt: skip
+        right_inv_sqrt.copy_(updated_inv_sqrt_eigenvalues(
+            right_inv_sqrt, right_new_term, beta, self._clamp_max(group, columns), None
+        ))  # fmt: skip
 
 
 @register_optimizer("kl_shampoo", main_roles=KL_MAIN_ROLES)

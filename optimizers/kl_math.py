@@ -1,6 +1,6 @@
-"""KL-Shampoo's and KL-SOAP's factor arithmetic (:mod:`soapbench.optimizers.kl`), shared by the per-parameter step and the
-per-shape one (:mod:`soapbench.optimizers.kl_stacked`): the working shape, the factor EMA with the reference's rounding, and
-the clamped eigenvalue EMA. Pure functions of tensors; neither module depends on the other through them."""
+"""KL-Shampoo's and KL-SOAP's factor arithmetic (:mod:`soapbench.optimizers.kl`), shared by the per-parameter step
+and the per-shape one: the working shape, the factor EMA with the reference's rounding, and the clamped eigenvalue
+EMA. Pure functions of tensors."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ import torch
 from torch import Tensor
 
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.state import load_state_dict_keeping_dtypes, state_dtype_for
 from soapbench.optimizers.stepping import check_lr, closure_loss, group_lr, params_with_grads
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -84,7 +84,7 @@ def keller_aspect_scale(shape: torch.Size) -> float:
 
 
 @register_optimizer("muon", main_roles=("matrix",))
-class Muon(KeepsStateDtypes, torch.optim.Optimizer):
+class Muon(torch.optim.Optimizer):
     """Keller Jordan's Muon (``SingleDeviceMuon``); see the module docstring for the math."""
 
     def __init__(
@@ -117,6 +117,9 @@ class Muon(KeepsStateDtypes, torch.optim.Optimizer):
                     f"{tuple(param.shape)}. Give embeddings, the head and 1-D params to AdamW "
                     f"(build_optimizer does this from a model)."
                 )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        load_state_dict_keeping_dtypes(self, super().load_state_dict, state_dict)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:

@@ -19,12 +19,13 @@ the preconditioned dims), computed identically on every rank from the param grou
 plan. Every rank still keeps the full state (factors included): rank 0 checkpoints it, and a run can resume on any
 number of processes.
 
-An optimizer opts in by mixing in :class:`RefreshingOptimizer` and, in ``step()``:
+The family's base, :class:`soapbench.optimizers.eigenbasis.EigenbasisOptimizer`, holds a :class:`RefreshSharing`
+once ``share_refreshes()`` is called; each optimizer's step:
 
-* asking :meth:`RefreshingOptimizer._computes_refresh` before computing a parameter's refresh (first-call bases too);
-* handing the refreshed tensors to :meth:`RefreshingOptimizer._publish_refresh` on *every* rank, in the same order;
-* calling :meth:`RefreshingOptimizer._synchronize_refreshes` where the refreshed state is next needed (the end of
-  the step, or before the update for Shampoo, whose roots are used in the step that computes them).
+* asks ``_computes_refresh(param)`` before computing a parameter's refresh (first-call bases too);
+* hands the refreshed tensors to ``_publish_refresh(param, slots)`` on *every* rank, in the same order;
+* and the template's ``step()`` synchronises where the refreshed state is next needed: after every parameter's step,
+  which for Shampoo is before its directions, because its roots are used in the step that computes them.
 
 Host syncs (audit, ``tests/test_host_sync.py``): a plain step of every optimizer in the family reads no tensor
 value on the host (no ``.item()``, ``bool(tensor)``, ``.tolist()``, ``.cpu()``, no Python branch on a tensor), so on
@@ -46,7 +47,6 @@ import torch.distributed as dist
 from torch import Tensor
 
 from soapbench.optimizers.linalg import LinalgHealth
-from soapbench.optimizers.stepping import closure_loss, params_with_grads
 
 # Where a published tensor goes back: a (container, key) pair, so the received value replaces the state entry.
 Slot = tuple[Any, Any]
@@ -158,72 +158,13 @@ def cubic_refresh_cost(param: Tensor) -> float:
     return float(sum(size**3 for size in param.shape))
 
 
-class RefreshingOptimizer:
-    """Mixin for ``torch.optim.Optimizer`` subclasses that refresh eigenbases or roots (module docstring)."""
-
-    _refresh_sharing: RefreshSharing | None = None
-
-    @property
-    def linalg_health(self) -> LinalgHealth:
-        """This optimizer's linear-algebra counters (created on first use, so subclasses need no set-up)."""
-        health = self.__dict__.get("_linalg_health")
-        if health is None:
-            health = self.__dict__["_linalg_health"] = LinalgHealth()
-        return health
-
-    def diagnostics(self) -> dict[str, float]:
-        """Counters for the trainer's log: linear-algebra failures (previous basis or root kept), float64 retries."""
-        return self.linalg_health.diagnostics()
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """One ``_step_param`` per parameter with a gradient; shared refreshes are exchanged after the last one."""
-        loss = closure_loss(closure)
-        self._plan_refreshes()
-        for group, param in params_with_grads(self):  # type: ignore[arg-type]
-            self._step_param(param, group)
-        self._synchronize_refreshes()
-        return loss
-
-    def _step_param(self, param: Tensor, group: dict[str, Any]) -> None:
-        raise NotImplementedError
-
-    def share_refreshes(self, process_group: dist.ProcessGroup | None = None) -> None:
-        """From the next step on, each rank refreshes only the parameters it owns (all ranks must call step)."""
-        self._refresh_sharing = RefreshSharing(process_group)
-
-    @property
-    def shares_refreshes(self) -> bool:
-        return self._refresh_sharing is not None and self._refresh_sharing.world_size > 1
-
-    def _refresh_cost(self, param: Tensor) -> float:
-        return cubic_refresh_cost(param)
-
-    def _plan_refreshes(self) -> None:
-        if self.shares_refreshes:
-            params = [param for group in self.param_groups for param in group["params"]]  # type: ignore[attr-defined]
-            self._refresh_sharing.plan(params, self._refresh_cost)
-
-    def _computes_refresh(self, param: Tensor) -> bool:
-        """Whether this rank computes ``param``'s refresh: always without sharing, else only on its owner."""
-        return not self.shares_refreshes or self._refresh_sharing.owns(param)
-
-    def _publish_refresh(self, param: Tensor, slots: Iterable[Slot]) -> None:
-        """Mark the state entries a refresh of ``param`` rewrote (on every rank, in the same order)."""
-        if self.shares_refreshes:
-            self._refresh_sharing.publish(param, slots)
-
-    def _synchronize_refreshes(self) -> None:
-        if self.shares_refreshes:
-            self._refresh_sharing.synchronize(self.linalg_health)
-
-
 def share_refreshes(optimizer: torch.optim.Optimizer, process_group: dist.ProcessGroup | None = None) -> list[str]:
     """Turn refresh sharing on for ``optimizer`` (or a CompositeOptimizer's children); the classes that took it."""
+    # Asked by method, not by base class: this module is below the optimizers that hold a RefreshSharing.
     children = getattr(optimizer, "optimizers", {"": optimizer})
     enabled = []
     for child in children.values():
-        if isinstance(child, RefreshingOptimizer):
+        if callable(getattr(child, "share_refreshes", None)):
             child.share_refreshes(process_group)
             enabled.append(type(child).__name__)
     return enabled

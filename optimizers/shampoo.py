@@ -46,27 +46,51 @@ Deliberate deviations from DistributedShampoo:
 * A failed inverse root keeps the previous one (as its ``use_protected_eigh``) and is counted in ``diagnostics()``
   instead of logged; a non-finite factor is treated the same way instead of raising.
 * Only the single-device path; no quantisation, no eigenvalue-corrected or Newton root variants.
+
+A step has two halves (``step()`` is :class:`soapbench.optimizers.eigenbasis.EigenbasisOptimizer`'s): the statistics
+(step count, factors, grafting state, inverse roots when due) of every parameter, then, once refresh sharing has
+brought every owner's roots, the directions and updates; roots computed at step t are used at step t.
+
+Per shape (``stack_shapes=True``, the default): same-shape matrices of a param group are stepped as one stack
+(:mod:`soapbench.optimizers.batching`). Issued once per bucket instead of once per matrix: the factor EMAs' Gram
+products ``G Gᵀ`` and ``Gᵀ G``, the grafting second moment, the first moment and its bias correction, Adam's grafted
+direction, the preconditioned direction ``X_L M X_R``, the per-matrix norms of the grafting rescale, and decoupled
+weight decay. The inverse roots (an eigh each, every f steps) are computed member by member by the per-parameter code
+and copied into the stacks, and each parameter's final ``W ← W − η D`` stays its own (the parameters are separate
+tensors). On CPU each kernel computes every matrix of a stack as it computes that matrix alone, so stacked Shampoo
+equals per-parameter Shampoo (``tests/test_stacked_steps.py``, at one and two threads); refresh sharing is unchanged
+(roots are per member).
+
+A matrix joins a bucket when it is one unmerged block (every side ≤ ``max_preconditioner_dim``), of the compute
+dtype, already initialised, with Adam or RMSProp grafting, a first moment (β1 > 0), no momentum and decoupled (or
+no) weight decay — the SOAP paper's configuration; members also share their step count. Everything else, and any
+bucket of one, is stepped by the per-parameter code.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from soapbench.optimizers.linalg import matrix_inverse_root, mode_gram, rotate
-from soapbench.optimizers.refreshes import RefreshingOptimizer
+from soapbench.optimizers.batching import rebind, stacked_state
+from soapbench.optimizers.eigenbasis import EigenbasisOptimizer, RestOfStep
+from soapbench.optimizers.linalg import matrix_inverse_root, mode_gram, rotate, rotate_matrix
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.shampoo_stacked import GRAFTING_NORM_FLOOR, StackedShampooSteps
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.state import state_dtype_for
 from soapbench.optimizers.stepping import check_lr, group_lr
 
 GRAFTING_TYPES = ("adam", "adagrad", "rmsprop", "sgd", "none")
+# Distributed Shampoo's guard against a zero Shampoo direction in the grafting ratio (per parameter and stacked).
+GRAFTING_NORM_FLOOR = 1e-16
+# The state entries a bucket keeps as stacks (batching.Slot: the path into optimizer.state[p]).
+STACK_SLOTS = (("exp_avg",), ("grafting_exp_avg_sq",), ("factors", 0, 0), ("factors", 0, 1),
+               ("inverse_roots", 0, 0), ("inverse_roots", 0, 1))  # fmt: skip
 
 
 def merge_small_dims(shape: Sequence[int], max_preconditioner_dim: int) -> tuple[int, ...]:
@@ -126,7 +150,7 @@ def inverse_root_for_order(order: int, inv_root_override: float | Sequence[float
 
 
 @register_optimizer("shampoo")
-class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class Shampoo(EigenbasisOptimizer):
     """Shampoo (Kronecker-factored, EMA factors, eigh inverse roots) with per-block norm grafting.
 
     Args (DistributedShampoo keyword names; defaults = the SOAP paper's baseline recipe):
@@ -143,8 +167,8 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         rmsprop).  grafting_epsilon: ε_g.
 
     Our option:
-        stack_shapes: step same-shape matrices of a group as one stack (optimizers/shampoo_stacked.py;
-            bit-identical to stepping them one by one, which False does).
+        stack_shapes: step same-shape matrices of a group as one stack (module docstring, "Per shape"; the
+            same math as stepping them one by one, which False does).
     """
 
     def __init__(
@@ -230,6 +254,11 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
             stack_shapes=bool(stack_shapes),
         )
         super().__init__(params, defaults)
+
+    def _step_param(self, param: Tensor, group: dict[str, Any]) -> RestOfStep:
+        """The statistics now; the direction and update once every rank's roots are in (module docstring)."""
+        grad = self._update_statistics(param, group)
+        return partial(self._update_param, param, group, grad)
 
     def _init_state(self, param: Tensor, state: dict[str, Any], group: dict[str, Any], layout: BlockLayout) -> None:
         dtype = state_dtype_for(param.dtype)
@@ -393,3 +422,85 @@ class Shampoo(StackedShampooSteps, RefreshingOptimizer, KeepsStateDtypes, torch.
         for index, direction in zip(layout.blocks, directions):
             merged[index] = direction
         return merged.reshape(layout.param_shape)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # A bucket of same-shape matrices, as one stack (module docstring, "Per shape")
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
+        state = self.state.get(param)
+        if not state or "step" not in state or param.dim() != 2:
+            return None
+        compute_dtype = state_dtype_for(param.dtype)
+        if param.dtype != compute_dtype or param.grad.dtype != compute_dtype:
+            return None
+        decoupled = group["use_decoupled_weight_decay"] or group["weight_decay"] == 0.0
+        if group["grafting_type"] not in ("adam", "rmsprop") or group["betas"][0] == 0.0 or group["momentum"] != 0.0:
+            return None
+        layout = self._layout(param, group)
+        if not decoupled or not layout.single_block or layout.shape != tuple(param.shape):
+            return None
+        return (tuple(param.shape), param.dtype, param.device, state["step"])
+
+    def _step_stack(self, params: list[Tensor], group: dict[str, Any]) -> RestOfStep:
+        grads = self._update_stack_statistics(params, group)
+        return partial(self._update_stack, params, group, grads)
+
+    def _update_stack_statistics(self, params: list[Tensor], group: dict[str, Any]) -> Tensor:
+        """``_update_statistics`` for a bucket: step, factors, grafting state, inverse roots when due."""
+        stacked = stacked_state(self, params, STACK_SLOTS)
+        states = [self.state[param] for param in params]
+        grads = torch.stack([param.grad for param in params])
+        step = states[0]["step"] + 1
+        for state in states:
+            state["step"] = step
+        beta2 = group["betas"][1]
+        for factor, gram in (
+            (stacked[("factors", 0, 0)], grads @ grads.mT),
+            (stacked[("factors", 0, 1)], grads.mT @ grads),
+        ):
+            if beta2 != 1.0:
+                factor.mul_(beta2).add_(gram, alpha=1.0 - beta2)
+            else:
+                factor.add_(gram)
+        grafting_beta2 = group["grafting_beta2"]
+        stacked[("grafting_exp_avg_sq",)].mul_(grafting_beta2).addcmul_(grads, grads, value=1.0 - grafting_beta2)
+
+        start = self._start(group)
+        if step == start or (step % group["precondition_frequency"] == 0 and step > start):
+            for index, (param, state) in enumerate(zip(params, states)):
+                if self._computes_refresh(param):
+                    self._compute_inverse_roots(state, group, self._layout(param, group), step)
+                    for dim in (0, 1):
+                        rebind(state, ("inverse_roots", 0, dim), stacked, index)
+                roots = state["inverse_roots"]
+                self._publish_refresh(param, [(block, dim) for block in roots for dim in range(len(block))])
+        return grads
+
+    def _update_stack(self, params: list[Tensor], group: dict[str, Any], grads: Tensor) -> None:
+        """``_update_param`` for a bucket: first moment, grafted Shampoo direction, weight decay, the update."""
+        stacked = stacked_state(self, params, STACK_SLOTS)  # the roots may have arrived from their owners since
+        step = self.state[params[0]]["step"]
+        beta1 = group["betas"][0]
+        beta3 = beta1 if group["beta3"] == -1.0 else group["beta3"]
+        exp_avg = stacked[("exp_avg",)]
+        current = torch.lerp(exp_avg, grads, 1.0 - beta3) if beta3 != beta1 else None
+        exp_avg.lerp_(grads, 1.0 - beta1)
+        filtered = exp_avg if current is None else current
+        if group["use_bias_correction"]:
+            filtered = filtered / (1.0 - beta3 * beta1 ** (step - 1))
+
+        second_moment = stacked[("grafting_exp_avg_sq",)]
+        if group["grafting_type"] == "adam" and group["use_bias_correction"] and group["grafting_beta2"] < 1.0:
+            second_moment = second_moment / (1.0 - group["grafting_beta2"] ** step)
+        grafted = filtered / second_moment.sqrt().add_(group["grafting_epsilon"])
+        if step < self._start(group):
+            direction = grafted
+        else:
+            direction = rotate_matrix(filtered, stacked[("inverse_roots", 0, 0)], stacked[("inverse_roots", 0, 1)])
+            norms = torch.linalg.vector_norm(direction, dim=(-2, -1), keepdim=True)
+            scale = torch.linalg.vector_norm(grafted, dim=(-2, -1), keepdim=True) / (norms + GRAFTING_NORM_FLOOR)
+            direction = direction * scale
+        weight_decay, lr = group["weight_decay"], group_lr(group)
+        for param, member in zip(params, direction.unbind(0)):
+            param.add_(member.add(param, alpha=weight_decay) if weight_decay != 0.0 else member, alpha=-lr)

@@ -46,12 +46,35 @@ Deliberate deviations from the reference (all within the golden tolerances; none
   counted in ``diagnostics()``; the reference retries eigh on errors only and has no fallback.
 * ``precondition_frequency`` and ``shampoo_beta`` are read from the param group at every step (the reference
   freezes them into the state on the first call), so schedules and param-group edits take effect.
+
+Per shape (``stack_shapes=True``, the default): same-shape matrices of a param group are stepped as one stack
+(:mod:`soapbench.optimizers.batching`; ``step()`` is :class:`soapbench.optimizers.eigenbasis.EigenbasisOptimizer`'s).
+Each operation of the per-parameter fused path is issued once per bucket instead of once per matrix: the gradient
+rotation ``Q_Lᵀ G Q_R``, the moment updates, ``m/(√v+ε)``, the first back-rotation product, and at refresh steps the
+momentum's move between bases, the power-iteration products ``L·Q``, the eigenvalue estimates, their sort and the
+Householder QR (batched on a GPU; a CPU refreshes member by member, see ``BATCHED_REFRESH_DEVICES``). Two products
+stay one per matrix: the factor EMA ``L ← β L + (1−β) G Gᵀ`` and the fused weight update ``W ← c W − c α (X Q_Rᵀ)``
+(``addmm_`` with a beta): a batched ``baddbmm_`` rounds these differently from ``addmm_`` when BLAS runs on several
+threads, and the parameters are separate tensors anyway.
+
+Same math per matrix, same rounding: every batched kernel of the stacked step (``bmm``, elementwise ops, per-matrix
+reductions and sorts, batched ``geqrf``/``householder_product``) computes each matrix of a stack as it computes that
+matrix alone on CPU, so stacked SOAP equals per-parameter SOAP (``tests/test_stacked_steps.py``, at one and at two
+threads, bounds the last-bit difference some CPUs' batched GEMMs make). A QR failure is judged matrix by matrix
+(``linalg.orthonormalize_qr``), so retries, fallbacks and health counts are the per-parameter ones. Under refresh
+sharing a rank refreshes the stack of the members it owns. ``refresh_method="eigh"`` refreshes member by member
+everywhere. On a GPU, whether cuBLAS and cuSOLVER round each matrix of a batch as they would alone is theirs to
+choose; the CPU tests cannot check it.
+
+A matrix joins a bucket when it takes the fused path anyway: 2-D, not reshaped, right side preconditioned, its
+dtype (and m, v's) the compute dtype, no ``normalize_grads`` / ``bitwise_reference``, already initialised; members
+also share their step count. Everything else, and any bucket of one, is stepped by ``_step_param``.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -59,6 +82,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from soapbench.optimizers.batching import StackedState, rebind, stacked_state
+from soapbench.optimizers.eigenbasis import EigenbasisOptimizer
 from soapbench.optimizers.linalg import (
     eigenbasis,
     estimated_eigenvalues,
@@ -67,18 +92,25 @@ from soapbench.optimizers.linalg import (
     mode_gram,
     power_qr_refresh,
     rotate,
+    rotate_matrix,
+    select_along,
     unrotate,
+    unrotate_matrix,
 )
-from soapbench.optimizers.refreshes import RefreshingOptimizer
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.soap_stacked import StackedSOAPSteps
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.state import state_dtype_for
 from soapbench.optimizers.stepping import check_lr, group_lr
 
 DATA_FORMATS = ("channels_first", "channels_last")
 REFRESH_METHODS = ("qr", "eigh")
 LINALG_PRECISIONS = ("reference", "float64")
 STATE_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
+# The state entries a bucket keeps as stacks (batching.Slot: the path into optimizer.state[p]).
+STACK_SLOTS = (("exp_avg",), ("exp_avg_sq",), ("GG", 0), ("GG", 1), ("Q", 0), ("Q", 1))
+# Devices whose QR refresh runs on the whole stack at once. On CPU, LAPACK factorises a batch one matrix at a time
+# anyway, and the stack's gathers cost more than they save (measured: 4 × 512² refreshes 114 ms batched vs 90 ms
+# one by one, 1 thread), so the CPU refreshes member by member; a GPU saves the launches.
+BATCHED_REFRESH_DEVICES = ("cuda",)
 
 
 def merge_dims_shape(shape: Sequence[int], max_precond_dim: int) -> tuple[int, ...]:
@@ -165,7 +197,7 @@ def _parse_dtype(name: str | torch.dtype | None, field: str, allowed: dict[str, 
 
 
 @register_optimizer("soap")
-class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class SOAP(EigenbasisOptimizer):
     """SOAP with the reference's constructor keywords, plus options (off by default) documented below.
 
     Args (reference keywords, reference defaults):
@@ -187,8 +219,8 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
             None keeps them in the compute dtype (float32, or float64 for float64 params).
         bitwise_reference: also repeat the reference's per-step m round trip and its two-product eigenvalue
             estimate, so every rounding matches the reference (costs ~4 extra matmuls per matrix per step).
-        stack_shapes: step same-shape matrices of a group as one stack (optimizers/soap_stacked.py; bit-identical
-            to stepping them one by one, which False does).
+        stack_shapes: step same-shape matrices of a group as one stack (module docstring, "Per shape"; the same
+            math as stepping them one by one, which False does).
     """
 
     def __init__(
@@ -527,3 +559,92 @@ class SOAP(StackedSOAPSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.
         if not layout.any_preconditioned:
             return tensor
         return layout.from_factor_space(unrotate(layout.to_factor_space(tensor), bases))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # A bucket of same-shape matrices, as one stack (module docstring, "Per shape")
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
+        """What same-shape members must share to be stepped together, or None (stepped alone)."""
+        state = self.state.get(param)
+        if not state or "step" not in state:
+            return None
+        if group["bitwise_reference"] or group["normalize_grads"] or param.dim() != 2:
+            return None
+        compute_dtype = state_dtype_for(param.dtype)
+        if param.dtype != compute_dtype or param.grad.dtype != compute_dtype or state["exp_avg"].dtype != compute_dtype:
+            return None
+        layout = self._layout(param, group)
+        if layout.is_reshaped or not layout.preconditioned[1]:
+            return None
+        return (tuple(param.shape), param.dtype, param.device, state["step"], state["GG"][0] is None)
+
+    def _step_stack(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """:meth:`_step_param`'s fused path for a bucket: rotation, moments, update, factors, refresh when due."""
+        stacked = stacked_state(self, params, STACK_SLOTS)
+        states = [self.state[param] for param in params]
+        exp_avg, exp_avg_sq = stacked[("exp_avg",)], stacked[("exp_avg_sq",)]
+        left, right = stacked[("Q", 0)], stacked[("Q", 1)]
+        grads = torch.stack([param.grad for param in params])
+
+        grad_rotated = rotate_matrix(grads, left, right)
+        step = states[0]["step"] + 1
+        for state in states:
+            state["step"] = step
+        normalized = self._adam_in_eigenbasis_(exp_avg, exp_avg_sq, grad_rotated, group)
+        step_size = self._step_size(group, step)
+        decay = 1.0 - group_lr(group) * group["weight_decay"] if group["weight_decay"] > 0.0 else 1.0
+        half = normalized.mT if left is None else normalized.mT @ left.mT
+        for param, half_one, right_one in zip(params, half.unbind(0), right.unbind(0)):
+            param.addmm_(half_one.mT, right_one.mT, beta=decay, alpha=-step_size * decay)
+
+        refresh = step % group["precondition_frequency"] == 0
+        owned = [index for index, param in enumerate(params) if not refresh or self._computes_refresh(param)]
+        if refresh and owned:
+            rows = slice(None) if len(owned) == len(params) else torch.tensor(owned, device=grads.device)
+            momentum = unrotate_matrix(exp_avg[rows], None if left is None else left[rows], right[rows])
+        self._accumulate_stacked_factors(grads, stacked, group)
+        if refresh:
+            if owned:
+                self._refresh_stack(params, owned, rows, stacked, group)
+                new_left = stacked[("Q", 0)]
+                exp_avg[rows] = rotate_matrix(momentum, None if new_left is None else new_left[rows], right[rows])
+            for param, state in zip(params, states):
+                self._publish_refreshed_state(param, state)
+
+    def _accumulate_stacked_factors(self, grads: Tensor, stacked: StackedState, group: dict[str, Any]) -> None:
+        shampoo_beta = self._shampoo_beta(group)
+        left, right = stacked[("GG", 0)], stacked[("GG", 1)]
+        if grads.dtype != right.dtype:  # float64 factors (linalg_precision="float64") of float32 matrices
+            grads = grads.to(right.dtype)
+        for index, grad in enumerate(grads.unbind(0)):  # one addmm_ each: see the module docstring
+            if left is not None:
+                gram_update_(left[index], grad, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
+            gram_update_(right[index], grad.mT, beta=shampoo_beta, alpha=1.0 - shampoo_beta)
+
+    def _refresh_stack(
+        self, params: list[Tensor], owned: list[int], rows: slice | Tensor, stacked: StackedState, group: dict[str, Any]
+    ) -> None:
+        """Refresh the owned members' bases (dim 0, then dim 1) and permute their v to follow, in the stacks."""
+        exp_avg_sq = stacked[("exp_avg_sq",)]
+        if group["refresh_method"] != "qr" or exp_avg_sq.device.type not in BATCHED_REFRESH_DEVICES:
+            # Member by member (the per-parameter code), then the new bases back into the stacks.
+            for index in owned:
+                state = self.state[params[index]]
+                self._refresh_bases(state, group, self._layout(params[index], group), state["exp_avg_sq"])
+                for dim in (0, 1):
+                    if state["Q"][dim] is not None:
+                        rebind(state, ("Q", dim), stacked, index)
+            return
+        second_moment = exp_avg_sq[rows]
+        for dim in (0, 1):
+            factor, basis = stacked[("GG", dim)], stacked[("Q", dim)]
+            if factor is None:
+                continue
+            new_basis, permutation = power_qr_refresh(
+                factor[rows], basis[rows], sort=True, precision=group["linalg_precision"], exact_estimate=False,
+                health=self.linalg_health,
+            )  # fmt: skip
+            second_moment = select_along(second_moment, dim + 1, permutation)
+            basis[rows] = new_basis
+        exp_avg_sq[rows] = second_moment

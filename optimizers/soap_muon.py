@@ -60,23 +60,35 @@ Deliberate deviations from the reference:
   copies them into the state once), so changing them mid-run takes effect. ``projection_type`` is fixed
   per parameter when its state is created.
 * ``scale`` selects between the two reference files; ``closure`` is supported; no prints.
+
+Per shape (``stack_shapes=True``, the default; ``step()`` is
+:class:`soapbench.optimizers.eigenbasis.EigenbasisOptimizer`'s): same-shape matrices of a param group are stepped as
+one stack (:mod:`soapbench.optimizers.batching`). Issued once per bucket instead of once per matrix: the projections
+into and out of the one-sided (or full) eigenbasis, the moments, the Newton–Schulz iteration (batched products, each
+matrix normalised by its own norm), the square-root correction and rescaling, and the factor EMAs. The QR refreshes
+(every f steps) run member by member through the per-parameter code and are copied into the stacks; each parameter's
+``W ← W − α U − ηλ W`` stays its own (the parameters are separate tensors). On CPU each kernel computes every matrix
+of a stack as it computes that matrix alone, so stacked SOAP-Muon equals per-parameter SOAP-Muon
+(``tests/test_stacked_steps.py`` at one and two threads); refresh sharing is unchanged (refreshes are per member).
+
+A parameter joins a bucket when it is a 2-D matrix of the compute dtype (bf16 params and conv kernels step alone),
+already initialised, with a left, right or full projection; members also share their step count and projection.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from soapbench.optimizers.adamw import validate_adam_hyperparameters
+from soapbench.optimizers.batching import rebind, stacked_state
+from soapbench.optimizers.eigenbasis import EigenbasisOptimizer
 from soapbench.optimizers.linalg import LinalgHealth, eigenbasis, estimated_eigenvalues, orthonormalize_qr
-from soapbench.optimizers.refreshes import RefreshingOptimizer
 from soapbench.optimizers.registry import register_optimizer
-from soapbench.optimizers.soap_muon_math import project, project_back
-from soapbench.optimizers.soap_muon_stacked import StackedSOAPMuonSteps
-from soapbench.optimizers.state import KeepsStateDtypes, state_dtype_for
+from soapbench.optimizers.state import state_dtype_for
 from soapbench.optimizers.stepping import group_lr
 
 PROJECTION_TYPES = ("identity", "left", "right", "full", "std")
@@ -158,6 +170,31 @@ def resolve_projection(matrix_shape: tuple[int, int] | None, projection_type: st
     return projection
 
 
+def project(matrix: Tensor, state: dict[str, Any]) -> Tensor:
+    """rot(X) of the module docstring, with the bases in ``state`` (one matrix, or stacks for a stack)."""
+    # Product forms as in the reference's project(): Q_Lᵀ X, X Q_R, (Q_Lᵀ X) Q_R.
+    projection = state["projection"]
+    if projection == "identity":
+        return matrix
+    if projection == "left":
+        return state["basis_left"].mT @ matrix
+    if projection == "right":
+        return matrix @ state["basis_right"]
+    return (state["basis_left"].mT @ matrix) @ state["basis_right"]
+
+
+def project_back(matrix: Tensor, state: dict[str, Any]) -> Tensor:
+    """unrot(X) of the module docstring, the inverse of :func:`project`."""
+    projection = state["projection"]
+    if projection == "identity":
+        return matrix
+    if projection == "left":
+        return state["basis_left"] @ matrix
+    if projection == "right":
+        return matrix @ state["basis_right"].mT
+    return (state["basis_left"] @ matrix) @ state["basis_right"].mT
+
+
 def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth) -> tuple[Tensor, Tensor]:
     """SOAP-Muon's ``get_orthogonal_matrix_QR`` for one factor, in float32; returns (new basis, permutation).
 
@@ -176,11 +213,11 @@ def _sorted_power_qr_refresh(factor: Tensor, basis: Tensor, health: LinalgHealth
 
 
 @register_optimizer("soap_muon", main_roles=("matrix",))
-class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torch.optim.Optimizer):
+class SOAPMuon(EigenbasisOptimizer):
     """SOAP-Muon (``SOAP_Muon10`` / ``SOAP_Muon10_Graft``); see the module docstring for the math.
 
-    Our option: ``stack_shapes`` steps same-shape matrices of a group as one stack (optimizers/soap_muon_stacked.py;
-    bit-identical to stepping them one by one, which False does).
+    Our option: ``stack_shapes`` steps same-shape matrices of a group as one stack (module docstring, "Per shape";
+    the same math as stepping them one by one, which False does).
     """
 
     def __init__(
@@ -362,3 +399,54 @@ class SOAPMuon(StackedSOAPMuonSteps, RefreshingOptimizer, KeepsStateDtypes, torc
                 self._refresh_bases(state, exp_avg_sq)
             slots = [(state, f"basis_{side}") for side in self._sides(state)]
             self._publish_refresh(param, [*slots, (state, "exp_avg_sq")])
+
+    # ------------------------------------------------------------------------------------------------------------
+    # A bucket of same-shape matrices, as one stack (module docstring, "Per shape")
+    # ------------------------------------------------------------------------------------------------------------
+
+    def _bucket_key(self, param: Tensor, group: dict[str, Any]) -> Hashable | None:
+        state = self.state.get(param)
+        if not state or param.dim() != 2:
+            return None
+        compute_dtype = state_dtype_for(param.dtype)
+        if param.dtype != compute_dtype or param.grad.dtype != compute_dtype or state["projection"] == "identity":
+            return None
+        return (tuple(param.shape), param.dtype, param.device, state["step"], state["projection"])
+
+    def _step_stack(self, params: list[Tensor], group: dict[str, Any]) -> None:
+        """:meth:`_step_param` for a bucket of matrices: direction, update, factors, refresh when due."""
+        states = [self.state[param] for param in params]
+        sides = self._sides(states[0])
+        slots = [("exp_avg",), ("exp_avg_sq",), *((f"factor_{side}",) for side in sides),
+                 *((f"basis_{side}",) for side in sides)]  # fmt: skip
+        stacked = stacked_state(self, params, slots)
+        bases = {
+            "projection": states[0]["projection"],
+            **{f"basis_{side}": stacked[(f"basis_{side}",)] for side in sides},
+        }
+        grads = torch.stack([param.grad for param in params])
+        grad_projected = project(grads, bases)
+        step = states[0]["step"] + 1
+        for state in states:
+            state["step"] = step
+        exp_avg, exp_avg_sq = stacked[("exp_avg",)], stacked[("exp_avg_sq",)]
+        step_size, direction = self._direction(grads, grad_projected, exp_avg, exp_avg_sq, bases, group, step)
+        update = project_back(direction, bases)
+        lr, weight_decay = group_lr(group), group["weight_decay"]
+        for param, member in zip(params, update.unbind(0)):
+            param.add_(member, alpha=-step_size)
+            if weight_decay > 0.0:
+                param.add_(param, alpha=-lr * weight_decay)
+
+        factor_beta = self._factor_beta(group)
+        for side in sides:
+            gram = grads @ grads.mT if side == "left" else grads.mT @ grads
+            stacked[(f"factor_{side}",)].lerp_(gram, 1 - factor_beta)
+        if step % group["precondition_frequency"] == 0:
+            for index, (param, state) in enumerate(zip(params, states)):
+                if self._computes_refresh(param):
+                    self._refresh_bases(state, state["exp_avg_sq"])
+                    for side in sides:
+                        rebind(state, (f"basis_{side}",), stacked, index)
+                slots_out = [(state, f"basis_{side}") for side in sides]
+                self._publish_refresh(param, [*slots_out, (state, "exp_avg_sq")])

@@ -5,8 +5,8 @@ low-precision training does not also make the moments, factors and bases low-pre
 
 ``torch.optim.Optimizer.load_state_dict`` casts every floating state tensor to its parameter's
 dtype, which would round a bf16 parameter's float32 state to bf16 and break bit-identical resume.
-``KeepsStateDtypes`` instead gives each loaded state tensor the dtype the optimizer itself allocates
-for that parameter (``_state_dtype``): a bf16 parameter's float32 state loads exactly as saved, and a
+``load_state_dict_keeping_dtypes`` instead gives each loaded state tensor the dtype the optimizer itself
+allocates for that parameter: a bf16 parameter's float32 state loads exactly as saved, and a
 real dtype change (a float32 checkpoint loaded into float64 parameters, or the reverse) casts the
 state as torch would. torch's load_state_dict pre- and post-hooks keep their meaning: the state is
 read from what the pre-hooks return, and post-hooks see (and may change) the final state.
@@ -14,7 +14,7 @@ read from what the pre-hooks return, and post-hooks see (and may change) the fin
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import chain
 from numbers import Number
 from typing import Any
@@ -50,37 +50,50 @@ def _integer_step(step: Any) -> Any:
     return step
 
 
-class KeepsStateDtypes:
-    """Mixin for ``torch.optim.Optimizer`` subclasses: loaded state gets the dtypes the optimizer allocates."""
+def load_state_dict_keeping_dtypes(
+    optimizer: torch.optim.Optimizer,
+    load: Callable[[dict[str, Any]], None],
+    state_dict: dict[str, Any],
+    state_dtype: Callable[[Tensor, dict[str, Any], str], torch.dtype] | None = None,
+) -> None:
+    """``load(state_dict)`` (torch's ``Optimizer.load_state_dict``), then each loaded state tensor recast to the dtype
+    the optimizer allocates: ``state_dtype(param, group, key)``, by default :func:`state_dtype_for` the param's.
 
-    def _state_dtype(self, param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
-        """The dtype of floating tensors under ``state[key]`` for ``param``; override where an option changes it."""
-        return state_dtype_for(param.dtype)
+    An optimizer's ``load_state_dict`` calls it with ``super().load_state_dict``.
+    """
+    state_dtype = state_dtype or _default_state_dtype
+    # torch runs the user's pre-hooks, then loads; the state is re-read here from what the pre-hooks returned
+    # (captured by a pre-hook that runs last), before any user post-hook runs (restored by one that runs first).
+    processed: list[dict[str, Any]] = []
+    capture = optimizer.register_load_state_dict_pre_hook(lambda _, loaded: processed.append(loaded))
+    restore = optimizer.register_load_state_dict_post_hook(
+        lambda _: _restore_state_dtypes(optimizer, processed[-1], state_dtype), prepend=True
+    )
+    try:
+        load(state_dict)
+    finally:
+        capture.remove()
+        restore.remove()
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        # torch runs the user's pre-hooks, then loads; the state is re-read here from what the pre-hooks returned
-        # (captured by a pre-hook that runs last), before any user post-hook runs (restored by one that runs first).
-        processed: list[dict[str, Any]] = []
-        capture = self.register_load_state_dict_pre_hook(lambda _, loaded: processed.append(loaded))
-        restore = self.register_load_state_dict_post_hook(
-            lambda _: self._restore_state_dtypes(processed[-1]), prepend=True
-        )
-        try:
-            super().load_state_dict(state_dict)
-        finally:
-            capture.remove()
-            restore.remove()
 
-    def _restore_state_dtypes(self, state_dict: dict[str, Any]) -> None:
-        saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
-        params = ((group, param) for group in self.param_groups for param in group["params"])
-        for saved_id, (group, param) in zip(saved_ids, params):
-            if saved_id not in state_dict["state"]:
-                continue
-            state = {
-                key: _cast_copy(value, param.device, self._state_dtype(param, group, key))
-                for key, value in state_dict["state"][saved_id].items()
-            }
-            if "step" in state:
-                state["step"] = _integer_step(state["step"])
-            self.state[param] = state
+def _default_state_dtype(param: Tensor, group: dict[str, Any], key: str) -> torch.dtype:
+    return state_dtype_for(param.dtype)
+
+
+def _restore_state_dtypes(
+    optimizer: torch.optim.Optimizer,
+    state_dict: dict[str, Any],
+    state_dtype: Callable[[Tensor, dict[str, Any], str], torch.dtype],
+) -> None:
+    saved_ids = chain.from_iterable(group["params"] for group in state_dict["param_groups"])
+    params = ((group, param) for group in optimizer.param_groups for param in group["params"])
+    for saved_id, (group, param) in zip(saved_ids, params):
+        if saved_id not in state_dict["state"]:
+            continue
+        state = {
+            key: _cast_copy(value, param.device, state_dtype(param, group, key))
+            for key, value in state_dict["state"][saved_id].items()
+        }
+        if "step" in state:
+            state["step"] = _integer_step(state["step"])
+        optimizer.state[param] = state

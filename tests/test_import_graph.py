@@ -20,6 +20,16 @@ def _module_name(path: Path, folder: Path, package: str) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _absolute_module(node: ast.ImportFrom, importer: str, is_package: bool) -> str:
+    """The module a ``from ... import`` names, relative ones (``from .linalg import x``) resolved from the importer."""
+    if node.level == 0:
+        return node.module or ""
+    parts = importer.split(".")
+    package = parts if is_package else parts[:-1]
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, node.module] if node.module else base)
+
+
 def import_graph(root: Path = REPO) -> dict[str, set[str]]:
     modules = {
         _module_name(path, root / folder, package): path
@@ -31,8 +41,9 @@ def import_graph(root: Path = REPO) -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.ImportFrom):
+                module = _absolute_module(node, name, is_package=path.name == "__init__.py")
+                targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
             else:
                 continue
             graph[name] |= {target for target in targets if target in modules and target != name}
@@ -97,14 +108,38 @@ def test_the_graph_covers_the_folders_installed_under_soapbench() -> None:
         assert any(target.startswith(f"{package}.") for target in imported), f"no import of {package}.* was resolved"
 
 
-def test_a_deferred_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
-    package = tmp_path / "optimizers"
+def _checkout_with_optimizers(root: Path, files: dict[str, str]) -> Path:
+    """A checkout whose optimizers/ holds ``files`` (name -> source) and whose other package folders are empty."""
+    package = root / "optimizers"
     package.mkdir()
-    (package / "__init__.py").write_text("")
-    (package / "host.py").write_text("from soapbench.optimizers.mixin import Mixin\n")
-    (package / "mixin.py").write_text(
-        "class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n"
-    )
+    for name, source in files.items():
+        (package / name).write_text(source)
     for folder in set(PACKAGE_DIRS.values()) - {"optimizers"}:
-        (tmp_path / folder).mkdir()
-    assert circles(import_graph(tmp_path)) == [["soapbench.optimizers.host", "soapbench.optimizers.mixin"]]
+        (root / folder).mkdir()
+    return root
+
+
+def test_a_deferred_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
+    checkout = _checkout_with_optimizers(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "host.py": "from soapbench.optimizers.mixin import Mixin\n",
+            "mixin.py": "class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n",
+        },
+    )
+    assert circles(import_graph(checkout)) == [["soapbench.optimizers.host", "soapbench.optimizers.mixin"]]
+
+
+def test_a_relative_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
+    checkout = _checkout_with_optimizers(
+        tmp_path,
+        {
+            "__init__.py": "from .host import Host\n",
+            "host.py": "from soapbench.optimizers.mixin import Mixin\n",
+            "mixin.py": "class Mixin:\n    def f(self):\n        from . import host\n",
+        },
+    )
+    assert circles(import_graph(checkout)) == [
+        ["soapbench.optimizers", "soapbench.optimizers.host", "soapbench.optimizers.mixin"]
+    ]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from soapbench.optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl_math, linalg, soap_stacked
+from soapbench.optimizers import KLSOAP, SOAP, KLShampoo, Shampoo, SOAPMuon, kl_math, linalg, soap
 from soapbench.optimizers.batching import StackedState
 from soapbench.optimizers.linalg import LinalgHealth, orthonormalize_qr
 
@@ -158,7 +158,7 @@ def test_stacked_steps_equal_per_parameter_steps_to_rounding(
         request.getfixturevalue("float64_refreshes")
         dtype = torch.float64
     if batched_refresh:  # the stack-wide QR refresh a GPU runs, here on CPU
-        monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(soap, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
     if "symmetric blocks" in option:
         _narrow_symmetric_blocks(monkeypatch)
     previous = torch.get_num_threads()
@@ -222,7 +222,7 @@ def test_a_rank_refreshes_only_the_members_it_owns(option: str, batched_refresh:
     """Under refresh sharing a rank refreshes part of a stack; the rest arrives by broadcast (not simulated here)."""
     optimizer_class, options = OPTIONS[option]
     if batched_refresh:
-        monkeypatch.setattr(soap_stacked, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
+        monkeypatch.setattr(soap, "BATCHED_REFRESH_DEVICES", ("cuda", "cpu"))
     owned_shapes = {0, 4}  # two of the three 24×16 members, one of the two 16×16
     results = []
     for stack_shapes in (True, False):
