@@ -205,8 +205,8 @@ class Store:
         from soapbench.errors import ConfigError
 
         if job not in self.run_dirs:
-            overrides = [f"experiment={self.experiment}", f"paths.results_dir={self.results_dir}", *job.overrides(),
-                         *self.extra]  # fmt: skip
+            overrides = [f"experiment={self.experiment}", f"paths.results_dir={self.results_dir}",
+                         *job.with_extra(self.extra)]  # fmt: skip
             try:
                 self.run_dirs[job] = locate_planned_run(overrides).run_dir
             except ConfigError as error:

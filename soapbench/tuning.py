@@ -182,17 +182,21 @@ class Job:
         # A tuning run is not reported: its checkpoints go when it completes (most of a reproduction's disk).
         keep = [] if self.role == "report" else ["trainer.keep_final_checkpoint=false"]
         decay = [] if self.weight_decay is None else [f"optimizer.weight_decay={self.weight_decay:.6g}"]
-        budget = [] if self.max_steps is None else [f"trainer.max_steps={self.max_steps}"]
-        named = ",trainer.max_steps" if budget else ""
+        named = "" if self.max_steps is None else ",trainer.max_steps"
         return [
             f"variant={self.arm}",
             f"optimizer.lr={self.lr:.6g}",
             *decay,
-            *budget,
             f"seed={self.seed}",
             f"sweep_keys=['variant={self.arm}',optimizer.lr{named}]",
             *keep,
         ]
+
+    def with_extra(self, extra: Sequence[str]) -> list[str]:
+        """The job's overrides with the user's (after ``--``), then a shortened budget last: a user's
+        ``trainer.max_steps`` sets the full budget, and must not undo a shortened run's own."""
+        budget = [] if self.max_steps is None else [f"trainer.max_steps={self.max_steps}"]
+        return [*self.overrides(), *extra, *budget]
 
 
 @dataclass
@@ -566,7 +570,6 @@ def train_command(
         str(repo / "scripts" / "train.py"),
         f"experiment={experiment}",
         f"paths.results_dir={results_dir}",
-        *job.overrides(),
         *thread_overrides,
-        *extra,
+        *job.with_extra(extra),
     ]

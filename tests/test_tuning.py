@@ -26,7 +26,7 @@ from soapbench.report.analysis import analyze
 from soapbench.report.render import markdown
 from soapbench.report.stats import estimate, judge, paired_test
 from soapbench.report.store import load_experiment
-from soapbench.tuning import Arm, Design, Planner, log_grid, run_design
+from soapbench.tuning import Arm, Design, Planner, log_grid, run_design, train_command
 
 
 def _drive(planner: Planner, final_of) -> list:
@@ -120,10 +120,17 @@ def test_a_design_with_budgets_tunes_at_the_full_one_and_runs_the_best_lr_at_eve
     )
     short = next(j for j in ran if j.arm == "soap_f10" and j.max_steps == 100)
     assert short.lr == 3e-3 and short.cost == 1.0  # half the budget, half the cost (for scheduling and estimates)
-    assert "trainer.max_steps=100" in short.overrides()
+    assert short.with_extra([])[-1] == "trainer.max_steps=100"
     assert "sweep_keys=['variant=soap_f10',optimizer.lr,trainer.max_steps]" in short.overrides()  # its own run name
+    # a user's `-- trainer.max_steps=12` sets the full budget; it must not turn a shortened run into a full one
+    # (it once did: the shortened runs became copies of the full ones)
+    command = train_command(REPO, "exp", "results", short, ["trainer.max_steps=12"], ["trainer.threads=1"])
+    assert [o for o in command if o.startswith("trainer.max_steps=")] == [
+        "trainer.max_steps=12",
+        "trainer.max_steps=100",
+    ]
     full = next(j for j in ran if j.arm == "soap_f10" and j.role == "report" and j.max_steps is None)
-    assert not any(o.startswith("trainer.max_steps") for o in full.overrides())  # the same run as without budgets
+    assert not any(o.startswith("trainer.max_steps") for o in full.with_extra([]))  # the same run as without budgets
     record = planner.tuning_record()
     assert record["protocol"]["budgets"] == [0.5, 0.75, 1.0] and record["protocol"]["full_steps"] == 200
     assert sorted(r.get("max_steps", 200) for r in record["runs"] if r["arm"] == "adamw" and r["role"] == "report") == [
