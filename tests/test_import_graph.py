@@ -10,6 +10,8 @@ import ast
 import tomllib
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # Installed package -> its folder in the checkout (optimizers/ installs as soapbench.optimizers, ...).
 PACKAGE_DIRS: dict[str, str] = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
@@ -119,27 +121,22 @@ def _checkout_with_optimizers(root: Path, files: dict[str, str]) -> Path:
     return root
 
 
-def test_a_deferred_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "init, deferred, circle",
+    [
+        ("", "from soapbench.optimizers.host import helper", ["host", "mixin"]),
+        ("from .host import Host\n", "from . import host", ["", "host", "mixin"]),  # relative, resolved from the module
+    ],
+    ids=["deferred", "relative"],
+)
+def test_a_deferred_or_relative_import_that_closes_a_circle_is_found(tmp_path: Path, init, deferred, circle) -> None:
     checkout = _checkout_with_optimizers(
         tmp_path,
         {
-            "__init__.py": "",
+            "__init__.py": init,
             "host.py": "from soapbench.optimizers.mixin import Mixin\n",
-            "mixin.py": "class Mixin:\n    def f(self):\n        from soapbench.optimizers.host import helper\n",
+            "mixin.py": f"class Mixin:\n    def f(self):\n        {deferred}\n",
         },
     )
-    assert circles(import_graph(checkout)) == [["soapbench.optimizers.host", "soapbench.optimizers.mixin"]]
-
-
-def test_a_relative_import_that_closes_a_circle_is_found(tmp_path: Path) -> None:
-    checkout = _checkout_with_optimizers(
-        tmp_path,
-        {
-            "__init__.py": "from .host import Host\n",
-            "host.py": "from soapbench.optimizers.mixin import Mixin\n",
-            "mixin.py": "class Mixin:\n    def f(self):\n        from . import host\n",
-        },
-    )
-    assert circles(import_graph(checkout)) == [
-        ["soapbench.optimizers", "soapbench.optimizers.host", "soapbench.optimizers.mixin"]
-    ]
+    expected = [".".join(filter(None, ["soapbench.optimizers", name])) for name in circle]
+    assert circles(import_graph(checkout)) == [expected]
