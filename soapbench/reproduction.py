@@ -159,6 +159,11 @@ REPRODUCTIONS = {
         {"cpu": 90.0, "paper": 7200.0},
         baseline="muon",
         arms=(Arm("muon_ns10", 1.0), Arm("soap_muon_f40", 1.5), Arm("soap_muon_f1", 1.5)),  # f=1 tuned on its own grid
+        cpu_grid_centres={"muon_ns10": 0.02, "soap_muon_f40": 6.32e-3, "soap_muon_f1": 6.32e-3},
+        cpu_centre_source=(
+            "each arm's lr from the previous CPU run of (d) (commit 1943d59, tuning seed 0): Muon's tuned 0.02 (then at "
+            "5 Newton-Schulz steps), SOAP-Muon f=40's tuned 6.32e-3, and f=1 the lr it borrowed from f=40 (not tuned then)"
+        ),
     ),
     "kl_methods": Reproduction(
         "(e) KL paper: KL-Shampoo and KL-SOAP vs Shampoo and SOAP",
@@ -169,6 +174,16 @@ REPRODUCTIONS = {
         baseline="shampoo",
         arms=(Arm("shampoo_f10", 1.0), Arm("soap_f10", 0.96), Arm("kl_shampoo_f10", 1.08), Arm("kl_soap_f10", 1.07)),
         decay_per_step=3e-5,  # the KL and SOAP references' wd 0.01 at their default lr 3e-3
+        cpu_grid_centres={
+            "shampoo_f10": 9.49e-3,
+            "soap_f10": 9.49e-3,
+            "kl_shampoo_f10": 9.49e-3,
+            "kl_soap_f10": 9.49e-3,
+        },
+        cpu_centre_source=(
+            "each arm's tuned lr from the previous CPU run of (e) (commit 10a7d49, tuning seed 0; wd 0.01 for every arm, "
+            "before one decay per step): all four were best at 9.49e-3, each on its grid's upper edge, then interior"
+        ),
     ),
 }
 

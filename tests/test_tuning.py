@@ -728,3 +728,14 @@ def test_a_reproduction_finds_a_stored_run_by_its_identity_as_train_and_search_d
     summary = {"status": "completed", "seed": 0, "final_val_loss": 1.5, "final_full_val_loss": 1.5}
     (impostor / "summary.json").write_text(json.dumps(summary))
     assert store.find(job) is None and store.final(job) is False  # not this run: it is trained, not reused
+
+
+def test_every_cpu_grid_centre_names_an_arm_and_says_where_it_came_from() -> None:
+    """A centre keyed by a misspelt variant would silently leave that arm on its yaml lr while the plan says otherwise."""
+    from soapbench.reproduction import REPRODUCTIONS
+
+    for name, reproduction in REPRODUCTIONS.items():
+        if reproduction.cpu_grid_centres:
+            assert set(reproduction.cpu_grid_centres) <= {a.variant for a in reproduction.arms}, name
+            assert all(lr > 0 for lr in reproduction.cpu_grid_centres.values()), name
+            assert reproduction.cpu_centre_source, name
