@@ -155,22 +155,26 @@ REPRODUCTIONS = {
         "(d) SOAP-Muon report: Muon (10 Newton-Schulz steps, as the report's baseline) vs SOAP-Muon at precondition frequency 1 and 40",
         {"cpu": "soap_muon_cpu", "paper": "soap_muon_124m"},
         "soap_muon",
-        # cpu: from results/reproductions/soap_muon_cpu (Muon 68 s per run at 5 Newton-Schulz steps, + 15 s, + ~10%)
-        {"cpu": 90.0, "paper": 7200.0},
+        # cpu: the 19 runs of results/reproductions/soap_muon_cpu on an AMD EPYC (AVX2), two at a time: a Muon run
+        # (10 Newton-Schulz steps, float32 GEMMs) took 4.4-4.6 min, SOAP-Muon f=40 5.0-5.4 and f=1 5.4-5.7, start-up
+        # and evaluations included. paper: ~2 H100-hours per run.
+        {"cpu": 270.0, "paper": 7200.0},
         baseline="muon",
-        arms=(Arm("muon_ns10", 1.0), Arm("soap_muon_f40", 1.5), Arm("soap_muon_f1", 1.5)),  # f=1 tuned on its own grid
+        arms=(Arm("muon_ns10", 1.0), Arm("soap_muon_f40", 1.16), Arm("soap_muon_f1", 1.23)),  # f=1 tuned on its own grid
         cpu_grid_centres={"muon_ns10": 0.02, "soap_muon_f40": 6.32e-3, "soap_muon_f1": 6.32e-3},
         cpu_centre_source=(
             "each arm's lr from the previous CPU run of (d) (commit 1943d59, tuning seed 0): Muon's tuned 0.02 (then at "
             "5 Newton-Schulz steps), SOAP-Muon f=40's tuned 6.32e-3, and f=1 the lr it borrowed from f=40 (not tuned then)"
         ),
+        cpu_unit_source="the 19 runs of results/reproductions/soap_muon_cpu on a 2-core AMD EPYC with AVX2",
     ),
     "kl_methods": Reproduction(
         "(e) KL paper: KL-Shampoo and KL-SOAP vs Shampoo and SOAP",
         {"cpu": "kl_methods_cpu", "paper": "kl_methods_124m"},
         "kl_methods",
-        # cpu: from results/reproductions/kl_methods_cpu (Shampoo 80 s per run, two at a time, + 15 s)
-        {"cpu": 95.0, "paper": 10000.0},
+        # cpu: the 24 runs of results/reproductions/kl_methods_cpu on an AMD EPYC (AVX2), two at a time: 3.6-4.6 min
+        # per run for every arm, start-up and evaluations included (52 min in all). paper: ~2.8 H100-hours per run.
+        {"cpu": 235.0, "paper": 10000.0},
         baseline="shampoo",
         arms=(Arm("shampoo_f10", 1.0), Arm("soap_f10", 0.96), Arm("kl_shampoo_f10", 1.08), Arm("kl_soap_f10", 1.07)),
         decay_per_step=3e-5,  # the KL and SOAP references' wd 0.01 at their default lr 3e-3
@@ -184,6 +188,7 @@ REPRODUCTIONS = {
             "each arm's tuned lr from the previous CPU run of (e) (commit 10a7d49, tuning seed 0; wd 0.01 for every arm, "
             "before one decay per step): all four were best at 9.49e-3, each on its grid's upper edge, then interior"
         ),
+        cpu_unit_source="the 24 runs of results/reproductions/kl_methods_cpu on a 2-core AMD EPYC with AVX2",
     ),
 }
 
