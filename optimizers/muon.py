@@ -72,6 +72,11 @@ _NS_EPS = 1e-7
 NS_MATMULS = ("auto", "bf16", "float32")
 
 
+def check_ns_matmul(ns_matmul: str) -> None:
+    if ns_matmul not in NS_MATMULS:
+        raise ValueError(f"ns_matmul must be one of {', '.join(NS_MATMULS)}, got {ns_matmul!r}")
+
+
 def _bf16_product_via_float32(left: Tensor, right: Tensor) -> Tensor:
     """The bf16 operands' product by a float32 GEMM, rounded to bf16 (see ``ns_matmul`` in the module docstring)."""
     return (left.float() @ right.float()).bfloat16()
@@ -84,8 +89,7 @@ def _bf16_product(left: Tensor, right: Tensor) -> Tensor:
 def zeropower_via_newtonschulz5_keller(matrix: Tensor, steps: int, ns_matmul: str = "auto") -> Tensor:
     """Keller's quintic Newton–Schulz in bfloat16, with his operation grouping; returns bfloat16.
     ``ns_matmul``: where the products run ("auto": float32 GEMM on CPU, bf16 GEMM elsewhere; module docstring)."""
-    if ns_matmul not in NS_MATMULS:
-        raise ValueError(f"ns_matmul must be one of {', '.join(NS_MATMULS)}, got {ns_matmul!r}")
+    check_ns_matmul(ns_matmul)
     via_float32 = ns_matmul == "float32" or (ns_matmul == "auto" and matrix.device.type == "cpu")
     product = _bf16_product_via_float32 if via_float32 else _bf16_product
     a, b, c = NS_COEFFICIENTS
@@ -124,8 +128,7 @@ class Muon(torch.optim.Optimizer):
         ns_matmul: str = "auto",
     ) -> None:
         check_lr(lr)
-        if ns_matmul not in NS_MATMULS:
-            raise ValueError(f"ns_matmul must be one of {', '.join(NS_MATMULS)}, got {ns_matmul!r}")
+        check_ns_matmul(ns_matmul)
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if not 0 <= momentum < 1:
