@@ -524,3 +524,30 @@ def test_tuning_section_reads_the_protocol_and_flags_sit_beside_the_verdicts(tmp
         ["best lr still on an edge of its grid: the optimum may lie outside the grid"],
         ["not tuned: takes adamw's tuned lr"],
     ]
+
+
+def test_the_paper_comparison_fits_the_same_budget_points_as_the_arm_without_its_tuning_seed(tmp_path: Path) -> None:
+    """(c)'s report once read SOAP's time saving from a fit that took in the tuning seed's run at the chosen lr (an
+    extra point at the full budget, with its own seconds) while the arm's own fit left it out."""
+    import json
+
+    from soapbench.report.analysis import pairwise, read_tuning_log
+
+    root = tmp_path / "results"
+    record = _tuned_store(root)
+    (root / "runs" / "exp" / "tuning.json").write_text(json.dumps(record))
+    for seed, level, gain in zip((1, 2, 3), SEED_LEVELS, STEADY_GAIN, strict=False):
+        for steps in (200, 300):  # shortened schedules of SOAP's best lr on the report seeds
+            final = level + gain + 0.3 * (400 - steps) / 400
+            config = syn.base_config("exp", "soap", seed, 3e-3, steps, precondition_frequency=10)
+            config["sweep_keys"] = ["variant=soap_f10", "optimizer.lr"]
+            evals = [(s, s * 0.1, final + 20.0 / s - 20.0 / steps) for s in (steps // 2, steps)]
+            syn.write_run(root, "exp", f"soap_f10-lr0.003-N{steps}-s{seed}", config, evals)
+    analysis = analyze(load_experiment(root, "exp"), tuning={"exp": read_tuning_log(root, "exp")})
+    (workload,) = analysis.workloads
+    soap = workload.optimizers["soap f=10"]
+    assert [p.steps for p in soap.schedule.points] == [200, 300, 400]
+    fitted = pairwise(workload, "soap", "adamw")["fit"]
+    assert fitted.points == soap.schedule.points
+    sources = [source for point in fitted.points for source in point.sources]
+    assert len(sources) == 9 and not any(source.endswith("-s0") for source in sources)

@@ -278,15 +278,16 @@ class OptimizerResult:
         """The configurations the lr search ran (all of them without a tuning log; none for a borrowed lr)."""
         return [c for c in self.configs if c.role != "report"]
 
-    def family_points(self) -> list[BudgetPoint]:
-        """Budget points (one per schedule length) of the best configuration's family."""
-        if self.best is None:
+    def family_points(self, config: ConfigResult | None = None) -> list[BudgetPoint]:
+        """Budget points (one per schedule length) of ``config``'s family (the best configuration's by default)."""
+        config = config or self.best
+        if config is None:
             return []
         # the tuning runs at the best lr are the same budget as the reported ones: one point, from the report seeds
         family = [
             c
             for c in self.configs + self.shortened
-            if c.family == self.best.family and not (c.role == "tune" and self.best.role == "report")
+            if c.family == config.family and not (c.role == "tune" and config.role == "report")
         ]
         points = []
         for c in sorted(family, key=lambda c: c.max_steps or 0):
@@ -699,8 +700,7 @@ def pairwise(workload: WorkloadResult, optimizer: str, versus: str, match: Mappi
     hit_mine, hit_theirs = crossing(config.curve, target, "mean"), crossing(theirs.best.curve, target, "mean")
     if hit_mine and hit_theirs:
         out["steps"], out["time"] = hit_theirs[0] / hit_mine[0], hit_theirs[1] / hit_mine[1]
-    family = [c for c in arm.configs + arm.shortened if c.family == config.family and c.max_steps]
-    points = [budget_point(c) for c in family if c.max_steps is not None and (c.n > 0 or c.diverged)]
+    points = arm.family_points(config)  # the arm's own fit's points: no tuning seed among them
     n_base = float(theirs.best.max_steps) if theirs.best.max_steps else None
     t_base = theirs.best.seconds if math.isfinite(theirs.best.seconds) else None
     fitted = schedule_efficiency(points, target, n_base, t_base)
