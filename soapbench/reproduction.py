@@ -143,13 +143,15 @@ REPRODUCTIONS = {
         "(c) SOAP paper: AdamW vs Shampoo vs SOAP on 360m/660m LMs (lr sweep, efficiency fit over shortened schedules)",
         {"cpu": "soap_lm_cpu", "paper": "soap_lm_360m"},
         "soap_lm",
-        # cpu: from results/reproductions/soap_lm_cpu (Intel Xeon, one run at a time with two threads): AdamW trained
-        # 200 steps in 47 s, Shampoo f=10 in 54 s, SOAP f=10 in 57 s, ~17 s more per run for start-up and the final
-        # evaluation; one thread per run is taken as ~1.7x as long (an estimate). paper: ~4 H100-hours per run.
-        {"cpu": 100.0, "paper": 14400.0},
-        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.14), Arm("soap_f10", 1.2)),
+        # cpu: the 40 runs of results/reproductions/soap_lm_cpu on an AMD EPYC (AVX2), two at a time: a 200-step run
+        # took 4.8-5.5 min for AdamW, 5.1-5.6 for Shampoo f=10 and 5.0-5.6 for SOAP f=10, start-up and the final
+        # evaluation (256 batches, a fixed cost that shortened schedules keep) included; 91 min in all.
+        # paper: ~4 H100-hours per run.
+        {"cpu": 330.0, "paper": 14400.0},
+        arms=(Arm("adamw", 1.0), Arm("shampoo_f10", 1.05), Arm("soap_f10", 1.04)),
         # every arm's best lr at each shortened schedule on the report seeds: the paper's efficiency protocol
         budgets={"cpu": (0.5, 0.75, 1.0), "paper": (0.5, 0.625, 0.75, 0.875, 1.0)},
+        cpu_unit_source="the 40 runs of results/reproductions/soap_lm_cpu on a 2-core AMD EPYC with AVX2",
     ),
     "soap_muon": Reproduction(
         "(d) SOAP-Muon report: Muon (10 Newton-Schulz steps, as the report's baseline) vs SOAP-Muon at precondition frequency 1 and 40",
