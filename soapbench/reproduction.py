@@ -162,11 +162,8 @@ REPRODUCTIONS = {
         # and evaluations included. paper: ~2 H100-hours per run.
         {"cpu": 270.0, "paper": 7200.0},
         baseline="muon",
-        arms=(
-            Arm("muon_ns10", 1.0),
-            Arm("soap_muon_f40", 1.16),
-            Arm("soap_muon_f1", 1.23),
-        ),  # f=1 tuned on its own grid
+        # f=1 tuned on its own grid
+        arms=(Arm("muon_ns10", 1.0), Arm("soap_muon_f40", 1.16), Arm("soap_muon_f1", 1.23)),
         cpu_grid_centres={"muon_ns10": 0.02, "soap_muon_f40": 6.32e-3, "soap_muon_f1": 6.32e-3},
         cpu_centre_source=(
             "each arm's lr from the previous CPU run of (d) (commit 1943d59, tuning seed 0): Muon's tuned 0.02 (then at "

@@ -280,7 +280,8 @@ class OptimizerResult:
 
     def family_points(self, config: ConfigResult | None = None) -> list[BudgetPoint]:
         """Budget points (one per schedule length) of ``config``'s family (the best configuration's by default)."""
-        config = config or self.best
+        if config is None:
+            config = self.best
         if config is None:
             return []
         # the tuning runs at the best lr are the same budget as the reported ones: one point, from the report seeds
